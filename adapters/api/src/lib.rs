@@ -1,0 +1,55 @@
+//! The protocol-neutral model shared by the fieldgate core and its bus adapters.
+//!
+//! Adapters know their bus and nothing of XMPP; the core knows XMPP and nothing of any
+//! bus. They meet here: a [`Value`], a [`Reading`], a [`Command`], a device's field
+//! catalogue ([`FieldSpec`]) and the [`Adapter`] trait through which the core starts a
+//! bus driver and talks to it.
+
+mod adapter;
+mod duration;
+mod events;
+mod field;
+mod value;
+
+pub use adapter::{Adapter, AdapterContext, AdapterRequest, ReadOutcome};
+pub use duration::HumanDuration;
+pub use events::{DeviceEvent, EventKind, EventSink, Reachability};
+pub use field::{FieldSpec, FieldType};
+pub use value::{Quality, Reading, Value};
+
+/// A device's identifier: its JID localpart, unique within one gateway.
+pub type DeviceId = std::sync::Arc<str>;
+
+/// Why an adapter could not serve a request.
+///
+/// The split mirrors tokio-modbus' two-layer result: the core maps a dead link and a
+/// device's refusal to different XMPP errors.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdapterError {
+    /// The bus or connection to the device is down; retrying later may succeed.
+    #[error("link down: {0}")]
+    LinkDown(String),
+    /// The device answered and refused the request (an exception, a rejected value).
+    #[error("device refused: {0}")]
+    Refused(String),
+    /// The request names a field the device does not have.
+    #[error("unknown field {0:?}")]
+    UnknownField(String),
+    /// The field exists but cannot be written.
+    #[error("field {0:?} is not writable")]
+    NotWritable(String),
+    /// The value does not fit the field (type or range).
+    #[error("invalid value for {field:?}: {reason}")]
+    InvalidValue {
+        /// The field concerned.
+        field: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+    /// The device did not answer in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The adapter is shutting down or has stopped.
+    #[error("adapter stopped")]
+    Stopped,
+}
