@@ -1,0 +1,765 @@
+//! The TOML configuration: schema, defaults, and validation with file, line and column
+//! in every error.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fieldgate_api::{DeviceId, FieldSpec, FieldType, HumanDuration};
+use fieldgate_sim::{SimAdapter, SimDevice, SimField};
+use serde::Deserialize;
+use toml::Spanned;
+use xmpp_parsers::jid::BareJid;
+
+use crate::access::{Entry, Lists};
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or breaks a rule.
+    #[error("{}", .0)]
+    Invalid(Box<Located>),
+}
+
+/// An error at a place in the configuration file.
+#[derive(Debug)]
+pub struct Located {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (characters).
+    pub column: usize,
+    /// The key concerned (`device[2].id`), when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+    /// The offending source line, for context.
+    pub source_line: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.path.display(), self.line, self.column)?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if !self.source_line.is_empty() {
+            let pad = " ".repeat(self.column.saturating_sub(1));
+            write!(f, "\n    {}\n    {pad}^", self.source_line)?;
+        }
+        Ok(())
+    }
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from (SIGHUP re-reads it).
+    pub path: PathBuf,
+    /// The component link.
+    pub xmpp: XmppConfig,
+    /// Gateway-wide access lists.
+    pub access: Lists,
+    /// Directory of persistent state.
+    pub state_dir: PathBuf,
+    /// The devices, in file order.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// `[xmpp]`: how to reach the server and who we are there.
+#[derive(Clone, PartialEq)]
+pub struct XmppConfig {
+    /// `host:port` of the server's component port.
+    pub server: String,
+    /// The component domain; devices are `<id>@<domain>`.
+    pub domain: String,
+    /// The shared component secret, resolved from whichever source was configured.
+    pub secret: String,
+    /// Interval of keep-alive pings.
+    pub keepalive: Duration,
+    /// Where keep-alive pings go.
+    pub ping_target: String,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Cap of the reconnect back-off.
+    pub reconnect_max: Duration,
+    /// Resource of device full JIDs.
+    pub resource: String,
+}
+
+impl fmt::Debug for XmppConfig {
+    // The secret must never reach a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XmppConfig")
+            .field("server", &self.server)
+            .field("domain", &self.domain)
+            .field("secret", &"<redacted>")
+            .field("keepalive", &self.keepalive)
+            .field("ping_target", &self.ping_target)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("resource", &self.resource)
+            .finish()
+    }
+}
+
+/// One `[[device]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceConfig {
+    /// JID localpart.
+    pub id: DeviceId,
+    /// Human name.
+    pub name: String,
+    /// Optional identity: model.
+    pub model: Option<String>,
+    /// Optional identity: serial number.
+    pub serial: Option<String>,
+    /// Optional identity: vendor.
+    pub vendor: Option<String>,
+    /// Per-device access overrides.
+    pub access: Lists,
+    /// The adapter and its device-level options.
+    pub adapter: AdapterConfig,
+    /// The field catalogue.
+    pub fields: Vec<FieldConfig>,
+}
+
+/// The adapter behind a device, with its options.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdapterConfig {
+    /// A simulated device.
+    Sim(SimDevice),
+}
+
+impl AdapterConfig {
+    /// The name as written in `adapter = "..."`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AdapterConfig::Sim(_) => "sim",
+        }
+    }
+}
+
+/// One `[[device.field]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldConfig {
+    /// What the core advertises and validates.
+    pub spec: FieldSpec,
+    /// The sim generator, for sim devices.
+    pub sim: Option<SimField>,
+}
+
+// ---- raw schema, as written -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    xmpp: Spanned<RawXmpp>,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default, rename = "device")]
+    devices: Vec<Spanned<RawDevice>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawXmpp {
+    server: Spanned<String>,
+    domain: Spanned<String>,
+    secret: Option<Spanned<String>>,
+    secret_file: Option<Spanned<PathBuf>>,
+    secret_env: Option<Spanned<String>>,
+    keepalive: Option<Spanned<HumanDuration>>,
+    ping_target: Option<Spanned<String>>,
+    reconnect_min: Option<Spanned<HumanDuration>>,
+    reconnect_max: Option<Spanned<HumanDuration>>,
+    resource: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    subscribe: Option<Vec<Spanned<String>>>,
+    read: Option<Vec<Spanned<String>>>,
+    control: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawAdapter {
+    Sim,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    id: Spanned<String>,
+    name: Option<String>,
+    adapter: Spanned<RawAdapter>,
+    model: Option<String>,
+    serial: Option<String>,
+    vendor: Option<String>,
+    #[serde(default)]
+    access: RawAccess,
+    sim: Option<Spanned<SimDevice>>,
+    #[serde(default, rename = "field")]
+    fields: Vec<Spanned<RawField>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: FieldType,
+    unit: Option<String>,
+    decimals: Option<Spanned<u8>>,
+    #[serde(default)]
+    writable: bool,
+    min: Option<f64>,
+    max: Option<f64>,
+    #[serde(default)]
+    values: Vec<String>,
+    sim: Option<SimField>,
+}
+
+// ---- loading ----------------------------------------------------------------------------
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validates configuration text; `path` is used in messages and to resolve `secret_file`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let ctx = Ctx { path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        ctx.error(span, None, e.message().trim_end().to_owned())
+    })?;
+    ctx.validate(raw)
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn error(&self, span: Range<usize>, key: Option<String>, message: String) -> ConfigError {
+        let at = span.start.min(self.text.len());
+        let before = &self.text[..at];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = self.text[line_start..at].chars().count() + 1;
+        let source_line = self.text[line_start..]
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        ConfigError::Invalid(Box::new(Located {
+            path: self.path.to_owned(),
+            line,
+            column,
+            key,
+            message,
+            source_line,
+        }))
+    }
+
+    fn at<T>(&self, s: &Spanned<T>, key: &str, message: impl Into<String>) -> ConfigError {
+        self.error(s.span(), Some(key.to_owned()), message.into())
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let xmpp_span = raw.xmpp.span();
+        let x = raw.xmpp.into_inner();
+
+        let server = x.server.get_ref().trim();
+        match server.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => {
+                return Err(self.at(
+                    &x.server,
+                    "xmpp.server",
+                    format!("{server:?} is not host:port (e.g. \"127.0.0.1:5347\")"),
+                ))
+            }
+        }
+        let domain = match BareJid::new(x.domain.get_ref()) {
+            Ok(j) if j.node().is_none() => j.domain().as_str().to_owned(),
+            _ => {
+                return Err(self.at(
+                    &x.domain,
+                    "xmpp.domain",
+                    format!("{:?} is not a valid domain", x.domain.get_ref()),
+                ))
+            }
+        };
+
+        let secret = self.secret(&x, xmpp_span)?;
+
+        let dur = |v: &Option<Spanned<HumanDuration>>,
+                   key: &str,
+                   default: Duration,
+                   min: Duration,
+                   max: Duration|
+         -> Result<Duration, ConfigError> {
+            let Some(s) = v else { return Ok(default) };
+            let d = s.get_ref().0;
+            if d < min || d > max {
+                return Err(self.at(
+                    s,
+                    key,
+                    format!(
+                        "{} is out of range ({} to {})",
+                        s.get_ref(),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+            Ok(d)
+        };
+        let keepalive = dur(
+            &x.keepalive,
+            "xmpp.keepalive",
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
+        let reconnect_min = dur(
+            &x.reconnect_min,
+            "xmpp.reconnect_min",
+            Duration::from_millis(250),
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        )?;
+        let reconnect_max = dur(
+            &x.reconnect_max,
+            "xmpp.reconnect_max",
+            Duration::from_secs(3),
+            reconnect_min,
+            Duration::from_secs(600),
+        )?;
+
+        let ping_target = match &x.ping_target {
+            Some(t) => match BareJid::new(t.get_ref()) {
+                Ok(j) => j.to_string(),
+                Err(e) => return Err(self.at(t, "xmpp.ping_target", format!("not a JID: {e}"))),
+            },
+            None => domain
+                .split_once('.')
+                .map(|(_, parent)| parent)
+                .filter(|p| p.contains('.') || *p == "localhost")
+                .unwrap_or(&domain)
+                .to_owned(),
+        };
+        let resource = match &x.resource {
+            Some(r) => {
+                if BareJid::new(&domain)
+                    .and_then(|b| b.with_resource_str(r.get_ref()))
+                    .is_err()
+                {
+                    return Err(self.at(r, "xmpp.resource", "not a valid JID resource"));
+                }
+                r.get_ref().clone()
+            }
+            None => "gw".to_owned(),
+        };
+
+        let access = self.lists(&raw.access, "access")?;
+        let state_dir = raw
+            .state
+            .dir
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/fieldgate"));
+
+        let mut seen = HashSet::new();
+        let mut devices = Vec::with_capacity(raw.devices.len());
+        for (i, d) in raw.devices.into_iter().enumerate() {
+            let span = d.span();
+            let d = d.into_inner();
+            let key = |k: &str| format!("device[{i}].{k}");
+            let id = d.id.get_ref();
+            match BareJid::new(&format!("{id}@{domain}")) {
+                Ok(j) if j.node().map(|n| n.as_str()) == Some(id.as_str()) => {}
+                Ok(j) => {
+                    return Err(self.at(
+                        &d.id,
+                        &key("id"),
+                        format!(
+                            "{id:?} is not in normalised JID localpart form; write {:?}",
+                            j.node().map(|n| n.as_str()).unwrap_or_default()
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Err(self.at(
+                        &d.id,
+                        &key("id"),
+                        format!(
+                            "{id:?} is not a valid JID localpart ({e}); use lowercase letters, \
+                             digits, '-', '_' or '.'"
+                        ),
+                    ))
+                }
+            }
+            if !seen.insert(id.clone()) {
+                return Err(self.at(&d.id, &key("id"), format!("duplicate device id {id:?}")));
+            }
+            let fields = self.fields(&d, i)?;
+            let adapter = match d.adapter.get_ref() {
+                RawAdapter::Sim => {
+                    let sim = d
+                        .sim
+                        .as_ref()
+                        .map(|s| s.get_ref().clone())
+                        .unwrap_or_default();
+                    let pairs = fields
+                        .iter()
+                        .map(|f| (f.spec.clone(), f.sim.clone()))
+                        .collect();
+                    if let Err(e) = SimAdapter::new(id.as_str().into(), sim.clone(), pairs) {
+                        let at = d.sim.as_ref().map_or(span.clone(), |s| s.span());
+                        return Err(self.error(at, Some(key("sim")), e));
+                    }
+                    AdapterConfig::Sim(sim)
+                }
+            };
+            devices.push(DeviceConfig {
+                id: id.as_str().into(),
+                name: d.name.clone().unwrap_or_else(|| id.clone()),
+                model: d.model.clone(),
+                serial: d.serial.clone(),
+                vendor: d.vendor.clone(),
+                access: self.lists(&d.access, &key("access"))?,
+                adapter,
+                fields,
+            });
+        }
+
+        Ok(Config {
+            path: self.path.to_owned(),
+            xmpp: XmppConfig {
+                server: server.to_owned(),
+                domain,
+                secret,
+                keepalive,
+                ping_target,
+                reconnect_min,
+                reconnect_max,
+                resource,
+            },
+            access,
+            state_dir,
+            devices,
+        })
+    }
+
+    fn secret(&self, x: &RawXmpp, xmpp_span: Range<usize>) -> Result<String, ConfigError> {
+        let given = [
+            x.secret.is_some(),
+            x.secret_file.is_some(),
+            x.secret_env.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
+                return Err(self.error(
+                    xmpp_span,
+                    Some("xmpp".into()),
+                    "missing component secret: set one of secret, secret_file or secret_env".into(),
+                ))
+            }
+            1 => {}
+            _ => {
+                return Err(self.error(
+                    xmpp_span,
+                    Some("xmpp".into()),
+                    "set only one of secret, secret_file and secret_env".into(),
+                ))
+            }
+        }
+        let secret = if let Some(s) = &x.secret {
+            s.get_ref().clone()
+        } else if let Some(f) = &x.secret_file {
+            let p = self
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(f.get_ref());
+            std::fs::read_to_string(&p)
+                .map_err(|e| {
+                    self.at(
+                        f,
+                        "xmpp.secret_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned()
+        } else if let Some(v) = &x.secret_env {
+            std::env::var(v.get_ref()).map_err(|_| {
+                self.at(
+                    v,
+                    "xmpp.secret_env",
+                    format!("environment variable {} is not set", v.get_ref()),
+                )
+            })?
+        } else {
+            unreachable!("one source was counted above")
+        };
+        if secret.is_empty() {
+            return Err(self.error(xmpp_span, Some("xmpp".into()), "the secret is empty".into()));
+        }
+        Ok(secret)
+    }
+
+    fn lists(&self, raw: &RawAccess, scope: &str) -> Result<Lists, ConfigError> {
+        let one = |l: &Option<Vec<Spanned<String>>>, right: &str| {
+            l.as_ref()
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .map(|e| {
+                            Entry::parse(e.get_ref())
+                                .map_err(|m| self.at(e, &format!("{scope}.{right}"), m))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+        };
+        Ok(Lists {
+            subscribe: one(&raw.subscribe, "subscribe")?,
+            read: one(&raw.read, "read")?,
+            control: one(&raw.control, "control")?,
+        })
+    }
+
+    fn fields(&self, d: &RawDevice, i: usize) -> Result<Vec<FieldConfig>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut out = Vec::with_capacity(d.fields.len());
+        for (j, f) in d.fields.iter().enumerate() {
+            let span = f.span();
+            let f = f.get_ref();
+            let key = |k: &str| format!("device[{i}].field[{j}].{k}");
+            let name = f.name.get_ref();
+            if name.trim().is_empty() {
+                return Err(self.at(&f.name, &key("name"), "a field needs a name"));
+            }
+            if !names.insert(name.clone()) {
+                return Err(self.at(
+                    &f.name,
+                    &key("name"),
+                    format!("duplicate field name {name:?}"),
+                ));
+            }
+            let err = |k: &str, m: String| Err(self.error(span.clone(), Some(key(k)), m));
+            if let Some(dec) = &f.decimals {
+                if f.kind != FieldType::Double {
+                    return Err(self.at(dec, &key("decimals"), "decimals apply to double fields"));
+                }
+                if *dec.get_ref() > 15 {
+                    return Err(self.at(dec, &key("decimals"), "at most 15 decimals"));
+                }
+            }
+            if (f.min.is_some() || f.max.is_some()) && !f.kind.is_numeric() {
+                return err(
+                    "min",
+                    format!("min/max apply to numeric fields, not {:?}", f.kind),
+                );
+            }
+            if let (Some(lo), Some(hi)) = (f.min, f.max) {
+                if lo > hi {
+                    return err("min", format!("min {lo} is above max {hi}"));
+                }
+            }
+            if f.kind == FieldType::Enum && f.values.is_empty() {
+                return err("values", "an enum field lists its values".into());
+            }
+            if f.kind != FieldType::Enum && !f.values.is_empty() {
+                return err("values", "values apply to enum fields".into());
+            }
+            out.push(FieldConfig {
+                spec: FieldSpec {
+                    name: name.clone(),
+                    kind: f.kind,
+                    unit: f.unit.clone(),
+                    decimals: f.decimals.as_ref().map(|d| *d.get_ref()),
+                    writable: f.writable,
+                    min: f.min,
+                    max: f.max,
+                    values: f.values.clone(),
+                },
+                sim: f.sim.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Config {
+    /// A human summary for `fieldgate check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "config {} is valid", self.path.display());
+        let _ = writeln!(
+            s,
+            "xmpp: component {} via {} (keep-alive {}, ping {}, reconnect {}..{})",
+            self.xmpp.domain,
+            self.xmpp.server,
+            humantime::format_duration(self.xmpp.keepalive),
+            self.xmpp.ping_target,
+            humantime::format_duration(self.xmpp.reconnect_min),
+            humantime::format_duration(self.xmpp.reconnect_max),
+        );
+        let n = |l: &Option<Vec<Entry>>| l.as_ref().map_or(0, Vec::len);
+        let _ = writeln!(
+            s,
+            "access: subscribe {} entries, read {}, control {}",
+            n(&self.access.subscribe),
+            n(&self.access.read),
+            n(&self.access.control)
+        );
+        let _ = writeln!(s, "state: {}", self.state_dir.display());
+        let _ = writeln!(s, "devices: {}", self.devices.len());
+        for d in &self.devices {
+            let writable = d.fields.iter().filter(|f| f.spec.writable).count();
+            let _ = writeln!(
+                s,
+                "  {}@{} ({}) adapter={} fields={} writable={}",
+                d.id,
+                self.xmpp.domain,
+                d.name,
+                d.adapter.kind(),
+                d.fields.len(),
+                writable
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[xmpp]
+server = "127.0.0.1:5347"
+domain = "gw.example.org"
+secret = "s"
+"#;
+
+    fn err(text: &str) -> Located {
+        match parse(Path::new("t.toml"), text) {
+            Err(ConfigError::Invalid(l)) => *l,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_has_sensible_defaults() {
+        let c = parse(Path::new("t.toml"), BASE).unwrap();
+        assert_eq!(c.xmpp.keepalive, Duration::from_secs(30));
+        assert_eq!(c.xmpp.ping_target, "example.org");
+        assert_eq!(c.xmpp.resource, "gw");
+        assert_eq!(c.access, Lists::default());
+        assert!(c.devices.is_empty());
+        assert!(!format!("{:?}", c.xmpp).contains("\"s\""));
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = err(&format!("{BASE}keepalvie = \"3s\"\n"));
+        assert_eq!((e.line, e.column), (6, 1));
+        assert!(e.message.contains("keepalvie"), "{}", e.message);
+        assert!(e.to_string().starts_with("t.toml:6:1: "), "{e}");
+    }
+
+    #[test]
+    fn bad_localpart_duplicate_and_range_are_located() {
+        let dev = |id: &str| format!("\n[[device]]\nid = \"{id}\"\nadapter = \"sim\"\n");
+        let e = err(&format!("{BASE}{}", dev("Pump 3")));
+        assert_eq!((e.line, e.column), (8, 6));
+        assert_eq!(e.key.as_deref(), Some("device[0].id"));
+        let e = err(&format!("{BASE}{}", dev("Pump3")));
+        assert!(e.message.contains("\"pump3\""), "{}", e.message);
+        let e = err(&format!("{BASE}{}{}", dev("a"), dev("a")));
+        assert_eq!(e.line, 12);
+        assert!(e.message.contains("duplicate"));
+        let e = err(&BASE.replace("secret = \"s\"", "secret = \"s\"\nkeepalive = \"0s\""));
+        assert_eq!((e.line, e.key.as_deref()), (6, Some("xmpp.keepalive")));
+        let e = err(&BASE.replace("secret = \"s\"", "keepalive = \"3 parsecs\""));
+        assert_eq!(e.line, 5);
+        assert!(e.message.contains("invalid duration"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_secret_and_unset_env_are_refused() {
+        let e = err(&BASE.replace("secret = \"s\"", ""));
+        assert!(
+            e.message.contains("missing component secret"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.line, 2);
+        let e = err(&BASE.replace(
+            "secret = \"s\"",
+            "secret_env = \"FIELDGATE_TEST_SURELY_UNSET\"",
+        ));
+        assert!(e.message.contains("FIELDGATE_TEST_SURELY_UNSET"));
+    }
+
+    #[test]
+    fn fields_are_validated() {
+        let text = format!(
+            "{BASE}\n[[device]]\nid = \"b\"\nadapter = \"sim\"\n[[device.field]]\nname = \"t\"\ntype = \"bool\"\nmin = 1.0\n"
+        );
+        let e = err(&text);
+        assert_eq!(e.key.as_deref(), Some("device[0].field[0].min"));
+        let text = format!(
+            "{BASE}\n[[device]]\nid = \"b\"\nadapter = \"sim\"\n[[device.field]]\nname = \"t\"\ntype = \"double\"\nsim = {{ kind = \"constant\", value = \"x\" }}\n"
+        );
+        let e = err(&text);
+        assert!(e.message.contains("does not fit"), "{}", e.message);
+        let text = format!("{BASE}\n[[device]]\nid = \"b\"\nadapter = \"opcua\"\n");
+        let e = err(&text);
+        assert_eq!(e.line, 9);
+        assert!(e.message.contains("opcua"), "{}", e.message);
+    }
+
+    #[test]
+    fn access_entries_are_checked() {
+        let e = err(&format!(
+            "{BASE}[access]\nread = [\"ok@example.org\", \"a/b\"]\n"
+        ));
+        assert_eq!((e.line, e.column), (7, 27));
+        assert_eq!(e.key.as_deref(), Some("access.read"));
+    }
+}

@@ -1,0 +1,704 @@
+//! The gateway actor: owns the device registry, the subscribers and the component link,
+//! and answers every stanza addressed to the component domain or a device JID.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldgate_api::{DeviceEvent, DeviceId, EventKind, EventSink, Reachability};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_xmpp::minidom::Element;
+use xmpp_parsers::disco::{DiscoInfoQuery, DiscoItemsQuery, DiscoItemsResult, Item};
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::ns;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+use xmpp_parsers::version::VersionResult;
+
+use crate::access::{self, Right};
+use crate::config::{Config, DeviceConfig};
+use crate::devices;
+use crate::state::{self, Commit, Subscribers};
+use crate::xmpp::disco::{domain_info, DeviceDisco};
+use crate::xmpp::link::{self, LinkState};
+use crate::xmpp::presence;
+use crate::xmpp::stanza::{Header, Kind};
+
+const EVENT_QUEUE: usize = 8192;
+const COMMIT_QUEUE: usize = 1024;
+
+/// A configured device at run time.
+struct Device {
+    cfg: DeviceConfig,
+    bare: String,
+    full: String,
+    disco: DeviceDisco,
+    caps: Element,
+    /// `None` until the adapter first reports.
+    reach: Option<Reachability>,
+    adapter: Option<devices::Running>,
+}
+
+/// Hooks into the service manager, so tests and `run` outside systemd need no socket.
+pub trait Supervisor: Send {
+    /// The component link is up for the first time.
+    fn ready(&mut self);
+    /// The main loop is alive.
+    fn watchdog(&mut self);
+    /// Shutting down.
+    fn stopping(&mut self);
+    /// How often to call `watchdog`, if at all.
+    fn watchdog_interval(&self) -> Option<Duration>;
+}
+
+/// Signals the gateway reacts to.
+pub struct Controls {
+    /// Cancelled on SIGTERM / SIGINT.
+    pub shutdown: CancellationToken,
+    /// One message per SIGHUP.
+    pub reload: mpsc::Receiver<()>,
+}
+
+struct Gateway {
+    cfg: Config,
+    order: Vec<DeviceId>,
+    devices: BTreeMap<DeviceId, Device>,
+    subscribers: Subscribers,
+    out: mpsc::Sender<Element>,
+    commits: mpsc::Sender<Commit>,
+    events: EventSink,
+    adapters_root: CancellationToken,
+    link_up: bool,
+}
+
+/// Runs the gateway until `controls.shutdown` is cancelled, then withdraws every device's
+/// presence, closes the stream and stops the adapters.
+pub async fn run(
+    cfg: Config,
+    mut controls: Controls,
+    mut supervisor: Box<dyn Supervisor>,
+) -> Result<(), state::StateError> {
+    let subscribers = state::load(&cfg.state_dir)?;
+    let n_subs: usize = subscribers.values().map(|s| s.len()).sum();
+    tracing::info!(devices = cfg.devices.len(), subscriptions = n_subs,
+        state_dir = %cfg.state_dir.display(), "starting");
+
+    let link_cancel = CancellationToken::new();
+    let (link, link_task) = link::spawn(cfg.xmpp.clone(), link_cancel.clone());
+    let link::LinkChannels {
+        mut inbound,
+        outbound,
+        state: mut link_state,
+        stats: link_stats,
+    } = link;
+    let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+    let persister = tokio::spawn(state::persister(
+        cfg.state_dir.clone(),
+        commit_rx,
+        outbound.clone(),
+    ));
+    let (ev_tx, mut ev_rx) = mpsc::channel::<DeviceEvent>(EVENT_QUEUE);
+    let dropped = Arc::new(AtomicU64::new(0));
+
+    let mut gw = Gateway {
+        order: Vec::new(),
+        devices: BTreeMap::new(),
+        subscribers,
+        out: outbound,
+        commits: commit_tx,
+        events: EventSink::new(ev_tx, dropped),
+        adapters_root: CancellationToken::new(),
+        link_up: false,
+        cfg: cfg.clone(),
+    };
+    for d in &cfg.devices {
+        gw.add_device(d.clone());
+    }
+
+    let mut watchdog = supervisor.watchdog_interval().map(tokio::time::interval);
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            _ = controls.shutdown.cancelled() => break,
+            Some(()) = controls.reload.recv() => gw.reload().await,
+            changed = link_state.changed() => {
+                if changed.is_err() {
+                    tracing::error!("component link task ended unexpectedly");
+                    break;
+                }
+                let st = link_state.borrow_and_update().clone();
+                match st {
+                    LinkState::Up(_) => {
+                        gw.link_up = true;
+                        if !ready {
+                            ready = true;
+                            supervisor.ready();
+                        }
+                        gw.announce_all().await;
+                    }
+                    LinkState::Down(_) => gw.link_up = false,
+                }
+            }
+            Some(el) = inbound.recv() => gw.handle(el).await,
+            Some(ev) = ev_rx.recv() => gw.on_event(ev).await,
+            _ = tick(&mut watchdog) => supervisor.watchdog(),
+        }
+    }
+
+    supervisor.stopping();
+    tracing::info!("shutting down: withdrawing presence");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    if gw.link_up {
+        gw.withdraw_all("gateway shutting down").await;
+    }
+    let adapters_root = gw.adapters_root.clone();
+    let tasks: Vec<_> = std::mem::take(&mut gw.devices)
+        .into_values()
+        .filter_map(|d| d.adapter.map(|a| a.task))
+        .collect();
+    // Dropping the gateway drops the last senders: the persister writes what is queued
+    // and ends, then the link flushes, sends the stream footer and ends.
+    drop(gw);
+    adapters_root.cancel();
+    let _ = tokio::time::timeout_at(deadline, persister).await;
+    if tokio::time::timeout_at(deadline, link_task).await.is_err() {
+        tracing::warn!("component link did not close in time");
+        link_cancel.cancel();
+    }
+    for t in tasks {
+        let _ = tokio::time::timeout_at(deadline, t).await;
+    }
+    tracing::info!(
+        connects = link_stats.connects.load(Ordering::Relaxed),
+        inbound_dropped = link_stats.inbound_dropped.load(Ordering::Relaxed),
+        outbound_discarded_while_down = link_stats.outbound_discarded.load(Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(())
+}
+
+async fn tick(iv: &mut Option<tokio::time::Interval>) {
+    match iv {
+        Some(iv) => {
+            iv.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Gateway {
+    fn domain(&self) -> &str {
+        &self.cfg.xmpp.domain
+    }
+
+    async fn send(&self, el: Element) {
+        // An error means the link task is gone (shutdown); nothing else to do.
+        let _ = self.out.send(el).await;
+    }
+
+    fn add_device(&mut self, cfg: DeviceConfig) {
+        let bare = format!("{}@{}", cfg.id, self.cfg.xmpp.domain);
+        let full = format!("{bare}/{}", self.cfg.xmpp.resource);
+        let disco = DeviceDisco::new(&cfg.name, &[]);
+        let caps: Element = disco.caps.clone().into();
+        let (adapter, reach) = match devices::start(&cfg, self.events.clone(), &self.adapters_root)
+        {
+            Ok(r) => (Some(r), None),
+            Err(e) => {
+                tracing::error!(device = %cfg.id, error = %e, "adapter failed to start");
+                (
+                    None,
+                    Some(Reachability::Unreachable(format!("adapter failed: {e}"))),
+                )
+            }
+        };
+        let id = cfg.id.clone();
+        self.order.push(id.clone());
+        self.devices.insert(
+            id,
+            Device {
+                cfg,
+                bare,
+                full,
+                disco,
+                caps,
+                reach,
+                adapter,
+            },
+        );
+    }
+
+    /// Stops a device's adapter and forgets it; its subscribers stay on file, so the
+    /// device comes back to them if it is configured again.
+    async fn remove_device(
+        &mut self,
+        id: &DeviceId,
+        why: &str,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.order.retain(|d| d != id);
+        let dev = self.devices.remove(id)?;
+        if self.link_up {
+            for sub in self.subscribers.get(&*dev.cfg.id).into_iter().flatten() {
+                self.send(presence::unavailable(&dev.full, sub, why)).await;
+            }
+        }
+        dev.adapter.map(|a| {
+            a.cancel.cancel();
+            a.task
+        })
+    }
+
+    /// The presence a device shows right now, addressed to `to`.
+    fn presence_of(dev: &Device, to: &str) -> Element {
+        match &dev.reach {
+            Some(Reachability::Reachable) => presence::available(&dev.full, to, &dev.caps),
+            Some(Reachability::Unreachable(why)) => presence::unavailable(&dev.full, to, why),
+            None => presence::unavailable(&dev.full, to, "starting: device state not known yet"),
+        }
+    }
+
+    async fn broadcast(&self, id: &DeviceId) {
+        let Some(dev) = self.devices.get(id) else {
+            return;
+        };
+        for sub in self.subscribers.get(&**id).into_iter().flatten() {
+            self.send(Self::presence_of(dev, sub)).await;
+        }
+    }
+
+    async fn announce_all(&self) {
+        let mut sent = 0usize;
+        for id in &self.order {
+            let dev = &self.devices[id];
+            if dev.reach.is_none() {
+                continue;
+            }
+            for sub in self.subscribers.get(&**id).into_iter().flatten() {
+                self.send(Self::presence_of(dev, sub)).await;
+                sent += 1;
+            }
+        }
+        tracing::info!(
+            presences = sent,
+            devices = self.order.len(),
+            "presence announced"
+        );
+    }
+
+    async fn withdraw_all(&self, why: &str) {
+        for id in &self.order {
+            let dev = &self.devices[id];
+            for sub in self.subscribers.get(&**id).into_iter().flatten() {
+                self.send(presence::unavailable(&dev.full, sub, why)).await;
+            }
+        }
+    }
+
+    async fn on_event(&mut self, ev: DeviceEvent) {
+        let Some(dev) = self.devices.get_mut(&ev.device) else {
+            return; // a late event from a removed device
+        };
+        match ev.kind {
+            EventKind::Reachability(r) => {
+                if dev.reach.as_ref() == Some(&r) {
+                    return;
+                }
+                match &r {
+                    Reachability::Reachable => {
+                        tracing::info!(device = %ev.device, "device reachable")
+                    }
+                    Reachability::Unreachable(why) => {
+                        tracing::warn!(device = %ev.device, reason = %why, "device unreachable")
+                    }
+                }
+                dev.reach = Some(r);
+                if self.link_up {
+                    self.broadcast(&ev.device).await;
+                }
+            }
+            // Readings feed sensor-data readouts and events (see the sensordata module).
+            EventKind::Reading(_) => {}
+        }
+    }
+
+    /// Persists the subscriber map, then sends `replies`.
+    async fn commit(&self, replies: Vec<Element>) {
+        let c = Commit {
+            snapshot: Arc::new(self.subscribers.clone()),
+            then_send: replies,
+        };
+        let _ = self.commits.send(c).await;
+    }
+
+    // ---- inbound stanzas ----------------------------------------------------------------
+
+    async fn handle(&mut self, el: Element) {
+        let h = match Header::parse(&el) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, stanza = el.name(), "unroutable stanza dropped");
+                return;
+            }
+        };
+        if h.to.domain().as_str() != self.domain() {
+            tracing::warn!(to = %h.to, "stanza for another domain dropped");
+            return;
+        }
+        match h.kind {
+            Kind::Presence => self.on_presence(&h).await,
+            Kind::Iq => self.on_iq(&h, &el).await,
+            Kind::Message => self.on_message(&h).await,
+        }
+    }
+
+    /// The device a stanza is for, if it exists and the sender may see it.
+    fn visible_device(&self, h: &Header) -> Option<&Device> {
+        let node = h.to.node()?;
+        let dev = self.devices.get(node.as_str())?;
+        access::may_see(&self.cfg.access, &dev.cfg.access, &h.from.to_bare()).then_some(dev)
+    }
+
+    async fn on_message(&self, h: &Header) {
+        if h.type_.as_deref() == Some("error") || h.to.node().is_none() {
+            return;
+        }
+        if self.visible_device(h).is_none() {
+            // RFC 6121 §8.5.2: a message to an account that does not exist.
+            self.send(h.error(
+                ErrorType::Cancel,
+                DefinedCondition::ServiceUnavailable,
+                "no such device",
+                None,
+            ))
+            .await;
+        }
+    }
+
+    async fn on_presence(&mut self, h: &Header) {
+        let Some(node) = h.to.node() else { return };
+        let from = h.from.to_bare().to_string();
+        let Some(dev) = self.devices.get(node.as_str()) else {
+            if h.type_.as_deref() == Some("subscribe") {
+                tracing::info!(from = %from, device = %node, "subscribe refused: no such device");
+                let to_bare = h.to.to_bare().to_string();
+                self.send(presence::subscription("unsubscribed", &to_bare, &from))
+                    .await;
+            }
+            return;
+        };
+        let id = dev.cfg.id.clone();
+        let allowed = access::check(
+            &self.cfg.access,
+            &dev.cfg.access,
+            Right::Subscribe,
+            &h.from.to_bare(),
+        );
+        let bare = dev.bare.clone();
+        match h.type_.as_deref() {
+            Some("subscribe") => match allowed {
+                Ok(()) => {
+                    let is_new = self
+                        .subscribers
+                        .entry(id.to_string())
+                        .or_default()
+                        .insert(from.clone());
+                    let dev = &self.devices[&id];
+                    let replies = vec![
+                        presence::subscription("subscribed", &bare, &from),
+                        Self::presence_of(dev, &from),
+                    ];
+                    if is_new {
+                        tracing::info!(device = %id, subscriber = %from, "subscription approved");
+                        self.commit(replies).await;
+                    } else {
+                        for r in replies {
+                            self.send(r).await;
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::info!(device = %id, from = %from, reason = %why, "subscribe refused");
+                    self.send(presence::subscription("unsubscribed", &bare, &from))
+                        .await;
+                }
+            },
+            Some("unsubscribe") => {
+                let removed = self
+                    .subscribers
+                    .get_mut(&*id)
+                    .is_some_and(|s| s.remove(&from));
+                let full = self.devices[&id].full.clone();
+                let bye = presence::unavailable(&full, &from, "unsubscribed");
+                if removed {
+                    tracing::info!(device = %id, subscriber = %from, "unsubscribed");
+                    self.commit(vec![bye]).await;
+                } else {
+                    self.send(bye).await;
+                }
+            }
+            Some("probe") => {
+                let subscribed = self
+                    .subscribers
+                    .get(&*id)
+                    .is_some_and(|s| s.contains(&from));
+                if subscribed && allowed.is_ok() {
+                    let p = Self::presence_of(&self.devices[&id], &h.from.to_string());
+                    self.send(p).await;
+                } else {
+                    if subscribed {
+                        // The policy changed since the subscription was approved.
+                        self.revoke(&id, &from).await;
+                    }
+                    self.send(presence::subscription("unsubscribed", &bare, &from))
+                        .await;
+                }
+            }
+            // Available / unavailable presence of users and subscription answers need no
+            // reply from a device.
+            _ => {}
+        }
+    }
+
+    /// Drops a subscriber who lost the right to subscribe, telling them so.
+    async fn revoke(&mut self, id: &DeviceId, who: &str) {
+        if let Some(s) = self.subscribers.get_mut(&**id) {
+            s.remove(who);
+        }
+        let Some(dev) = self.devices.get(id) else {
+            return;
+        };
+        tracing::info!(device = %id, subscriber = %who, "subscription revoked by access policy");
+        let replies = vec![
+            presence::unavailable(&dev.full, who, "access revoked"),
+            presence::subscription("unsubscribed", &dev.bare, who),
+        ];
+        self.commit(replies).await;
+    }
+
+    async fn on_iq(&self, h: &Header, el: &Element) {
+        let is_request = matches!(h.type_.as_deref(), Some("get" | "set"));
+        if !is_request {
+            if !matches!(h.type_.as_deref(), Some("result" | "error")) {
+                self.send(h.error(
+                    ErrorType::Modify,
+                    DefinedCondition::BadRequest,
+                    "iq type must be get, set, result or error",
+                    None,
+                ))
+                .await;
+            }
+            return;
+        }
+        if h.id.is_none() {
+            tracing::warn!(from = %h.from, "iq without id dropped");
+            return;
+        }
+        let device = if h.to.node().is_some() {
+            match self.visible_device(h) {
+                Some(d) => Some(d),
+                None => {
+                    self.send(h.error(
+                        ErrorType::Cancel,
+                        DefinedCondition::ServiceUnavailable,
+                        "no such device",
+                        None,
+                    ))
+                    .await;
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let mut children = el.children();
+        let (Some(payload), None) = (children.next(), children.next()) else {
+            self.send(h.error(
+                ErrorType::Modify,
+                DefinedCondition::BadRequest,
+                "an iq request carries exactly one payload element",
+                None,
+            ))
+            .await;
+            return;
+        };
+        let reply = self.answer_iq(h, device, payload);
+        self.send(reply).await;
+    }
+
+    fn answer_iq(&self, h: &Header, device: Option<&Device>, payload: &Element) -> Element {
+        let get = h.type_.as_deref() == Some("get");
+        let bad = |text: &str| h.error(ErrorType::Modify, DefinedCondition::BadRequest, text, None);
+        let not_found = |text: &str| {
+            h.error(
+                ErrorType::Cancel,
+                DefinedCondition::ItemNotFound,
+                text,
+                None,
+            )
+        };
+        match (get, payload.ns().as_str(), payload.name()) {
+            (true, ns::PING, "ping") => h.result(None),
+            (true, ns::VERSION, "query") => h.result(Some(
+                VersionResult {
+                    name: "fieldgate".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    os: Some(std::env::consts::OS.into()),
+                }
+                .into(),
+            )),
+            (true, ns::DISCO_INFO, "query") => {
+                let q = match DiscoInfoQuery::try_from(payload.clone()) {
+                    Ok(q) => q,
+                    Err(e) => return bad(&format!("invalid disco#info query: {e}")),
+                };
+                let info = match device {
+                    Some(d) => d.disco.answer(q.node.as_deref()),
+                    None if q.node.is_none() => Some(domain_info()),
+                    None => None,
+                };
+                match info {
+                    Some(i) => h.result(Some(i.into())),
+                    None => not_found("unknown disco node"),
+                }
+            }
+            (true, ns::DISCO_ITEMS, "query") => {
+                let q = match DiscoItemsQuery::try_from(payload.clone()) {
+                    Ok(q) => q,
+                    Err(e) => return bad(&format!("invalid disco#items query: {e}")),
+                };
+                if q.node.is_some() {
+                    return not_found("unknown disco node");
+                }
+                let items = match device {
+                    Some(_) => vec![],
+                    None => self.visible_items(&h.from.to_bare()),
+                };
+                h.result(Some(
+                    DiscoItemsResult {
+                        node: None,
+                        items,
+                        rsm: None,
+                    }
+                    .into(),
+                ))
+            }
+            _ => h.error(
+                ErrorType::Cancel,
+                DefinedCondition::ServiceUnavailable,
+                &format!(
+                    "unsupported payload <{} xmlns='{}'/>",
+                    payload.name(),
+                    payload.ns()
+                ),
+                None,
+            ),
+        }
+    }
+
+    fn visible_items(&self, who: &BareJid) -> Vec<Item> {
+        self.order
+            .iter()
+            .map(|id| &self.devices[id])
+            .filter(|d| access::may_see(&self.cfg.access, &d.cfg.access, who))
+            .filter_map(|d| {
+                Some(Item {
+                    jid: Jid::new(&d.bare).ok()?,
+                    node: None,
+                    name: Some(d.cfg.name.clone()),
+                })
+            })
+            .collect()
+    }
+
+    // ---- reload -------------------------------------------------------------------------
+
+    async fn reload(&mut self) {
+        let path = self.cfg.path.clone();
+        let new = match crate::config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: keeping the running configuration");
+                return;
+            }
+        };
+        if new.xmpp != self.cfg.xmpp {
+            tracing::warn!("[xmpp] changed: the new settings take effect after a restart");
+        }
+        if new.state_dir != self.cfg.state_dir {
+            tracing::warn!("[state] changed: the new directory takes effect after a restart");
+        }
+        let old: BTreeMap<DeviceId, DeviceConfig> = self
+            .devices
+            .iter()
+            .map(|(k, v)| (k.clone(), v.cfg.clone()))
+            .collect();
+        let wanted: BTreeMap<DeviceId, DeviceConfig> = new
+            .devices
+            .iter()
+            .map(|d| (d.id.clone(), d.clone()))
+            .collect();
+        let (mut added, mut removed, mut changed) = (0, 0, 0);
+        let mut stopping = Vec::new();
+        for id in old.keys() {
+            match wanted.get(id) {
+                None => {
+                    stopping.extend(
+                        self.remove_device(id, "device removed from configuration")
+                            .await,
+                    );
+                    removed += 1;
+                }
+                Some(cfg) if cfg != &old[id] => {
+                    stopping.extend(self.remove_device(id, "device reconfigured").await);
+                    changed += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        self.cfg.access = new.access.clone();
+        self.cfg.devices = new.devices.clone();
+        for d in &new.devices {
+            if !self.devices.contains_key(&d.id) {
+                if !old.contains_key(&d.id) {
+                    added += 1;
+                }
+                self.add_device(d.clone());
+            }
+        }
+        // Keep disco#items in file order.
+        self.order = new.devices.iter().map(|d| d.id.clone()).collect();
+        for t in stopping {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        self.enforce_access().await;
+        tracing::info!(
+            added,
+            removed,
+            changed,
+            devices = self.order.len(),
+            "configuration reloaded"
+        );
+    }
+
+    /// Withdraws subscriptions that the (new) access policy no longer admits.
+    async fn enforce_access(&mut self) {
+        let mut revoked = Vec::new();
+        for (id, subs) in &self.subscribers {
+            let Some(dev) = self.devices.get(id.as_str()) else {
+                continue;
+            };
+            for s in subs {
+                let admitted = BareJid::new(s).is_ok_and(|j| {
+                    access::check(&self.cfg.access, &dev.cfg.access, Right::Subscribe, &j).is_ok()
+                });
+                if !admitted {
+                    revoked.push((dev.cfg.id.clone(), s.clone()));
+                }
+            }
+        }
+        for (id, who) in revoked {
+            self.revoke(&id, &who).await;
+        }
+    }
+}

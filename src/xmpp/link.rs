@@ -1,0 +1,383 @@
+//! The XEP-0114 component link: connect, handshake, keep-alive, reconnect.
+//!
+//! `tokio_xmpp::Component` ends its stream on any read error — a soft read timeout or one
+//! stanza that does not parse — so a plain `while let Some(..)` loop would silently stop
+//! serving. We drive tokio-xmpp's lower-level `XmlStream` ourselves instead, reading raw
+//! `minidom::Element`s: soft timeouts become keep-alive pings, a bad stanza is handed on
+//! (the router answers it with an error) and only a dead socket or a closed stream ends a
+//! connection, after which we reconnect with capped, jittered exponential back-off.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
+use tokio_xmpp::minidom::Element;
+use tokio_xmpp::xmlstream::{ReadError, Timeouts, XmlStream};
+use xmpp_parsers::component::Handshake;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::ns;
+
+use crate::config::XmppConfig;
+use crate::xmpp::stanza::BuilderExt;
+
+/// Link state, published to the gateway through a `watch` channel so a state change can
+/// never be lost or block the link behind a full stanza queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connected (yet, or any more); the text says why.
+    Down(String),
+    /// Connected and authenticated; the number counts connections since start, so the
+    /// gateway notices a reconnect even if it missed the `Down` in between.
+    Up(u64),
+}
+
+/// Counters of the link, for logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Inbound stanzas dropped because the gateway's queue was full.
+    pub inbound_dropped: AtomicU64,
+    /// Outbound stanzas discarded because the link was down.
+    pub outbound_discarded: AtomicU64,
+    /// Successful connections.
+    pub connects: AtomicU64,
+}
+
+/// The gateway's handles to the link task.
+pub struct LinkChannels {
+    /// Stanzas received from the server.
+    pub inbound: mpsc::Receiver<Element>,
+    /// Stanzas to send. Dropping every sender closes the stream cleanly and ends the task.
+    pub outbound: mpsc::Sender<Element>,
+    /// Current link state.
+    pub state: watch::Receiver<LinkState>,
+    /// Counters.
+    pub stats: Arc<LinkStats>,
+}
+
+/// Queue sizes: large enough for a presence burst of thousands of devices.
+const INBOUND_QUEUE: usize = 4096;
+const OUTBOUND_QUEUE: usize = 4096;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_ID_PREFIX: &str = "fg-ka-";
+
+/// Starts the link task. It runs until every outbound sender is dropped (then it closes
+/// the stream politely) or `shutdown` is cancelled (then it stops at once).
+pub fn spawn(
+    config: XmppConfig,
+    shutdown: CancellationToken,
+) -> (LinkChannels, tokio::task::JoinHandle<()>) {
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (state_tx, state_rx) = watch::channel(LinkState::Down("not connected yet".into()));
+    let stats = Arc::new(LinkStats::default());
+    let task = tokio::spawn(run(
+        config,
+        in_tx,
+        out_rx,
+        state_tx,
+        stats.clone(),
+        shutdown,
+    ));
+    (
+        LinkChannels {
+            inbound: in_rx,
+            outbound: out_tx,
+            state: state_rx,
+            stats,
+        },
+        task,
+    )
+}
+
+type Stream = XmlStream<tokio::io::BufStream<tokio::net::TcpStream>, Element>;
+
+/// Why a connection ended.
+enum End {
+    /// The gateway dropped its sender: we are done.
+    Finished,
+    /// Cancelled.
+    Cancelled,
+    /// The connection failed; reconnect.
+    Lost(String),
+}
+
+async fn run(
+    config: XmppConfig,
+    inbound: mpsc::Sender<Element>,
+    mut outbound: mpsc::Receiver<Element>,
+    state: watch::Sender<LinkState>,
+    stats: Arc<LinkStats>,
+    shutdown: CancellationToken,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&config)) => {
+                r.unwrap_or_else(|_| Err(format!("no answer within {CONNECT_TIMEOUT:?}")))
+            }
+        };
+        let reason = match connected {
+            Ok(stream) => {
+                attempt = 0;
+                let n = stats.connects.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(server = %config.server, domain = %config.domain,
+                    connection = n, "component link up");
+                state.send_replace(LinkState::Up(n));
+                match serve(stream, &config, &inbound, &mut outbound, &stats, &shutdown).await {
+                    End::Finished | End::Cancelled => {
+                        state.send_replace(LinkState::Down("shutting down".into()));
+                        return;
+                    }
+                    End::Lost(why) => why,
+                }
+            }
+            Err(why) => why,
+        };
+        let delay = backoff(attempt, config.reconnect_min, config.reconnect_max);
+        attempt = attempt.saturating_add(1);
+        tracing::warn!(server = %config.server, reason = %reason,
+            retry_in_ms = delay.as_millis() as u64, "component link down");
+        state.send_replace(LinkState::Down(reason));
+        // Keep draining the outbound queue while down, so the gateway never blocks on a
+        // link that is away; everything it sends now is re-announced after reconnecting.
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut sleep => break,
+                el = outbound.recv() => match el {
+                    Some(_) => { stats.outbound_discarded.fetch_add(1, Ordering::Relaxed); }
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+/// Capped exponential back-off with ±20 % jitter, so a fleet of gateways does not
+/// reconnect in lock-step after a server restart.
+pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let base = min.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let jitter = rand::thread_rng().gen_range(0.8..=1.2);
+    base.mul_f64(jitter)
+}
+
+async fn connect(config: &XmppConfig) -> Result<Stream, String> {
+    // tokio-xmpp's plain-TCP connector takes a socket address; resolve names here so
+    // `server = "xmpp.local:5347"` works without pulling in a DNS resolver crate.
+    let mut addrs = tokio::net::lookup_host(&config.server)
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", config.server))?;
+    let addr = addrs
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", config.server))?;
+    let connector = TcpServerConnector::from(DnsConfig::addr(&addr.to_string()));
+    let jid: Jid = BareJid::new(&config.domain)
+        .map_err(|e| format!("bad domain: {e}"))?
+        .into();
+    let (mut pending, _) = connector
+        .connect(&jid, ns::COMPONENT, timeouts(config.keepalive))
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let header = pending.take_header();
+    let id = header
+        .id
+        .ok_or("the server sent no stream id")?
+        .into_owned();
+    let mut stream: Stream = pending.skip_features();
+    let handshake = Handshake::from_stream_id_and_password(id, &config.secret);
+    stream
+        .send(&handshake)
+        .await
+        .map_err(|e| format!("handshake not sent: {e}"))?;
+    loop {
+        match stream.next().await {
+            Some(Ok(el)) if el.is("handshake", ns::COMPONENT) => return Ok(stream),
+            Some(Ok(el)) if el.name() == "error" && el.ns() == ns::STREAM => {
+                let condition = el
+                    .children()
+                    .next()
+                    .map_or("unknown", |c| c.name())
+                    .to_owned();
+                let hint = match condition.as_str() {
+                    "not-authorized" => " (wrong component secret?)",
+                    "host-unknown" => " (is the component domain declared on the server?)",
+                    "conflict" => " (another process is connected as this component)",
+                    _ => "",
+                };
+                return Err(format!("handshake refused: {condition}{hint}"));
+            }
+            Some(Ok(el)) => return Err(format!("unexpected <{}/> during handshake", el.name())),
+            Some(Err(ReadError::SoftTimeout)) => continue,
+            Some(Err(e)) => return Err(format!("handshake failed: {e}")),
+            None => return Err("the server closed the stream during the handshake".into()),
+        }
+    }
+}
+
+/// Read timeouts derived from the keep-alive interval: we ping every `keepalive`, so a
+/// silent stream for twice that, plus one more `keepalive` after a soft-timeout ping,
+/// means the server is gone.
+fn timeouts(keepalive: Duration) -> Timeouts {
+    Timeouts {
+        read_timeout: keepalive * 2,
+        response_timeout: keepalive,
+    }
+}
+
+async fn serve(
+    mut stream: Stream,
+    config: &XmppConfig,
+    inbound: &mpsc::Sender<Element>,
+    outbound: &mut mpsc::Receiver<Element>,
+    stats: &LinkStats,
+    shutdown: &CancellationToken,
+) -> End {
+    let mut keepalive = tokio::time::interval(config.keepalive);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.tick().await;
+    let mut ping_seq: u64 = 0;
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return End::Cancelled,
+            el = outbound.recv() => {
+                let Some(el) = el else {
+                    close(&mut stream).await;
+                    return End::Finished;
+                };
+                // Batch whatever else is queued into one flush: a presence burst for a
+                // thousand devices goes out in a few writes, not a thousand.
+                if let Err(e) = stream.feed(&el).await {
+                    return End::Lost(format!("write failed: {e}"));
+                }
+                let mut closed = false;
+                for _ in 0..256 {
+                    match outbound.try_recv() {
+                        Ok(el) => if let Err(e) = stream.feed(&el).await {
+                            return End::Lost(format!("write failed: {e}"));
+                        },
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => { closed = true; break; }
+                    }
+                }
+                if let Err(e) = SinkExt::<&Element>::flush(&mut stream).await {
+                    return End::Lost(format!("write failed: {e}"));
+                }
+                if closed {
+                    close(&mut stream).await;
+                    return End::Finished;
+                }
+            }
+            item = stream.next() => match item {
+                Some(Ok(el)) => {
+                    last_heard = Instant::now();
+                    if is_keepalive_reply(&el) {
+                        continue;
+                    }
+                    if el.name() == "error" && el.ns() == ns::STREAM {
+                        let condition = el.children().next().map_or("unknown", |c| c.name());
+                        return End::Lost(format!("stream error from server: {condition}"));
+                    }
+                    if let Err(mpsc::error::TrySendError::Full(el)) = inbound.try_send(el) {
+                        let n = stats.inbound_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(dropped_total = n, stanza = el.name(),
+                                "gateway inbound queue full: stanza dropped");
+                        }
+                    }
+                }
+                Some(Err(ReadError::SoftTimeout)) => {
+                    tracing::debug!("link silent: sending keep-alive ping");
+                    ping_seq += 1;
+                    if let Err(e) = stream.send(&ping(config, ping_seq)).await {
+                        return End::Lost(format!("write failed: {e}"));
+                    }
+                }
+                Some(Err(ReadError::ParseError(e))) => {
+                    // Non-fatal by tokio-xmpp's contract: the stream goes on.
+                    tracing::warn!(error = %e, "unparseable element from server ignored");
+                }
+                Some(Err(ReadError::HardError(e))) => return End::Lost(format!("read failed: {e}")),
+                Some(Err(ReadError::StreamFooterReceived)) | None => {
+                    return End::Lost("the server closed the stream".into())
+                }
+            },
+            _ = keepalive.tick() => {
+                if last_heard.elapsed() > config.keepalive * 3 {
+                    return End::Lost(format!(
+                        "no traffic from the server for {:?}", last_heard.elapsed()));
+                }
+                ping_seq += 1;
+                if let Err(e) = stream.send(&ping(config, ping_seq)).await {
+                    return End::Lost(format!("write failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+async fn close(stream: &mut Stream) {
+    // The footer tells the server we leave on purpose; a dead peer must not hold up a
+    // shutdown, hence the bound.
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
+}
+
+fn ping(config: &XmppConfig, seq: u64) -> Element {
+    Element::builder("iq", ns::COMPONENT)
+        .a("type", "get")
+        .a("id", format!("{KEEPALIVE_ID_PREFIX}{seq}"))
+        .a("from", config.domain.as_str())
+        .a("to", config.ping_target.as_str())
+        .append(Element::builder("ping", ns::PING).build())
+        .build()
+}
+
+/// Any answer to our ping, result or error, proves the link alive and is not routed on.
+fn is_keepalive_reply(el: &Element) -> bool {
+    el.name() == "iq"
+        && matches!(el.attr("type"), Some("result" | "error"))
+        && el
+            .attr("id")
+            .is_some_and(|id| id.starts_with(KEEPALIVE_ID_PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let min = Duration::from_millis(250);
+        let max = Duration::from_secs(3);
+        for _ in 0..50 {
+            let d0 = backoff(0, min, max);
+            assert!(d0 >= Duration::from_millis(200) && d0 <= Duration::from_millis(300));
+            let d3 = backoff(3, min, max);
+            assert!(d3 >= Duration::from_millis(1600) && d3 <= Duration::from_millis(2400));
+            let d30 = backoff(30, min, max);
+            assert!(d30 >= Duration::from_millis(2400) && d30 <= Duration::from_millis(3600));
+        }
+    }
+
+    #[test]
+    fn keepalive_replies_are_recognised() {
+        let reply: Element =
+            "<iq xmlns='jabber:component:accept' type='error' id='fg-ka-3' from='example.org'/>"
+                .parse()
+                .unwrap();
+        assert!(is_keepalive_reply(&reply));
+        let other: Element = "<iq xmlns='jabber:component:accept' type='result' id='q1'/>"
+            .parse()
+            .unwrap();
+        assert!(!is_keepalive_reply(&other));
+    }
+}

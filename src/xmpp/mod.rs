@@ -1,0 +1,7 @@
+//! The XMPP side of the gateway: the component link and the stanzas we speak.
+//! Nothing here knows any field bus.
+
+pub mod disco;
+pub mod link;
+pub mod presence;
+pub mod stanza;
