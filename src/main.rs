@@ -1,11 +1,6 @@
 //! fieldgate: an edge gateway that makes every field-bus device its own XMPP entity.
 
-mod access;
-mod config;
-mod devices;
-mod gateway;
-mod state;
-mod xmpp;
+use fieldgate::{config, gateway};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
