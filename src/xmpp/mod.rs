@@ -2,6 +2,7 @@
 //! Nothing here knows any field bus.
 
 pub mod disco;
+pub mod iot;
 pub mod link;
 pub mod presence;
 pub mod stanza;
