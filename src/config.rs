@@ -54,12 +54,21 @@ impl fmt::Display for Located {
         if let Some(key) = &self.key {
             write!(f, "{key}: ")?;
         }
-        write!(f, "{}", self.message)?;
-        if !self.source_line.is_empty() {
-            let pad = " ".repeat(self.column.saturating_sub(1));
-            write!(f, "\n    {}\n    {pad}^", self.source_line)?;
+        write!(f, "{}", self.message)
+    }
+}
+
+impl ConfigError {
+    /// The offending source line with a caret under the column, for terminals; log lines
+    /// keep to the one-line `Display`.
+    pub fn snippet(&self) -> Option<String> {
+        match self {
+            ConfigError::Invalid(l) if !l.source_line.is_empty() => {
+                let pad = " ".repeat(l.column.saturating_sub(1));
+                Some(format!("    {}\n    {pad}^", l.source_line))
+            }
+            _ => None,
         }
-        Ok(())
     }
 }
 

@@ -70,6 +70,7 @@ struct Gateway {
     events: EventSink,
     adapters_root: CancellationToken,
     link_up: bool,
+    link_settings: tokio::sync::watch::Sender<crate::config::XmppConfig>,
 }
 
 /// Runs the gateway until `controls.shutdown` is cancelled, then withdraws every device's
@@ -91,6 +92,7 @@ pub async fn run(
         outbound,
         state: mut link_state,
         stats: link_stats,
+        settings: link_settings,
     } = link;
     let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
     let persister = tokio::spawn(state::persister(
@@ -110,6 +112,7 @@ pub async fn run(
         events: EventSink::new(ev_tx, dropped),
         adapters_root: CancellationToken::new(),
         link_up: false,
+        link_settings,
         cfg: cfg.clone(),
     };
     for d in &cfg.devices {
@@ -623,7 +626,25 @@ impl Gateway {
             }
         };
         if new.xmpp != self.cfg.xmpp {
-            tracing::warn!("[xmpp] changed: the new settings take effect after a restart");
+            if new.xmpp.domain != self.cfg.xmpp.domain {
+                // Every device JID, roster entry and subscription hangs off the domain.
+                tracing::warn!(running = %self.cfg.xmpp.domain, configured = %new.xmpp.domain,
+                    "[xmpp].domain changed: takes effect after a restart");
+            }
+            let mut xmpp = new.xmpp.clone();
+            xmpp.domain = self.cfg.xmpp.domain.clone();
+            if xmpp != self.cfg.xmpp {
+                if self.link_up {
+                    self.withdraw_all("gateway reconnecting with new settings")
+                        .await;
+                }
+                tracing::info!("[xmpp] changed: reconnecting the component link");
+                for dev in self.devices.values_mut() {
+                    dev.full = format!("{}/{}", dev.bare, xmpp.resource);
+                }
+                self.cfg.xmpp = xmpp.clone();
+                self.link_settings.send_replace(xmpp);
+            }
         }
         if new.state_dir != self.cfg.state_dir {
             tracing::warn!("[state] changed: the new directory takes effect after a restart");

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                report_config_error(&e);
                 ExitCode::from(2)
             }
         },
@@ -59,8 +59,8 @@ fn main() -> ExitCode {
             let cfg = match config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: {e}");
-                    tracing::error!("invalid configuration, not starting");
+                    report_config_error(&e);
+                    tracing::error!(error = %e, "invalid configuration, not starting");
                     return ExitCode::from(2);
                 }
             };
@@ -73,6 +73,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn report_config_error(e: &config::ConfigError) {
+    eprintln!("error: {e}");
+    if let Some(snippet) = e.snippet() {
+        eprintln!("{snippet}");
     }
 }
 

@@ -57,6 +57,8 @@ pub struct LinkChannels {
     pub state: watch::Receiver<LinkState>,
     /// Counters.
     pub stats: Arc<LinkStats>,
+    /// New settings (after a reload): the link reconnects with them at once.
+    pub settings: watch::Sender<XmppConfig>,
 }
 
 /// Queue sizes: large enough for a presence burst of thousands of devices.
@@ -75,8 +77,9 @@ pub fn spawn(
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (state_tx, state_rx) = watch::channel(LinkState::Down("not connected yet".into()));
     let stats = Arc::new(LinkStats::default());
+    let (settings_tx, settings_rx) = watch::channel(config);
     let task = tokio::spawn(run(
-        config,
+        settings_rx,
         in_tx,
         out_rx,
         state_tx,
@@ -89,6 +92,7 @@ pub fn spawn(
             outbound: out_tx,
             state: state_rx,
             stats,
+            settings: settings_tx,
         },
         task,
     )
@@ -104,10 +108,12 @@ enum End {
     Cancelled,
     /// The connection failed; reconnect.
     Lost(String),
+    /// The settings changed; reconnect with them now.
+    Reconfigure,
 }
 
 async fn run(
-    config: XmppConfig,
+    mut settings: watch::Receiver<XmppConfig>,
     inbound: mpsc::Sender<Element>,
     mut outbound: mpsc::Receiver<Element>,
     state: watch::Sender<LinkState>,
@@ -116,6 +122,7 @@ async fn run(
 ) {
     let mut attempt: u32 = 0;
     loop {
+        let config = settings.borrow_and_update().clone();
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&config)) => {
@@ -129,10 +136,26 @@ async fn run(
                 tracing::info!(server = %config.server, domain = %config.domain,
                     connection = n, "component link up");
                 state.send_replace(LinkState::Up(n));
-                match serve(stream, &config, &inbound, &mut outbound, &stats, &shutdown).await {
+                let ended = serve(
+                    stream,
+                    &config,
+                    &mut settings,
+                    &inbound,
+                    &mut outbound,
+                    &stats,
+                    &shutdown,
+                )
+                .await;
+                match ended {
                     End::Finished | End::Cancelled => {
                         state.send_replace(LinkState::Down("shutting down".into()));
                         return;
+                    }
+                    End::Reconfigure => {
+                        tracing::info!("component link settings changed: reconnecting");
+                        state.send_replace(LinkState::Down("reconfiguring".into()));
+                        attempt = 0;
+                        continue;
                     }
                     End::Lost(why) => why,
                 }
@@ -152,6 +175,7 @@ async fn run(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = &mut sleep => break,
+                _ = changed(&mut settings) => { attempt = 0; break; }
                 el = outbound.recv() => match el {
                     Some(_) => { stats.outbound_discarded.fetch_add(1, Ordering::Relaxed); }
                     None => return,
@@ -235,6 +259,7 @@ fn timeouts(keepalive: Duration) -> Timeouts {
 async fn serve(
     mut stream: Stream,
     config: &XmppConfig,
+    settings: &mut watch::Receiver<XmppConfig>,
     inbound: &mpsc::Sender<Element>,
     outbound: &mut mpsc::Receiver<Element>,
     stats: &LinkStats,
@@ -249,6 +274,10 @@ async fn serve(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return End::Cancelled,
+            _ = changed(settings) => {
+                close(&mut stream).await;
+                return End::Reconfigure;
+            }
             el = outbound.recv() => {
                 let Some(el) = el else {
                     close(&mut stream).await;
@@ -322,6 +351,14 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// Resolves when new settings arrive; never, once the gateway has dropped the sender
+/// (it is shutting down, and the closing outbound queue ends the link).
+async fn changed(settings: &mut watch::Receiver<XmppConfig>) {
+    if settings.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
