@@ -50,6 +50,8 @@ pub trait Supervisor: Send {
     fn stopping(&mut self);
     /// How often to call `watchdog`, if at all.
     fn watchdog_interval(&self) -> Option<Duration>;
+    /// A one-line status for `systemctl status`.
+    fn status(&mut self, text: &str);
 }
 
 /// Signals the gateway reacts to.
@@ -134,13 +136,20 @@ pub async fn run(
                 match st {
                     LinkState::Up(_) => {
                         gw.link_up = true;
+                        supervisor.status(&format!(
+                            "connected to {} as {}, {} devices",
+                            gw.cfg.xmpp.server, gw.cfg.xmpp.domain, gw.order.len()
+                        ));
                         if !ready {
                             ready = true;
                             supervisor.ready();
                         }
                         gw.announce_all().await;
                     }
-                    LinkState::Down(_) => gw.link_up = false,
+                    LinkState::Down(why) => {
+                        gw.link_up = false;
+                        supervisor.status(&format!("component link down: {why}"));
+                    }
                 }
             }
             Some(el) = inbound.recv() => gw.handle(el).await,

@@ -169,4 +169,7 @@ impl gateway::Supervisor for Systemd {
     fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }
+    fn status(&mut self, text: &str) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(text)]);
+    }
 }
