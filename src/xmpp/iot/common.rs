@@ -1,0 +1,771 @@
+//! Pieces shared by the IoT payloads: the parse errors, the field-type and quality-of-service
+//! flag sets of XEP-0323 (reused by the events ProtoXEP), provisioning tokens, node
+//! references, and the small attribute helpers the parsers are written with.
+
+use tokio_xmpp::minidom::{Element, ElementBuilder};
+
+use crate::xmpp::stanza::BuilderExt;
+
+/// Why an attribute value (or a value in a data form) is not of its XML Schema type.
+///
+/// The offending value itself is carried by [`ParseError::InvalidAttribute`]; this says what
+/// was expected instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not `true`, `false`, `1` or `0`.
+    #[error("expected xs:boolean: 'true', 'false', '1' or '0'")]
+    Boolean,
+    /// Not a non-negative integer that fits in 64 bits.
+    #[error("expected an unsigned integer (0 to 18446744073709551615)")]
+    Unsigned,
+    /// Not a 32-bit signed integer.
+    #[error("expected xs:int, an integer from -2147483648 to 2147483647")]
+    Int,
+    /// Not a 64-bit signed integer.
+    #[error("expected xs:long, an integer from -9223372036854775808 to 9223372036854775807")]
+    Long,
+    /// Not in the lexical space of xs:double.
+    #[error("expected xs:double, a decimal number such as 4.20, -1.5E3, INF or NaN")]
+    Double,
+    /// A number that must be finite is INF, -INF or NaN.
+    #[error("expected a finite number, not INF or NaN")]
+    NotFinite,
+    /// A number that must be strictly positive is zero, negative or NaN.
+    #[error("expected a number greater than zero")]
+    NotPositive,
+    /// Not an xs:dateTime; the text says which part is wrong.
+    #[error("expected xs:dateTime (YYYY-MM-DDThh:mm:ss[.fff][Z|±hh:mm]): {0}")]
+    DateTime(&'static str),
+    /// Not an xs:date; the text says which part is wrong.
+    #[error("expected xs:date (YYYY-MM-DD[Z|±hh:mm]): {0}")]
+    Date(&'static str),
+    /// Not an xs:time; the text says which part is wrong.
+    #[error("expected xs:time (hh:mm:ss[.fff][Z|±hh:mm]): {0}")]
+    Time(&'static str),
+    /// Not an xs:duration we can represent; the text says why.
+    #[error("expected xs:duration such as PT1M30S or P1DT2H: {0}")]
+    Duration(&'static str),
+    /// Not six or eight hexadecimal digits.
+    #[error("expected a colour as RRGGBB or RRGGBBAA hexadecimal digits")]
+    Color,
+    /// A data-form validation datatype we cannot map to a control parameter type.
+    #[error("unsupported datatype for a control parameter")]
+    Datatype,
+}
+
+/// Why an element is not a valid IoT payload. Every variant names the element and, where it
+/// applies, the attribute and the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// The element is not the one the parser handles (other name or other namespace).
+    #[error("expected <{expected} xmlns='{expected_ns}'/>, found <{name} xmlns='{ns}'/>")]
+    WrongElement {
+        /// The element name the parser handles.
+        expected: &'static str,
+        /// The namespace the parser handles.
+        expected_ns: &'static str,
+        /// The name that was found.
+        name: String,
+        /// The namespace that was found.
+        ns: String,
+    },
+    /// A required attribute is absent.
+    #[error("<{element}/> lacks the required attribute '{attribute}'")]
+    MissingAttribute {
+        /// The element lacking it.
+        element: &'static str,
+        /// The missing attribute.
+        attribute: &'static str,
+    },
+    /// An attribute is present but its value is not of the required type.
+    #[error("<{element}/> has an invalid {attribute}='{value}': {reason}")]
+    InvalidAttribute {
+        /// The element carrying it.
+        element: &'static str,
+        /// The attribute name.
+        attribute: &'static str,
+        /// The value as received.
+        value: String,
+        /// What was expected instead.
+        reason: ValueError,
+    },
+    /// A child element in the protocol's own namespace that is not allowed here
+    /// (children in foreign namespaces are ignored as extensions).
+    #[error("<{parent}/> may not contain <{child}/>")]
+    UnexpectedChild {
+        /// The parent element.
+        parent: &'static str,
+        /// The offending child's name.
+        child: String,
+    },
+    /// A child of `<timestamp/>` that is not one of the ten XEP-0323 field types.
+    #[error(
+        "<timestamp/> contains <{0}/>, which is not a field type \
+         (boolean, date, dateTime, duration, enum, int, long, numeric, string, time)"
+    )]
+    UnknownFieldType(String),
+    /// A child of `<set/>` that is neither `<node/>` nor one of the ten XEP-0325 parameter types.
+    #[error(
+        "<set/> contains <{0}/>, which is not a control parameter type \
+         (boolean, color, date, dateTime, double, duration, int, long, string, time)"
+    )]
+    UnknownParameterType(String),
+    /// A child that may occur at most once occurs more than once.
+    #[error("<{parent}/> contains more than one <{child}/>")]
+    DuplicateChild {
+        /// The parent element.
+        parent: &'static str,
+        /// The repeated child.
+        child: &'static str,
+    },
+    /// An embedded `jabber:x:data` form is invalid.
+    #[error("invalid data form: {0}")]
+    InvalidForm(String),
+}
+
+/// Implements `TryFrom<Element>` by delegating to the `TryFrom<&Element>` impl, so payloads
+/// can be parsed from a borrowed or an owned element.
+macro_rules! try_from_owned {
+    ($($t:ty),+ $(,)?) => {$(
+        impl TryFrom<tokio_xmpp::minidom::Element> for $t {
+            type Error = $crate::xmpp::iot::common::ParseError;
+            fn try_from(el: tokio_xmpp::minidom::Element) -> Result<Self, Self::Error> {
+                <$t>::try_from(&el)
+            }
+        }
+    )+};
+}
+pub(crate) use try_from_owned;
+
+/// Fails unless `el` is `<name xmlns='ns'/>`.
+pub(crate) fn check_element(
+    el: &Element,
+    name: &'static str,
+    ns: &'static str,
+) -> Result<(), ParseError> {
+    if el.is(name, ns) {
+        Ok(())
+    } else {
+        Err(ParseError::WrongElement {
+            expected: name,
+            expected_ns: ns,
+            name: el.name().to_owned(),
+            ns: el.ns(),
+        })
+    }
+}
+
+/// The value of a required attribute.
+pub(crate) fn required<'a>(
+    el: &'a Element,
+    element: &'static str,
+    attribute: &'static str,
+) -> Result<&'a str, ParseError> {
+    el.attr(attribute)
+        .ok_or(ParseError::MissingAttribute { element, attribute })
+}
+
+/// The value of an optional string attribute.
+pub(crate) fn optional(el: &Element, attribute: &'static str) -> Option<String> {
+    el.attr(attribute).map(str::to_owned)
+}
+
+/// Parses an optional attribute with `parse`, naming element, attribute and value on failure.
+pub(crate) fn parsed<T>(
+    el: &Element,
+    element: &'static str,
+    attribute: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, ValueError>,
+) -> Result<Option<T>, ParseError> {
+    match el.attr(attribute) {
+        None => Ok(None),
+        Some(value) => parse(value)
+            .map(Some)
+            .map_err(|reason| ParseError::InvalidAttribute {
+                element,
+                attribute,
+                value: value.to_owned(),
+                reason,
+            }),
+    }
+}
+
+/// Parses a required attribute with `parse`.
+pub(crate) fn required_parsed<T>(
+    el: &Element,
+    element: &'static str,
+    attribute: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, ValueError>,
+) -> Result<T, ParseError> {
+    parsed(el, element, attribute, parse)?
+        .ok_or(ParseError::MissingAttribute { element, attribute })
+}
+
+/// An optional xs:boolean attribute, `false` when absent.
+pub(crate) fn flag(
+    el: &Element,
+    element: &'static str,
+    attribute: &'static str,
+) -> Result<bool, ParseError> {
+    Ok(parsed(el, element, attribute, parse_boolean)?.unwrap_or(false))
+}
+
+/// The required `seqnr` attribute. The schema says xs:int, clients send any digits: we keep
+/// it as `u64` and reject anything that is not a non-negative integer.
+pub(crate) fn seqnr(el: &Element, element: &'static str) -> Result<u64, ParseError> {
+    required_parsed(el, element, "seqnr", |v| {
+        v.trim().parse::<u64>().map_err(|_| ValueError::Unsigned)
+    })
+}
+
+/// Parses xs:boolean (`true`, `false`, `1`, `0`, surrounding whitespace allowed).
+pub fn parse_boolean(s: &str) -> Result<bool, ValueError> {
+    match s.trim() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ValueError::Boolean),
+    }
+}
+
+/// Parses xs:int.
+pub fn parse_int(s: &str) -> Result<i32, ValueError> {
+    s.trim().parse().map_err(|_| ValueError::Int)
+}
+
+/// Parses xs:long.
+pub fn parse_long(s: &str) -> Result<i64, ValueError> {
+    s.trim().parse().map_err(|_| ValueError::Long)
+}
+
+/// Adds `attribute='true'` when `on`, nothing otherwise (the schema default is false).
+pub(crate) fn put_flag(b: ElementBuilder, attribute: &str, on: bool) -> ElementBuilder {
+    if on {
+        b.a(attribute, "true")
+    } else {
+        b
+    }
+}
+
+/// The XEP-0323 field types (the `fieldTypes` attribute group), as carried by fields, by
+/// `<req/>` and by the events `<subscribe/>`. In a request several types are a union; on a
+/// field they are an intersection (a historical status value is both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FieldTypes {
+    /// `momentary`: measured at the time of the read-out.
+    pub momentary: bool,
+    /// `peak`: a maximum or minimum over a period.
+    pub peak: bool,
+    /// `status`: status information (health, runtime, signal strength, ...).
+    pub status: bool,
+    /// `computed`: computed rather than measured.
+    pub computed: bool,
+    /// `identity`: identifies the device (serial number, meter ID, ...). Read from either
+    /// `identity` or `identification` (one example of XEP-0323 uses the latter); written as
+    /// `identity`.
+    pub identity: bool,
+    /// `historicalSecond`.
+    pub historical_second: bool,
+    /// `historicalMinute`.
+    pub historical_minute: bool,
+    /// `historicalHour`.
+    pub historical_hour: bool,
+    /// `historicalDay`.
+    pub historical_day: bool,
+    /// `historicalWeek`.
+    pub historical_week: bool,
+    /// `historicalMonth`.
+    pub historical_month: bool,
+    /// `historicalQuarter`.
+    pub historical_quarter: bool,
+    /// `historicalYear`.
+    pub historical_year: bool,
+    /// `historicalOther`: historical, period not important.
+    pub historical_other: bool,
+}
+
+impl FieldTypes {
+    /// The attribute names, in the order of [`FieldTypes::flags`].
+    pub const NAMES: [&'static str; 14] = [
+        "momentary",
+        "peak",
+        "status",
+        "computed",
+        "identity",
+        "historicalSecond",
+        "historicalMinute",
+        "historicalHour",
+        "historicalDay",
+        "historicalWeek",
+        "historicalMonth",
+        "historicalQuarter",
+        "historicalYear",
+        "historicalOther",
+    ];
+
+    /// No type set.
+    pub const NONE: FieldTypes = FieldTypes {
+        momentary: false,
+        peak: false,
+        status: false,
+        computed: false,
+        identity: false,
+        historical_second: false,
+        historical_minute: false,
+        historical_hour: false,
+        historical_day: false,
+        historical_week: false,
+        historical_month: false,
+        historical_quarter: false,
+        historical_year: false,
+        historical_other: false,
+    };
+
+    /// Every type set (what `all='true'` in a request means).
+    pub const ALL: FieldTypes = FieldTypes {
+        momentary: true,
+        peak: true,
+        status: true,
+        computed: true,
+        identity: true,
+        ..FieldTypes::HISTORICAL
+    };
+
+    /// Every `historical*` type set (what `historical='true'` in a request means).
+    pub const HISTORICAL: FieldTypes = FieldTypes {
+        historical_second: true,
+        historical_minute: true,
+        historical_hour: true,
+        historical_day: true,
+        historical_week: true,
+        historical_month: true,
+        historical_quarter: true,
+        historical_year: true,
+        historical_other: true,
+        ..FieldTypes::NONE
+    };
+
+    /// Only `momentary`.
+    pub const MOMENTARY: FieldTypes = FieldTypes {
+        momentary: true,
+        ..FieldTypes::NONE
+    };
+
+    /// Only `status`.
+    pub const STATUS: FieldTypes = FieldTypes {
+        status: true,
+        ..FieldTypes::NONE
+    };
+
+    /// Only `identity`.
+    pub const IDENTITY: FieldTypes = FieldTypes {
+        identity: true,
+        ..FieldTypes::NONE
+    };
+
+    /// The flags in the order of [`FieldTypes::NAMES`].
+    pub fn flags(&self) -> [bool; 14] {
+        [
+            self.momentary,
+            self.peak,
+            self.status,
+            self.computed,
+            self.identity,
+            self.historical_second,
+            self.historical_minute,
+            self.historical_hour,
+            self.historical_day,
+            self.historical_week,
+            self.historical_month,
+            self.historical_quarter,
+            self.historical_year,
+            self.historical_other,
+        ]
+    }
+
+    fn flags_mut(&mut self) -> [&mut bool; 14] {
+        [
+            &mut self.momentary,
+            &mut self.peak,
+            &mut self.status,
+            &mut self.computed,
+            &mut self.identity,
+            &mut self.historical_second,
+            &mut self.historical_minute,
+            &mut self.historical_hour,
+            &mut self.historical_day,
+            &mut self.historical_week,
+            &mut self.historical_month,
+            &mut self.historical_quarter,
+            &mut self.historical_year,
+            &mut self.historical_other,
+        ]
+    }
+
+    /// True when no type is set.
+    pub fn is_empty(&self) -> bool {
+        !self.flags().contains(&true)
+    }
+
+    /// Types set in either.
+    pub fn union(&self, other: &FieldTypes) -> FieldTypes {
+        let mut out = *self;
+        for (o, t) in out.flags_mut().into_iter().zip(other.flags()) {
+            *o |= t;
+        }
+        out
+    }
+
+    /// True when at least one type is set in both (a field matches a request when its types
+    /// intersect the requested ones).
+    pub fn intersects(&self, other: &FieldTypes) -> bool {
+        self.flags().iter().zip(other.flags()).any(|(&a, b)| a && b)
+    }
+
+    /// The union a request asks for, expanding the request-only `all` and `historical`
+    /// attributes. A request that names no type at all is read as a request for all types
+    /// (the flags are only hints, and XEP-0323 leaves this case open).
+    pub fn requested(&self, all: bool, historical: bool) -> FieldTypes {
+        let mut out = *self;
+        if all {
+            out = FieldTypes::ALL;
+        }
+        if historical {
+            out = out.union(&FieldTypes::HISTORICAL);
+        }
+        if out.is_empty() {
+            FieldTypes::ALL
+        } else {
+            out
+        }
+    }
+
+    /// Reads the type attributes of `el` (`identification` counts as `identity`).
+    pub(crate) fn parse(el: &Element, element: &'static str) -> Result<FieldTypes, ParseError> {
+        let mut types = FieldTypes::NONE;
+        for (name, slot) in FieldTypes::NAMES.iter().zip(types.flags_mut()) {
+            *slot = flag(el, element, name)?;
+        }
+        types.identity |= flag(el, element, "identification")?;
+        Ok(types)
+    }
+
+    /// Writes the set types as `name='true'`.
+    pub(crate) fn write(&self, mut b: ElementBuilder) -> ElementBuilder {
+        for (name, on) in FieldTypes::NAMES.iter().zip(self.flags()) {
+            b = put_flag(b, name, on);
+        }
+        b
+    }
+}
+
+/// The XEP-0323 quality-of-service flags of a field (`fieldQoS` attribute group). A field
+/// without any flag is to be read as `automaticReadout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FieldQos {
+    /// `missing`: the value is missing.
+    pub missing: bool,
+    /// `inProgress`: being measured or calculated; not final.
+    pub in_progress: bool,
+    /// `automaticEstimate`.
+    pub automatic_estimate: bool,
+    /// `manualEstimate`.
+    pub manual_estimate: bool,
+    /// `manualReadout`.
+    pub manual_readout: bool,
+    /// `automaticReadout`: read automatically (the usual case).
+    pub automatic_readout: bool,
+    /// `timeOffset`: the clock was corrected during the measurement period.
+    pub time_offset: bool,
+    /// `warning`: a warning was logged during the measurement period.
+    pub warning: bool,
+    /// `error`: an error was logged during the measurement period.
+    pub error: bool,
+    /// `signed`: signed by an operator.
+    pub signed: bool,
+    /// `invoiced`.
+    pub invoiced: bool,
+    /// `endOfSeries`.
+    pub end_of_series: bool,
+    /// `powerFailure`: a power failure was recorded during the measurement period.
+    pub power_failure: bool,
+    /// `invoiceConfirmed`.
+    pub invoice_confirmed: bool,
+}
+
+impl FieldQos {
+    /// The attribute names, in the order of [`FieldQos::flags`].
+    pub const NAMES: [&'static str; 14] = [
+        "missing",
+        "inProgress",
+        "automaticEstimate",
+        "manualEstimate",
+        "manualReadout",
+        "automaticReadout",
+        "timeOffset",
+        "warning",
+        "error",
+        "signed",
+        "invoiced",
+        "endOfSeries",
+        "powerFailure",
+        "invoiceConfirmed",
+    ];
+
+    /// No flag set.
+    pub const NONE: FieldQos = FieldQos {
+        missing: false,
+        in_progress: false,
+        automatic_estimate: false,
+        manual_estimate: false,
+        manual_readout: false,
+        automatic_readout: false,
+        time_offset: false,
+        warning: false,
+        error: false,
+        signed: false,
+        invoiced: false,
+        end_of_series: false,
+        power_failure: false,
+        invoice_confirmed: false,
+    };
+
+    /// Only `automaticReadout`, the flag of a normal reading.
+    pub const AUTOMATIC_READOUT: FieldQos = FieldQos {
+        automatic_readout: true,
+        ..FieldQos::NONE
+    };
+
+    /// The flags in the order of [`FieldQos::NAMES`].
+    pub fn flags(&self) -> [bool; 14] {
+        [
+            self.missing,
+            self.in_progress,
+            self.automatic_estimate,
+            self.manual_estimate,
+            self.manual_readout,
+            self.automatic_readout,
+            self.time_offset,
+            self.warning,
+            self.error,
+            self.signed,
+            self.invoiced,
+            self.end_of_series,
+            self.power_failure,
+            self.invoice_confirmed,
+        ]
+    }
+
+    fn flags_mut(&mut self) -> [&mut bool; 14] {
+        [
+            &mut self.missing,
+            &mut self.in_progress,
+            &mut self.automatic_estimate,
+            &mut self.manual_estimate,
+            &mut self.manual_readout,
+            &mut self.automatic_readout,
+            &mut self.time_offset,
+            &mut self.warning,
+            &mut self.error,
+            &mut self.signed,
+            &mut self.invoiced,
+            &mut self.end_of_series,
+            &mut self.power_failure,
+            &mut self.invoice_confirmed,
+        ]
+    }
+
+    /// True when no flag is set (which readers take as `automaticReadout`).
+    pub fn is_empty(&self) -> bool {
+        !self.flags().contains(&true)
+    }
+
+    /// Reads the QoS attributes of `el`.
+    pub(crate) fn parse(el: &Element, element: &'static str) -> Result<FieldQos, ParseError> {
+        let mut qos = FieldQos::NONE;
+        for (name, slot) in FieldQos::NAMES.iter().zip(qos.flags_mut()) {
+            *slot = flag(el, element, name)?;
+        }
+        Ok(qos)
+    }
+
+    /// Writes the set flags as `name='true'`.
+    pub(crate) fn write(&self, mut b: ElementBuilder) -> ElementBuilder {
+        for (name, on) in FieldQos::NAMES.iter().zip(self.flags()) {
+            b = put_flag(b, name, on);
+        }
+        b
+    }
+}
+
+/// The XEP-0324 provisioning tokens a request may carry (`serviceToken`, `deviceToken`,
+/// `userToken`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Tokens {
+    /// `serviceToken`.
+    pub service_token: Option<String>,
+    /// `deviceToken`.
+    pub device_token: Option<String>,
+    /// `userToken`.
+    pub user_token: Option<String>,
+}
+
+impl Tokens {
+    /// True when no token is present.
+    pub fn is_empty(&self) -> bool {
+        self.service_token.is_none() && self.device_token.is_none() && self.user_token.is_none()
+    }
+
+    pub(crate) fn parse(el: &Element) -> Tokens {
+        Tokens {
+            service_token: optional(el, "serviceToken"),
+            device_token: optional(el, "deviceToken"),
+            user_token: optional(el, "userToken"),
+        }
+    }
+
+    pub(crate) fn write(&self, b: ElementBuilder) -> ElementBuilder {
+        b.a("serviceToken", self.service_token.as_deref())
+            .a("deviceToken", self.device_token.as_deref())
+            .a("userToken", self.user_token.as_deref())
+    }
+}
+
+/// A `<node nodeId sourceId cacheType/>` reference (XEP-0326 addressing of a node behind a
+/// concentrator). The element lives in the namespace of whichever payload contains it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeRef {
+    /// `nodeId` (required).
+    pub node_id: String,
+    /// `sourceId`: the data source holding the node.
+    pub source_id: Option<String>,
+    /// `cacheType`: narrows the kind of node.
+    pub cache_type: Option<String>,
+}
+
+impl NodeRef {
+    /// A reference by node ID only.
+    pub fn new(node_id: impl Into<String>) -> NodeRef {
+        NodeRef {
+            node_id: node_id.into(),
+            source_id: None,
+            cache_type: None,
+        }
+    }
+
+    /// Reads the node attributes of `el` (an element named `element` in the error).
+    pub(crate) fn parse(el: &Element, element: &'static str) -> Result<NodeRef, ParseError> {
+        Ok(NodeRef {
+            node_id: required(el, element, "nodeId")?.to_owned(),
+            source_id: optional(el, "sourceId"),
+            cache_type: optional(el, "cacheType"),
+        })
+    }
+
+    /// Adds the node attributes to `b`.
+    pub(crate) fn write(&self, b: ElementBuilder) -> ElementBuilder {
+        b.a("nodeId", self.node_id.as_str())
+            .a("sourceId", self.source_id.as_deref())
+            .a("cacheType", self.cache_type.as_deref())
+    }
+
+    /// `<node/>` in namespace `ns`.
+    pub(crate) fn to_element(&self, ns: &str) -> Element {
+        self.write(Element::builder("node", ns)).build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(xml: &str) -> Element {
+        xml.parse().unwrap()
+    }
+
+    #[test]
+    fn booleans_follow_xs_boolean() {
+        assert_eq!(parse_boolean("true"), Ok(true));
+        assert_eq!(parse_boolean(" 1 "), Ok(true));
+        assert_eq!(parse_boolean("0"), Ok(false));
+        assert_eq!(parse_boolean("false"), Ok(false));
+        for bad in ["yes", "True", "TRUE", "", "2", "on"] {
+            assert_eq!(parse_boolean(bad), Err(ValueError::Boolean), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integers_have_their_ranges() {
+        assert_eq!(parse_int("-2147483648"), Ok(i32::MIN));
+        assert_eq!(parse_int("+5"), Ok(5));
+        assert_eq!(parse_int("2147483648"), Err(ValueError::Int));
+        assert_eq!(parse_int("1.0"), Err(ValueError::Int));
+        assert_eq!(parse_long("500000000000000"), Ok(500_000_000_000_000));
+        assert_eq!(parse_long("9223372036854775808"), Err(ValueError::Long));
+    }
+
+    #[test]
+    fn type_flags_parse_alias_and_expand() {
+        let e = el("<x xmlns='u' momentary='1' identification='true' historicalDay='false'/>");
+        let t = FieldTypes::parse(&e, "x").unwrap();
+        assert!(t.momentary && t.identity && !t.historical_day);
+        let written = t.write(Element::builder("x", "u")).build();
+        assert_eq!(
+            written,
+            el("<x xmlns='u' momentary='true' identity='true'/>")
+        );
+        assert_eq!(FieldTypes::NONE.requested(false, false), FieldTypes::ALL);
+        assert_eq!(FieldTypes::NONE.requested(true, false), FieldTypes::ALL);
+        let h = FieldTypes::MOMENTARY.requested(false, true);
+        assert!(h.momentary && h.historical_year && !h.peak);
+        assert!(FieldTypes::MOMENTARY.intersects(&h));
+        assert!(!FieldTypes::STATUS.intersects(&h));
+        assert!(FieldTypes::ALL.flags().iter().all(|&f| f));
+    }
+
+    #[test]
+    fn bad_flag_values_are_named() {
+        let e = el("<req xmlns='u' momentary='yes'/>");
+        assert_eq!(
+            FieldTypes::parse(&e, "req").unwrap_err(),
+            ParseError::InvalidAttribute {
+                element: "req",
+                attribute: "momentary",
+                value: "yes".into(),
+                reason: ValueError::Boolean,
+            }
+        );
+        let e = el("<numeric xmlns='u' automaticReadout='TRUE'/>");
+        let err = FieldQos::parse(&e, "numeric").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "<numeric/> has an invalid automaticReadout='TRUE': \
+             expected xs:boolean: 'true', 'false', '1' or '0'"
+        );
+    }
+
+    #[test]
+    fn seqnr_must_be_an_unsigned_integer() {
+        assert_eq!(seqnr(&el("<a xmlns='u' seqnr='17'/>"), "a"), Ok(17));
+        assert_eq!(
+            seqnr(&el("<a xmlns='u'/>"), "a"),
+            Err(ParseError::MissingAttribute {
+                element: "a",
+                attribute: "seqnr"
+            })
+        );
+        for bad in ["abc", "-1", "", "1.5", "18446744073709551616"] {
+            let e = Element::builder("a", "u").a("seqnr", bad).build();
+            assert!(
+                matches!(
+                    seqnr(&e, "a"),
+                    Err(ParseError::InvalidAttribute {
+                        attribute: "seqnr",
+                        reason: ValueError::Unsigned,
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+}
