@@ -83,6 +83,10 @@ pub struct Config {
     pub access: Lists,
     /// Directory of persistent state.
     pub state_dir: PathBuf,
+    /// Sensor-data readouts.
+    pub readout: ReadoutConfig,
+    /// Change-event subscriptions.
+    pub events: EventsConfig,
     /// The devices, in file order.
     pub devices: Vec<DeviceConfig>,
 }
@@ -124,6 +128,30 @@ impl fmt::Debug for XmppConfig {
     }
 }
 
+/// `[readout]`: XEP-0323 readouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadoutConfig {
+    /// A momentary value younger than this is served from the last reading instead of
+    /// asking the device again (per-device `max_age` overrides it).
+    pub max_age: Duration,
+    /// How long a readout waits for the device before reporting the fields as failed.
+    pub timeout: Duration,
+    /// Readouts one requester (full JID) may have running at once.
+    pub max_per_requester: usize,
+    /// Parameters one control `set` may carry.
+    pub max_set_params: usize,
+}
+
+/// `[events]`: change-event subscriptions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsConfig {
+    /// Subscriptions one requester (full JID) may hold at once.
+    pub max_per_requester: usize,
+    /// How often a device with subscriptions is sampled when the subscription asks for
+    /// no `minInterval` (and the lower bound of any `minInterval`).
+    pub sample_interval: Duration,
+}
+
 /// One `[[device]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
@@ -139,6 +167,8 @@ pub struct DeviceConfig {
     pub vendor: Option<String>,
     /// Per-device access overrides.
     pub access: Lists,
+    /// Per-device override of `[readout].max_age`.
+    pub max_age: Option<Duration>,
     /// The adapter and its device-level options.
     pub adapter: AdapterConfig,
     /// The field catalogue.
@@ -180,6 +210,10 @@ struct RawConfig {
     access: RawAccess,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    readout: RawReadout,
+    #[serde(default)]
+    events: RawEvents,
     #[serde(default, rename = "device")]
     devices: Vec<Spanned<RawDevice>>,
 }
@@ -213,6 +247,22 @@ struct RawState {
     dir: Option<PathBuf>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReadout {
+    max_age: Option<Spanned<HumanDuration>>,
+    timeout: Option<Spanned<HumanDuration>>,
+    max_per_requester: Option<Spanned<i64>>,
+    max_set_params: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    max_per_requester: Option<Spanned<i64>>,
+    sample_interval: Option<Spanned<HumanDuration>>,
+}
+
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum RawAdapter {
@@ -230,6 +280,7 @@ struct RawDevice {
     vendor: Option<String>,
     #[serde(default)]
     access: RawAccess,
+    max_age: Option<Spanned<HumanDuration>>,
     sim: Option<Spanned<SimDevice>>,
     #[serde(default, rename = "field")]
     fields: Vec<Spanned<RawField>>,
@@ -408,6 +459,50 @@ impl Ctx<'_> {
             .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/var/lib/fieldgate"));
 
+        let readout = ReadoutConfig {
+            max_age: dur(
+                &raw.readout.max_age,
+                "readout.max_age",
+                Duration::from_secs(1),
+                Duration::ZERO,
+                Duration::from_secs(86_400),
+            )?,
+            timeout: dur(
+                &raw.readout.timeout,
+                "readout.timeout",
+                Duration::from_secs(5),
+                Duration::from_millis(10),
+                Duration::from_secs(600),
+            )?,
+            max_per_requester: self.count(
+                &raw.readout.max_per_requester,
+                "readout.max_per_requester",
+                64,
+                1..=100_000,
+            )?,
+            max_set_params: self.count(
+                &raw.readout.max_set_params,
+                "readout.max_set_params",
+                256,
+                1..=100_000,
+            )?,
+        };
+        let events = EventsConfig {
+            max_per_requester: self.count(
+                &raw.events.max_per_requester,
+                "events.max_per_requester",
+                16,
+                1..=10_000,
+            )?,
+            sample_interval: dur(
+                &raw.events.sample_interval,
+                "events.sample_interval",
+                Duration::from_secs(1),
+                Duration::from_millis(50),
+                Duration::from_secs(3600),
+            )?,
+        };
+
         let mut seen = HashSet::new();
         let mut devices = Vec::with_capacity(raw.devices.len());
         for (i, d) in raw.devices.into_iter().enumerate() {
@@ -467,6 +562,16 @@ impl Ctx<'_> {
                 serial: d.serial.clone(),
                 vendor: d.vendor.clone(),
                 access: self.lists(&d.access, &key("access"))?,
+                max_age: match &d.max_age {
+                    Some(m) => Some(dur(
+                        &Some(m.clone()),
+                        &key("max_age"),
+                        Duration::ZERO,
+                        Duration::ZERO,
+                        Duration::from_secs(86_400),
+                    )?),
+                    None => None,
+                },
                 adapter,
                 fields,
             });
@@ -486,8 +591,33 @@ impl Ctx<'_> {
             },
             access,
             state_dir,
+            readout,
+            events,
             devices,
         })
+    }
+
+    fn count(
+        &self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        default: usize,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<usize, ConfigError> {
+        let Some(s) = v else { return Ok(default) };
+        if !range.contains(s.get_ref()) {
+            return Err(self.at(
+                s,
+                key,
+                format!(
+                    "{} is out of range ({} to {})",
+                    s.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        Ok(*s.get_ref() as usize)
     }
 
     fn secret(&self, x: &RawXmpp, xmpp_span: Range<usize>) -> Result<String, ConfigError> {

@@ -1,8 +1,11 @@
 //! The XMPP side of the gateway: the component link and the stanzas we speak.
 //! Nothing here knows any field bus.
 
+pub mod control;
 pub mod disco;
+pub mod events;
 pub mod iot;
 pub mod link;
 pub mod presence;
+pub mod readout;
 pub mod stanza;

@@ -89,6 +89,28 @@ impl Header {
             .build()
     }
 
+    /// An error reply whose `<error>` also holds `inside` (e.g. one XEP-0325 `paramError`
+    /// per failing parameter) and whose stanza holds `beside` next to it (the
+    /// `setResponse` older clients look for).
+    pub fn error_with(
+        &self,
+        type_: ErrorType,
+        condition: DefinedCondition,
+        text: &str,
+        inside: Vec<Element>,
+        beside: Vec<Element>,
+    ) -> Element {
+        let mut err: Element = StanzaError::new(type_, condition, "en", text).into();
+        for e in inside {
+            err.append_child(e);
+        }
+        let mut b = self.reply_builder("error");
+        for e in beside {
+            b = b.append(e);
+        }
+        b.append(err).build()
+    }
+
     fn reply_builder(&self, type_: &str) -> tokio_xmpp::minidom::ElementBuilder {
         let name = match self.kind {
             Kind::Iq => "iq",

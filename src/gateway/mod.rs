@@ -16,6 +16,14 @@ use xmpp_parsers::ns;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use xmpp_parsers::version::VersionResult;
 
+mod iot;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use fieldgate_api::{FieldSpec, Reading};
+use tokio::task::JoinSet;
+
 use crate::access::{self, Right};
 use crate::config::{Config, DeviceConfig};
 use crate::devices;
@@ -38,6 +46,17 @@ struct Device {
     /// `None` until the adapter first reports.
     reach: Option<Reachability>,
     adapter: Option<devices::Running>,
+    /// The field catalogue, shared with readout tasks.
+    specs: Arc<[FieldSpec]>,
+    /// The last reading of each field.
+    cache: HashMap<String, Reading>,
+    /// The last error seen: unreachable reason or failed read.
+    last_error: Option<String>,
+    /// Momentary values younger than this are served from `cache`.
+    max_age: Duration,
+    /// When the events sampler last read the device, and whether a read is under way.
+    last_sample: Option<Instant>,
+    sampling: bool,
 }
 
 /// Hooks into the service manager, so tests and `run` outside systemd need no socket.
@@ -73,6 +92,14 @@ struct Gateway {
     adapters_root: CancellationToken,
     link_up: bool,
     link_settings: tokio::sync::watch::Sender<crate::config::XmppConfig>,
+    /// Readout, write and sampling tasks; each ends in a [`Done`] for the actor.
+    tasks: JoinSet<iot::Done>,
+    /// Readouts in progress, by (requester full JID, seqnr).
+    sessions: HashMap<(String, u64), iot::Session>,
+    /// Readouts in progress per requester.
+    sessions_per_requester: HashMap<String, usize>,
+    /// Event subscriptions, by (requester full JID, seqnr).
+    subscriptions: HashMap<(String, u64), crate::xmpp::events::Subscription>,
 }
 
 /// Runs the gateway until `controls.shutdown` is cancelled, then withdraws every device's
@@ -115,6 +142,10 @@ pub async fn run(
         adapters_root: CancellationToken::new(),
         link_up: false,
         link_settings,
+        tasks: JoinSet::new(),
+        sessions: HashMap::new(),
+        sessions_per_requester: HashMap::new(),
+        subscriptions: HashMap::new(),
         cfg: cfg.clone(),
     };
     for d in &cfg.devices {
@@ -122,9 +153,17 @@ pub async fn run(
     }
 
     let mut watchdog = supervisor.watchdog_interval().map(tokio::time::interval);
+    let mut events_tick = tokio::time::interval(iot::EVENTS_TICK);
+    events_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = false;
     loop {
         tokio::select! {
+            Some(done) = gw.tasks.join_next(), if !gw.tasks.is_empty() => match done {
+                Ok(done) => gw.on_done(done).await,
+                Err(e) if e.is_panic() => tracing::error!(error = %e, "a readout or write task panicked"),
+                Err(_) => {}
+            },
+            _ = events_tick.tick(), if !gw.subscriptions.is_empty() => gw.events_tick().await,
             _ = controls.shutdown.cancelled() => break,
             Some(()) = controls.reload.recv() => gw.reload().await,
             changed = link_state.changed() => {
@@ -164,6 +203,8 @@ pub async fn run(
     if gw.link_up {
         gw.withdraw_all("gateway shutting down").await;
     }
+    gw.tasks.abort_all();
+    while gw.tasks.join_next().await.is_some() {}
     let adapters_root = gw.adapters_root.clone();
     let tasks: Vec<_> = std::mem::take(&mut gw.devices)
         .into_values()
@@ -212,7 +253,7 @@ impl Gateway {
     fn add_device(&mut self, cfg: DeviceConfig) {
         let bare = format!("{}@{}", cfg.id, self.cfg.xmpp.domain);
         let full = format!("{bare}/{}", self.cfg.xmpp.resource);
-        let disco = DeviceDisco::new(&cfg.name, &[]);
+        let disco = DeviceDisco::new(&cfg.name, &iot::features(&cfg));
         let caps: Element = disco.caps.clone().into();
         let (adapter, reach) = match devices::start(&cfg, self.events.clone(), &self.adapters_root)
         {
@@ -227,6 +268,8 @@ impl Gateway {
         };
         let id = cfg.id.clone();
         self.order.push(id.clone());
+        let specs: Arc<[FieldSpec]> = cfg.fields.iter().map(|f| f.spec.clone()).collect();
+        let max_age = cfg.max_age.unwrap_or(self.cfg.readout.max_age);
         self.devices.insert(
             id,
             Device {
@@ -237,6 +280,12 @@ impl Gateway {
                 caps,
                 reach,
                 adapter,
+                specs,
+                cache: HashMap::new(),
+                last_error: None,
+                max_age,
+                last_sample: None,
+                sampling: false,
             },
         );
     }
@@ -249,6 +298,7 @@ impl Gateway {
         why: &str,
     ) -> Option<tokio::task::JoinHandle<()>> {
         self.order.retain(|d| d != id);
+        self.forget_device(id);
         let dev = self.devices.remove(id)?;
         if self.link_up {
             for sub in self.subscribers.get(&*dev.cfg.id).into_iter().flatten() {
@@ -324,13 +374,18 @@ impl Gateway {
                         tracing::warn!(device = %ev.device, reason = %why, "device unreachable")
                     }
                 }
+                if let Reachability::Unreachable(why) = &r {
+                    dev.last_error = Some(why.clone());
+                }
                 dev.reach = Some(r);
                 if self.link_up {
                     self.broadcast(&ev.device).await;
                 }
             }
-            // Readings feed sensor-data readouts and events (see the sensordata module).
-            EventKind::Reading(_) => {}
+            EventKind::Reading(r) => {
+                dev.cache.insert(r.field.clone(), r);
+                self.evaluate_subscriptions(&ev.device).await;
+            }
         }
     }
 
@@ -360,7 +415,7 @@ impl Gateway {
         match h.kind {
             Kind::Presence => self.on_presence(&h).await,
             Kind::Iq => self.on_iq(&h, &el).await,
-            Kind::Message => self.on_message(&h).await,
+            Kind::Message => self.on_message(&h, &el).await,
         }
     }
 
@@ -371,11 +426,21 @@ impl Gateway {
         access::may_see(&self.cfg.access, &dev.cfg.access, &h.from.to_bare()).then_some(dev)
     }
 
-    async fn on_message(&self, h: &Header) {
-        if h.type_.as_deref() == Some("error") || h.to.node().is_none() {
+    async fn on_message(&mut self, h: &Header, el: &Element) {
+        if h.type_.as_deref() == Some("error") {
+            // A bounce: the requester is gone. Stop working for it.
+            self.forget_requester(&h.from.to_string(), "message bounced");
             return;
         }
-        if self.visible_device(h).is_none() {
+        if h.to.node().is_none() {
+            return;
+        }
+        if let Some(dev) = self.visible_device(h) {
+            let id = dev.cfg.id.clone();
+            if let Some(set) = el.get_child("set", crate::xmpp::iot::control::NS) {
+                self.on_message_set(h, &id, set).await;
+            }
+        } else {
             // RFC 6121 §8.5.2: a message to an account that does not exist.
             self.send(h.error(
                 ErrorType::Cancel,
@@ -388,6 +453,9 @@ impl Gateway {
     }
 
     async fn on_presence(&mut self, h: &Header) {
+        if matches!(h.type_.as_deref(), Some("unavailable" | "error")) {
+            self.forget_requester(&h.from.to_string(), "went offline");
+        }
         let Some(node) = h.to.node() else { return };
         let from = h.from.to_bare().to_string();
         let Some(dev) = self.devices.get(node.as_str()) else {
@@ -488,7 +556,7 @@ impl Gateway {
         self.commit(replies).await;
     }
 
-    async fn on_iq(&self, h: &Header, el: &Element) {
+    async fn on_iq(&mut self, h: &Header, el: &Element) {
         let is_request = matches!(h.type_.as_deref(), Some("get" | "set"));
         if !is_request {
             if !matches!(h.type_.as_deref(), Some("result" | "error")) {
@@ -506,9 +574,9 @@ impl Gateway {
             tracing::warn!(from = %h.from, "iq without id dropped");
             return;
         }
-        let device = if h.to.node().is_some() {
+        let device_id = if h.to.node().is_some() {
             match self.visible_device(h) {
-                Some(d) => Some(d),
+                Some(d) => Some(d.cfg.id.clone()),
                 None => {
                     self.send(h.error(
                         ErrorType::Cancel,
@@ -534,6 +602,12 @@ impl Gateway {
             .await;
             return;
         };
+        if let Some(id) = &device_id {
+            if self.on_iot_iq(h, id, payload).await {
+                return;
+            }
+        }
+        let device = device_id.as_ref().and_then(|id| self.devices.get(id));
         let reply = self.answer_iq(h, device, payload);
         self.send(reply).await;
     }
@@ -730,5 +804,6 @@ impl Gateway {
         for (id, who) in revoked {
             self.revoke(&id, &who).await;
         }
+        self.enforce_read_access();
     }
 }

@@ -1,0 +1,353 @@
+//! XEP-0323 readouts: turning the device model's readings into `<fields>` and running
+//! one readout (scheduled start, cache or fresh read, timeout, failures last).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fieldgate_api::{AdapterError, AdapterRequest, FieldSpec, FieldType, Quality, Reading, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_xmpp::minidom::Element;
+use xmpp_parsers::ns;
+
+use crate::xmpp::iot::common::{FieldQos, FieldTypes, NodeRef};
+use crate::xmpp::iot::sensordata::{
+    Failure, Field, FieldValue, Fields, NodeData, NumericValue, ReadoutError, Started, Timestamp,
+};
+use crate::xmpp::iot::xsd::XsDateTime;
+use crate::xmpp::stanza::BuilderExt;
+
+/// Digits kept for a double whose field configures no `decimals`.
+const MAX_DECIMALS: usize = 15;
+
+/// Writes `value` of field `spec` as an XEP-0323 field with the given type flags.
+pub fn to_field(spec: &FieldSpec, value: &Value, quality: Quality, types: FieldTypes) -> Field {
+    let unit = || spec.unit.clone().unwrap_or_default();
+    let numeric = |v: f64| FieldValue::Numeric {
+        value: NumericValue::new(v, spec.decimals.unwrap_or_else(|| natural_decimals(v))),
+        unit: unit(),
+    };
+    let fv = match (spec.kind, value) {
+        (_, Value::Bool(b)) => FieldValue::Boolean(*b),
+        (FieldType::Double, Value::Int(v)) => numeric(f64::from(*v)),
+        (FieldType::Double, Value::Long(v)) => numeric(*v as f64),
+        (_, Value::Int(v)) => FieldValue::Int(*v),
+        (_, Value::Long(v)) => FieldValue::Long(*v),
+        (_, Value::Double(v)) => numeric(*v),
+        (_, Value::String(s)) => FieldValue::String(s.clone()),
+        (_, Value::Enum(s)) => FieldValue::Enum {
+            value: s.clone(),
+            data_type: spec.name.clone(),
+        },
+        (_, Value::Timestamp(t)) => FieldValue::DateTime(XsDateTime::from_system_time(*t)),
+    };
+    let qos = match quality {
+        Quality::Good => FieldQos::AUTOMATIC_READOUT,
+        Quality::Stale => FieldQos {
+            automatic_estimate: true,
+            ..FieldQos::NONE
+        },
+        Quality::Bad => FieldQos {
+            error: true,
+            ..FieldQos::NONE
+        },
+    };
+    let mut f = Field::new(spec.name.clone(), fv)
+        .with_types(types)
+        .with_qos(qos);
+    if spec.writable {
+        f = f.with_writable(true);
+    }
+    f
+}
+
+/// The decimals a double shows in its shortest exact form (`4.5` → 1), capped.
+fn natural_decimals(v: f64) -> u8 {
+    let s = format!("{v}");
+    s.split_once('.')
+        .map_or(0, |(_, frac)| frac.len().min(MAX_DECIMALS)) as u8
+}
+
+/// Everything one readout needs, captured by the gateway when it accepts the request, so
+/// the readout runs in its own task without touching the registry.
+pub struct Readout {
+    /// The client's sequence number.
+    pub seqnr: u64,
+    /// The device's full JID (messages come from it).
+    pub from: String,
+    /// The requester's full JID.
+    pub to: String,
+    /// The node id: the device id.
+    pub node: String,
+    /// Start no earlier than this (XEP-0323 `when`).
+    pub when: Option<SystemTime>,
+    /// The device's field catalogue.
+    pub specs: Arc<[FieldSpec]>,
+    /// Momentary fields wanted, in catalogue order.
+    pub wanted: Vec<String>,
+    /// Values young enough to serve from the cache.
+    pub cached: HashMap<String, Reading>,
+    /// Fields requested by name that the device does not have.
+    pub unknown: Vec<String>,
+    /// Status and identity fields, already built.
+    pub extra: Vec<Field>,
+    /// The device's adapter, for fields not served from the cache.
+    pub adapter: Option<mpsc::Sender<AdapterRequest>>,
+    /// How long to wait for the device.
+    pub timeout: Duration,
+}
+
+/// A `<message>` from a device carrying one IoT payload.
+pub fn message(from: &str, to: &str, payload: Element) -> Element {
+    Element::builder("message", ns::COMPONENT)
+        .a("from", from)
+        .a("to", to)
+        .append(payload)
+        .build()
+}
+
+impl Readout {
+    fn message(&self, payload: Element) -> Element {
+        message(&self.from, &self.to, payload)
+    }
+
+    /// Runs the readout: waits for `when`, reads what the cache cannot serve, sends
+    /// `<fields>` and, last, `<failure>`, the last one flagged `done`. Returns the fresh
+    /// readings for the cache and the first error, if any. Stops silently when cancelled.
+    pub async fn run(
+        self,
+        out: mpsc::Sender<Element>,
+        cancel: CancellationToken,
+    ) -> (Vec<Reading>, Option<String>) {
+        if let Some(when) = self.when {
+            if let Ok(wait) = when.duration_since(SystemTime::now()) {
+                tokio::select! {
+                    _ = cancel.cancelled() => return (vec![], None),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                let _ = out
+                    .send(self.message(Started::new(self.seqnr).into()))
+                    .await;
+            }
+        }
+        let mut values: HashMap<String, Reading> = self.cached.clone();
+        let mut failures: Vec<(String, String)> = self
+            .unknown
+            .iter()
+            .map(|n| (n.clone(), format!("unknown field {n:?}")))
+            .collect();
+        let to_read: Vec<String> = self
+            .wanted
+            .iter()
+            .filter(|n| !values.contains_key(*n))
+            .cloned()
+            .collect();
+        let mut fresh = Vec::new();
+        if !to_read.is_empty() {
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return (vec![], None),
+                o = read(self.adapter.as_ref(), &self.node, to_read.clone(), self.timeout) => o,
+            };
+            match outcome {
+                Ok(o) => {
+                    for (name, err) in o.failures {
+                        failures.push((name, err.to_string()));
+                    }
+                    for r in o.readings {
+                        fresh.push(r.clone());
+                        values.insert(r.field.clone(), r);
+                    }
+                }
+                Err(e) => failures.extend(to_read.iter().map(|n| (n.clone(), e.to_string()))),
+            }
+        }
+        let now = SystemTime::now();
+        let mut stamped: Vec<(SystemTime, Field)> = Vec::new();
+        for spec in self.specs.iter() {
+            if let Some(r) = values.get(&spec.name) {
+                if self.wanted.contains(&spec.name) {
+                    let f = to_field(spec, &r.value, r.quality, FieldTypes::MOMENTARY);
+                    stamped.push((r.timestamp, f));
+                }
+            }
+        }
+        stamped.extend(self.extra.iter().cloned().map(|f| (now, f)));
+        let node = NodeRef::new(self.node.clone());
+        let fields = Fields {
+            seqnr: self.seqnr,
+            done: failures.is_empty(),
+            nodes: node_data(&node, stamped).into_iter().collect(),
+        };
+        // slixmpp's plugin stops at the first <failure>, so values go first, failures last.
+        if !fields.nodes.is_empty() || failures.is_empty() {
+            let _ = out.send(self.message(fields.into())).await;
+        }
+        let first_error = failures.first().map(|(n, why)| format!("{n}: {why}"));
+        if !failures.is_empty() {
+            let ts = XsDateTime::from_system_time(now);
+            let failure = Failure {
+                seqnr: self.seqnr,
+                done: true,
+                errors: failures
+                    .into_iter()
+                    .map(|(name, why)| {
+                        ReadoutError::new(node.clone(), ts, format!("{name}: {why}"))
+                    })
+                    .collect(),
+            };
+            let _ = out.send(self.message(failure.into())).await;
+        }
+        (fresh, first_error)
+    }
+}
+
+/// One `<node>` with a `<timestamp>` per distinct instant (as written, to the
+/// millisecond), fields in the given order within each; `None` when there are no fields.
+pub fn node_data(node: &NodeRef, fields: Vec<(SystemTime, Field)>) -> Option<NodeData> {
+    let mut groups: Vec<Timestamp> = Vec::new();
+    for (t, f) in fields {
+        let t = XsDateTime::from_system_time(t);
+        match groups.iter_mut().find(|g| g.value == t) {
+            Some(g) => g.fields.push(f),
+            None => groups.push(Timestamp::new(t, vec![f])),
+        }
+    }
+    (!groups.is_empty()).then(|| NodeData::new(node.clone(), groups))
+}
+
+/// Asks the adapter for `fields`, bounded by `timeout`.
+pub async fn read(
+    adapter: Option<&mpsc::Sender<AdapterRequest>>,
+    device: &str,
+    fields: Vec<String>,
+    timeout: Duration,
+) -> Result<fieldgate_api::ReadOutcome, AdapterError> {
+    let adapter = adapter.ok_or(AdapterError::Stopped)?;
+    let (reply, rx) = oneshot::channel();
+    let req = AdapterRequest::Read {
+        device: device.into(),
+        fields: Some(fields),
+        reply,
+    };
+    let ask = async {
+        adapter.send(req).await.map_err(|_| AdapterError::Stopped)?;
+        rx.await.map_err(|_| AdapterError::Stopped)
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(r) => r,
+        Err(_) => Err(AdapterError::Timeout(format!(
+            "no answer from the device within {}",
+            humantime::format_duration(timeout)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: FieldType) -> FieldSpec {
+        FieldSpec {
+            unit: Some("bar".into()),
+            ..FieldSpec::new("p", kind)
+        }
+    }
+
+    #[test]
+    fn doubles_keep_configured_decimals_and_units() {
+        let s = FieldSpec {
+            decimals: Some(2),
+            ..spec(FieldType::Double)
+        };
+        let f = to_field(
+            &s,
+            &Value::Double(10.0),
+            Quality::Good,
+            FieldTypes::MOMENTARY,
+        );
+        let el: Element = f.into();
+        assert_eq!(el.name(), "numeric");
+        assert_eq!(el.attr("value"), Some("10.00"));
+        assert_eq!(el.attr("unit"), Some("bar"));
+        assert_eq!(el.attr("momentary"), Some("true"));
+        assert_eq!(el.attr("automaticReadout"), Some("true"));
+        let f = to_field(
+            &spec(FieldType::Double),
+            &Value::Double(4.5),
+            Quality::Good,
+            FieldTypes::MOMENTARY,
+        );
+        assert_eq!(Element::from(f).attr("value"), Some("4.5"));
+    }
+
+    #[test]
+    fn integer_types_and_writable_flag() {
+        let s = FieldSpec {
+            writable: true,
+            ..spec(FieldType::Long)
+        };
+        let el: Element = to_field(
+            &s,
+            &Value::Long(1 << 40),
+            Quality::Stale,
+            FieldTypes::MOMENTARY,
+        )
+        .into();
+        assert_eq!(el.name(), "long");
+        assert_eq!(el.attr("writable"), Some("true"));
+        assert_eq!(el.attr("automaticEstimate"), Some("true"));
+        let el: Element = to_field(
+            &spec(FieldType::Int),
+            &Value::Int(-3),
+            Quality::Good,
+            FieldTypes::MOMENTARY,
+        )
+        .into();
+        assert_eq!((el.name(), el.attr("value")), ("int", Some("-3")));
+    }
+
+    #[tokio::test]
+    async fn failures_come_last_and_carry_done() {
+        let (out, mut rx) = mpsc::channel(8);
+        let specs: Arc<[FieldSpec]> = vec![spec(FieldType::Double)].into();
+        let mut cached = HashMap::new();
+        cached.insert(
+            "p".to_string(),
+            Reading::new("p", Value::Double(1.25), SystemTime::now()),
+        );
+        let r = Readout {
+            seqnr: 7,
+            from: "d@gw/gw".into(),
+            to: "a@x/r".into(),
+            node: "d".into(),
+            when: None,
+            specs,
+            wanted: vec!["p".into()],
+            cached,
+            unknown: vec!["nope".into()],
+            extra: vec![],
+            adapter: None,
+            timeout: Duration::from_millis(50),
+        };
+        let (fresh, err) = r.run(out, CancellationToken::new()).await;
+        assert!(fresh.is_empty());
+        assert_eq!(err.as_deref(), Some("nope: unknown field \"nope\""));
+        let first = rx.recv().await.unwrap();
+        let fields = first
+            .get_child("fields", crate::xmpp::iot::sensordata::NS)
+            .unwrap();
+        assert_eq!(fields.attr("done"), None);
+        let second = rx.recv().await.unwrap();
+        let failure = second
+            .get_child("failure", crate::xmpp::iot::sensordata::NS)
+            .unwrap();
+        assert_eq!(failure.attr("done"), Some("true"));
+        assert!(failure
+            .children()
+            .next()
+            .unwrap()
+            .text()
+            .contains("unknown field"));
+    }
+}
