@@ -100,6 +100,10 @@ struct Gateway {
     sessions_per_requester: HashMap<String, usize>,
     /// Event subscriptions, by (requester full JID, seqnr).
     subscriptions: HashMap<(String, u64), crate::xmpp::events::Subscription>,
+    /// Liveness probes of subscribers, by requester full JID.
+    liveness: HashMap<String, iot::Liveness>,
+    /// Counter for the ids of the gateway's own iq requests.
+    next_iq: u64,
 }
 
 /// Runs the gateway until `controls.shutdown` is cancelled, then withdraws every device's
@@ -146,6 +150,8 @@ pub async fn run(
         sessions: HashMap::new(),
         sessions_per_requester: HashMap::new(),
         subscriptions: HashMap::new(),
+        liveness: HashMap::new(),
+        next_iq: 0,
         cfg: cfg.clone(),
     };
     for d in &cfg.devices {
@@ -567,6 +573,8 @@ impl Gateway {
                     None,
                 ))
                 .await;
+            } else {
+                self.on_iq_response(h);
             }
             return;
         }
