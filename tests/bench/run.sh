@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# fieldgate core benchmark:  bash tests/bench/run.sh [--devices N] [--pings N] [--keep]
+#
+# Installs what is missing (like tests/run.sh), builds the release binary and runs
+# tests/bench/bench_core.py against a private Prosody on free loopback ports. Prints
+# `name: value` lines (see bench_core.py for what each figure measures). Not part of
+# tests/run.sh: figures are reported, not pass/fail.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+# shellcheck source=../e2e/deps.sh
+source tests/e2e/deps.sh
+
+fg_ensure_prosody
+fg_ensure_venv
+fg_ensure_rust
+
+fg_log "cargo build --release"
+cargo build --release
+export FIELDGATE_BIN="${FIELDGATE_BIN:-target/release/fieldgate}"
+export FIELDGATE_LOG="${FIELDGATE_LOG:-info}"
+exec "$FG_VENV/bin/python" tests/bench/bench_core.py "$@"

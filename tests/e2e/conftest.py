@@ -1,0 +1,102 @@
+"""pytest fixtures for the real-server end-to-end tests (see harness.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import Env, gateway_bin, loop_thread, make_env, sim_device  # noqa: E402
+
+
+def pytest_configure(config):
+    # Fail fast with one clear message instead of N identical start-up failures.
+    missing = [name for name in ("prosody", "prosodyctl") if shutil.which(name) is None]
+    if missing:
+        raise pytest.UsageError(f"{', '.join(missing)} not on PATH: install the Debian package 'prosody' "
+                                "(bash tests/run.sh does it)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the log tails of everything still running to a failing test's report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and rep.when in ("setup", "call"):
+        for obj in list(harness.ACTIVE):
+            try:
+                rep.sections.append((f"harness: {type(obj).__name__}", obj.describe()))
+            except Exception as e:  # noqa: BLE001 - diagnostics must not mask the failure
+                rep.sections.append((f"harness: {type(obj).__name__}", f"<describe failed: {e}>"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _xmpp_loop():
+    lt = loop_thread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture
+def workdir():
+    """A short temp dir (unix socket paths must stay < 108 bytes), removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="fg-e2e-"))
+    yield d
+    if os.environ.get("FIELDGATE_E2E_KEEP") != "1":
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def fieldgate_bin() -> Path:
+    return gateway_bin()
+
+
+@pytest.fixture
+def env(workdir) -> Env:
+    """Prosody running with users alice, bob, carol; no gateway yet."""
+    e = make_env(workdir)
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+# The standard device set of the core tests.
+#   pump1  – sine pressure + writable setpoint
+#   meter1 – counter
+#   dead   – sim unreachable "cable cut"
+#   vault  – per-device access: only bob may subscribe/read it
+ALICE_BOB_ACCESS = {"subscribe": ["alice@example.test"], "read": ["alice@example.test"]}
+
+
+def standard_devices() -> list[dict]:
+    return [
+        sim_device("pump1", name="Pump 1", fields=[
+            {"name": "pressure", "type": "double", "unit": "bar", "decimals": 2,
+             "sim": {"kind": "sine", "period": "60s", "amplitude": 1.5, "offset": 4.0}},
+            {"name": "setpoint", "type": "double", "unit": "bar", "decimals": 1, "writable": True,
+             "min": 0.0, "max": 10.0},
+        ]),
+        sim_device("meter1", name="Meter 1", fields=[
+            {"name": "energy", "type": "long", "unit": "Wh",
+             "sim": {"kind": "counter", "start": 0, "step": 1, "every": "1s"}},
+        ]),
+        sim_device("dead", name="Dead device", sim={"unreachable": "cable cut"}),
+        sim_device("vault", name="Vault", access={"subscribe": ["bob@example.test"], "read": ["bob@example.test"]}),
+    ]
+
+
+@pytest.fixture
+def gw(env):
+    """The gateway started with the standard devices and access lists, link up."""
+    g = env.new_gateway()
+    g.write_config(standard_devices(), access=ALICE_BOB_ACCESS)
+    g.start()
+    return g

@@ -1,0 +1,116 @@
+# shellcheck shell=bash
+# Installs what the end-to-end tests, the demo and the benchmark need, when it is missing:
+#   - Prosody (Debian package; its own service is kept from starting),
+#   - a Python >= 3.11 virtualenv at .venv with the pinned packages of requirements.txt,
+#   - the Rust toolchain components the checks need (rustfmt, clippy).
+# Sourced by tests/run.sh, tests/demo.sh and tests/bench/run.sh from the repository root.
+
+FG_REQUIREMENTS="tests/e2e/requirements.txt"
+FG_VENV=".venv"
+FG_APT_UPDATED=0
+
+fg_log() { printf '==> %s\n' "$*" >&2; }
+fg_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Run a command as root (directly, or through sudo without a password prompt).
+fg_as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        fg_die "need root to run: $* (run as root, or install it yourself)"
+    fi
+}
+
+# apt-get install the given packages, without starting any service they ship.
+fg_apt_install() {
+    command -v apt-get >/dev/null 2>&1 || fg_die "apt-get not found: install $* with your package manager"
+    local created_policy=0
+    # policy-rc.d exit 101 = "action forbidden": invoke-rc.d / deb-systemd-invoke start nothing.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        fg_as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+        created_policy=1
+    fi
+    local rc=0
+    if [ "$FG_APT_UPDATED" -eq 0 ]; then
+        fg_log "apt-get update"
+        fg_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q || rc=$?
+        FG_APT_UPDATED=1
+    fi
+    if [ "$rc" -eq 0 ]; then
+        fg_log "apt-get install $*"
+        fg_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" || rc=$?
+    fi
+    if [ "$created_policy" -eq 1 ]; then
+        fg_as_root rm -f /usr/sbin/policy-rc.d
+    fi
+    return "$rc"
+}
+
+# Prosody (server + prosodyctl). The tests start their own instance on free loopback
+# ports from a generated config; the packaged service is not needed and is stopped if a
+# package script started it anyway (systemd hosts).
+fg_ensure_prosody() {
+    if command -v prosody >/dev/null 2>&1 && command -v prosodyctl >/dev/null 2>&1; then
+        return 0
+    fi
+    fg_apt_install prosody
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prosody 2>/dev/null; then
+        fg_log "stopping the packaged prosody service (the tests run their own)"
+        fg_as_root systemctl stop prosody || true
+    fi
+    command -v prosody >/dev/null 2>&1 || fg_die "prosody still missing after apt-get install"
+}
+
+fg_python_ok() {
+    "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null
+}
+
+# .venv with the pinned requirements; reinstalled when requirements.txt changes.
+fg_ensure_venv() {
+    local py="${PYTHON:-python3}"
+    if ! command -v "$py" >/dev/null 2>&1; then
+        fg_apt_install python3 python3-venv
+    fi
+    fg_python_ok "$py" || fg_die "$py is older than 3.11 (slixmpp needs >= 3.11); set PYTHON=/path/to/python3.11+"
+    if [ -x "$FG_VENV/bin/python" ] && ! fg_python_ok "$FG_VENV/bin/python"; then
+        fg_log "recreating $FG_VENV (its interpreter is missing or too old)"
+        rm -rf "$FG_VENV"
+    fi
+    if [ ! -x "$FG_VENV/bin/python" ]; then
+        # Debian splits venv/ensurepip into python3-venv
+        if ! "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+            fg_apt_install python3-venv
+        fi
+        fg_log "creating $FG_VENV"
+        rm -rf "$FG_VENV"
+        "$py" -m venv "$FG_VENV"
+    fi
+    local stamp="$FG_VENV/.fieldgate-requirements"
+    if ! cmp -s "$FG_REQUIREMENTS" "$stamp"; then
+        fg_log "pip install -r $FG_REQUIREMENTS"
+        "$FG_VENV/bin/python" -m pip install --disable-pip-version-check --no-input --progress-bar off -q \
+            -r "$FG_REQUIREMENTS"
+        cp "$FG_REQUIREMENTS" "$stamp"
+    fi
+}
+
+# cargo, plus the named rustup components (rustfmt, clippy) when rustup manages the toolchain.
+fg_ensure_rust() {
+    command -v cargo >/dev/null 2>&1 || fg_die "cargo not found: install a Rust toolchain (rustup) first"
+    local comp
+    for comp in "$@"; do
+        case "$comp" in
+            rustfmt) cargo fmt --version >/dev/null 2>&1 && continue ;;
+            clippy) cargo clippy --version >/dev/null 2>&1 && continue ;;
+        esac
+        if command -v rustup >/dev/null 2>&1; then
+            fg_log "rustup component add $comp"
+            rustup component add "$comp"
+        else
+            fg_die "cargo $comp missing and no rustup to add it"
+        fi
+    done
+}
