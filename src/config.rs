@@ -319,9 +319,66 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let ctx = Ctx { path, text };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        ctx.error(span, None, e.message().trim_end().to_owned())
+        ctx.error(
+            span.clone(),
+            key_at(text, &span),
+            e.message().trim_end().to_owned(),
+        )
     })?;
     ctx.validate(raw)
+}
+
+/// The dotted key path (`device[2].field[0].type`) of the innermost key or value whose
+/// source covers `span`; `None` when the text is not TOML at all (a syntax error).
+fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
+    use toml_edit::{Item, Table, Value};
+
+    let covers = |s: Option<Range<usize>>| {
+        s.is_some_and(|s| s.start <= span.start && (span.start < s.end || s == *span))
+    };
+    fn value(v: &Value, path: String, at: &dyn Fn(Option<Range<usize>>) -> bool) -> Option<String> {
+        match v {
+            Value::InlineTable(t) => t.iter().find_map(|(k, v)| {
+                let key = t.key(k).and_then(|k| k.span());
+                let p = format!("{path}.{k}");
+                value(v, p.clone(), at).or_else(|| (at(key) || at(v.span())).then_some(p))
+            }),
+            Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| {
+                let p = format!("{path}[{i}]");
+                value(v, p.clone(), at).or_else(|| at(v.span()).then_some(p))
+            }),
+            _ => None,
+        }
+    }
+    fn table(t: &Table, prefix: &str, at: &dyn Fn(Option<Range<usize>>) -> bool) -> Option<String> {
+        let join = |k: &str| {
+            if prefix.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        };
+        let inner = t.iter().find_map(|(k, item)| {
+            let p = join(k);
+            let key = t.key(k).and_then(|k| k.span());
+            match item {
+                Item::Table(sub) => {
+                    table(sub, &p, at).or_else(|| (at(key) || at(sub.span())).then_some(p))
+                }
+                Item::ArrayOfTables(arr) => arr.iter().enumerate().find_map(|(i, sub)| {
+                    let p = format!("{p}[{i}]");
+                    table(sub, &p, at).or_else(|| at(sub.span()).then_some(p))
+                }),
+                Item::Value(v) => {
+                    value(v, p.clone(), at).or_else(|| (at(key) || at(v.span())).then_some(p))
+                }
+                Item::None => None,
+            }
+        });
+        inner
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    table(doc.as_table(), "", &covers)
 }
 
 struct Ctx<'a> {
@@ -837,6 +894,7 @@ secret = "s"
     fn unknown_key_is_located() {
         let e = err(&format!("{BASE}keepalvie = \"3s\"\n"));
         assert_eq!((e.line, e.column), (6, 1));
+        assert_eq!(e.key.as_deref(), Some("xmpp.keepalvie"));
         assert!(e.message.contains("keepalvie"), "{}", e.message);
         assert!(e.to_string().starts_with("t.toml:6:1: "), "{e}");
     }
@@ -856,6 +914,7 @@ secret = "s"
         assert_eq!((e.line, e.key.as_deref()), (6, Some("xmpp.keepalive")));
         let e = err(&BASE.replace("secret = \"s\"", "keepalive = \"3 parsecs\""));
         assert_eq!(e.line, 5);
+        assert_eq!(e.key.as_deref(), Some("xmpp.keepalive"));
         assert!(e.message.contains("invalid duration"), "{}", e.message);
     }
 
@@ -890,7 +949,13 @@ secret = "s"
         let text = format!("{BASE}\n[[device]]\nid = \"b\"\nadapter = \"opcua\"\n");
         let e = err(&text);
         assert_eq!(e.line, 9);
+        assert_eq!(e.key.as_deref(), Some("device[0].adapter"));
         assert!(e.message.contains("opcua"), "{}", e.message);
+        let text = format!(
+            "{BASE}\n[[device]]\nid = \"b\"\nadapter = \"sim\"\n[[device.field]]\nname = \"t\"\ntype = \"double\"\nsim = {{ kind = \"square\" }}\n"
+        );
+        let e = err(&text);
+        assert_eq!(e.key.as_deref(), Some("device[0].field[0].sim.kind"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use fieldgate_api::{AdapterError, AdapterRequest, DeviceId, Reachability, Reading, Value};
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_xmpp::minidom::Element;
@@ -87,7 +88,16 @@ impl Gateway {
     /// Handles IoT payloads addressed to a visible device; false when `payload` is none.
     pub(super) async fn on_iot_iq(&mut self, h: &Header, id: &DeviceId, payload: &Element) -> bool {
         let reply = match (payload.ns().as_str(), payload.name()) {
-            (sd_ns::NS, "req") => self.on_req(h, id, payload),
+            (sd_ns::NS, "req") => {
+                let (reply, job) = self.on_req(h, id, payload);
+                // The readout starts only once `accepted` is queued: the outbound queue is
+                // FIFO, so the client always sees it before any <fields>.
+                self.send(reply).await;
+                if let Some(job) = job {
+                    self.tasks.spawn(job);
+                }
+                return true;
+            }
             (sd_ns::NS, "cancel") => self.on_cancel(h, payload),
             (ctl_ns::NS, "set") => match self.on_set(h, id, payload) {
                 Ok(reply) => reply,
@@ -122,26 +132,33 @@ impl Gateway {
 
     // ---- XEP-0323 readouts --------------------------------------------------------------
 
-    fn on_req(&mut self, h: &Header, id: &DeviceId, payload: &Element) -> Element {
+    /// Accepts or refuses a readout; an accepted one comes with the task to start.
+    fn on_req(
+        &mut self,
+        h: &Header,
+        id: &DeviceId,
+        payload: &Element,
+    ) -> (Element, Option<BoxFuture<'static, Done>>) {
         if self.refuse(h, id, Right::Read).is_some() {
-            return forbidden(h, "you may not read this device", vec![]);
+            return (forbidden(h, "you may not read this device", vec![]), None);
         }
         let req = match Req::try_from(payload) {
             Ok(r) => r,
-            Err(e) => return bad_request(h, &e.to_string()),
+            Err(e) => return (bad_request(h, &e.to_string()), None),
         };
         if !for_this_node(&req.nodes, id) {
-            return not_found(h, "no such node on this device", vec![]);
+            return (not_found(h, "no such node on this device", vec![]), None);
         }
         let requester = h.from.to_string();
         let key = (requester.clone(), req.seqnr);
         if self.sessions.contains_key(&key) {
-            return h.error(
+            let e = h.error(
                 ErrorType::Cancel,
                 DefinedCondition::Conflict,
                 &format!("readout {} is already in progress", req.seqnr),
                 None,
             );
+            return (e, None);
         }
         let running = self
             .sessions_per_requester
@@ -150,7 +167,7 @@ impl Gateway {
             .unwrap_or(0);
         if running >= self.cfg.readout.max_per_requester {
             tracing::warn!(device = %id, from = %requester, running, "readout refused: too many in progress");
-            return h.error(
+            let e = h.error(
                 ErrorType::Wait,
                 DefinedCondition::ResourceConstraint,
                 &format!(
@@ -159,6 +176,7 @@ impl Gateway {
                 ),
                 None,
             );
+            return (e, None);
         }
         let dev = &self.devices[id];
         let types = req.requested_types();
@@ -216,8 +234,6 @@ impl Gateway {
         *self.sessions_per_requester.entry(requester).or_default() += 1;
         let out = self.out.clone();
         let device = id.clone();
-        // The `accepted` result is queued before the task can send anything, and the
-        // outbound queue is FIFO, so the client always sees it first.
         let accepted = h.result(Some(
             Accepted {
                 seqnr: req.seqnr,
@@ -225,7 +241,7 @@ impl Gateway {
             }
             .into(),
         ));
-        self.tasks.spawn(async move {
+        let task = async move {
             let (fresh, error) = job.run(out, cancel).await;
             Done::Readout {
                 key,
@@ -233,8 +249,8 @@ impl Gateway {
                 fresh,
                 error,
             }
-        });
-        accepted
+        };
+        (accepted, Some(Box::pin(task)))
     }
 
     fn on_cancel(&mut self, h: &Header, payload: &Element) -> Element {
