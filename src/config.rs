@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fieldgate_api::{DeviceId, FieldSpec, FieldType, HumanDuration};
+use fieldgate_modbus::{ModbusConnection, ModbusDevice, ModbusField, Point};
 use fieldgate_sim::{SimAdapter, SimDevice, SimField};
 use serde::Deserialize;
 use toml::Spanned;
@@ -180,6 +181,20 @@ pub struct DeviceConfig {
 pub enum AdapterConfig {
     /// A simulated device.
     Sim(SimDevice),
+    /// A Modbus unit.
+    Modbus(Box<ModbusSetup>),
+}
+
+/// A Modbus device, resolved: its connection, its own section, and a decoder per field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusSetup {
+    /// The connection it is reached through (a copy: a changed connection changes the
+    /// device, so a reload restarts it).
+    pub connection: ModbusConnection,
+    /// `[device.modbus]`.
+    pub device: ModbusDevice,
+    /// (field name, decoder) in field order.
+    pub points: Vec<(String, Point)>,
 }
 
 impl AdapterConfig {
@@ -187,6 +202,7 @@ impl AdapterConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             AdapterConfig::Sim(_) => "sim",
+            AdapterConfig::Modbus(_) => "modbus",
         }
     }
 }
@@ -214,6 +230,8 @@ struct RawConfig {
     readout: RawReadout,
     #[serde(default)]
     events: RawEvents,
+    #[serde(default)]
+    modbus: RawModbus,
     #[serde(default, rename = "device")]
     devices: Vec<Spanned<RawDevice>>,
 }
@@ -263,10 +281,18 @@ struct RawEvents {
     sample_interval: Option<Spanned<HumanDuration>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawModbus {
+    #[serde(default)]
+    connection: Vec<Spanned<ModbusConnection>>,
+}
+
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum RawAdapter {
     Sim,
+    Modbus,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +308,7 @@ struct RawDevice {
     access: RawAccess,
     max_age: Option<Spanned<HumanDuration>>,
     sim: Option<Spanned<SimDevice>>,
+    modbus: Option<Spanned<ModbusDevice>>,
     #[serde(default, rename = "field")]
     fields: Vec<Spanned<RawField>>,
 }
@@ -301,6 +328,7 @@ struct RawField {
     #[serde(default)]
     values: Vec<String>,
     sim: Option<SimField>,
+    modbus: Option<Spanned<ModbusField>>,
 }
 
 // ---- loading ----------------------------------------------------------------------------
@@ -560,6 +588,25 @@ impl Ctx<'_> {
             )?,
         };
 
+        let mut connections: Vec<&Spanned<ModbusConnection>> = Vec::new();
+        for (i, c) in raw.modbus.connection.iter().enumerate() {
+            let key = |k: &str| format!("modbus.connection[{i}].{k}");
+            if let Err(e) = c.get_ref().validate() {
+                return Err(self.at(c, &key(e.key()), e.to_string()));
+            }
+            if connections
+                .iter()
+                .any(|o| o.get_ref().name == c.get_ref().name)
+            {
+                return Err(self.at(
+                    c,
+                    &key("name"),
+                    format!("duplicate connection name {:?}", c.get_ref().name),
+                ));
+            }
+            connections.push(c);
+        }
+
         let mut seen = HashSet::new();
         let mut devices = Vec::with_capacity(raw.devices.len());
         for (i, d) in raw.devices.into_iter().enumerate() {
@@ -596,6 +643,21 @@ impl Ctx<'_> {
             let fields = self.fields(&d, i)?;
             let adapter = match d.adapter.get_ref() {
                 RawAdapter::Sim => {
+                    if let Some(m) = &d.modbus {
+                        return Err(self.at(m, &key("modbus"), "modbus options on a sim device"));
+                    }
+                    if let Some((j, f)) = d
+                        .fields
+                        .iter()
+                        .enumerate()
+                        .find_map(|(j, f)| f.get_ref().modbus.as_ref().map(|m| (j, m)))
+                    {
+                        return Err(self.at(
+                            f,
+                            &format!("device[{i}].field[{j}].modbus"),
+                            "modbus options on a field of a sim device",
+                        ));
+                    }
                     let sim = d
                         .sim
                         .as_ref()
@@ -611,6 +673,23 @@ impl Ctx<'_> {
                     }
                     AdapterConfig::Sim(sim)
                 }
+                RawAdapter::Modbus => {
+                    self.modbus_device(&d, i, span.clone(), &connections, &fields)?
+                }
+            };
+            let fields = match &adapter {
+                // Enum labels come from the register's value map unless listed again.
+                AdapterConfig::Modbus(m) => fields
+                    .into_iter()
+                    .zip(&m.points)
+                    .map(|(mut f, (_, p))| {
+                        if f.spec.values.is_empty() {
+                            f.spec.values = p.field_spec(&f.spec.name).values;
+                        }
+                        f
+                    })
+                    .collect(),
+                AdapterConfig::Sim(_) => fields,
             };
             devices.push(DeviceConfig {
                 id: id.as_str().into(),
@@ -675,6 +754,93 @@ impl Ctx<'_> {
             ));
         }
         Ok(*s.get_ref() as usize)
+    }
+
+    fn modbus_device(
+        &self,
+        d: &RawDevice,
+        i: usize,
+        span: Range<usize>,
+        connections: &[&Spanned<ModbusConnection>],
+        fields: &[FieldConfig],
+    ) -> Result<AdapterConfig, ConfigError> {
+        let key = |k: &str| format!("device[{i}].{k}");
+        let Some(m) = &d.modbus else {
+            return Err(self.error(
+                span,
+                Some(key("modbus")),
+                "adapter = \"modbus\" needs a [device.modbus] section (connection, unit, ...)"
+                    .into(),
+            ));
+        };
+        if let Some(s) = &d.sim {
+            return Err(self.at(s, &key("sim"), "sim options on a modbus device"));
+        }
+        let dev = m.get_ref();
+        let Some(conn) = connections
+            .iter()
+            .find(|c| c.get_ref().name == dev.connection)
+        else {
+            let known: Vec<_> = connections
+                .iter()
+                .map(|c| c.get_ref().name.as_str())
+                .collect();
+            return Err(self.at(
+                m,
+                &key("modbus.connection"),
+                format!(
+                    "no [[modbus.connection]] named {:?} (defined: {})",
+                    dev.connection,
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        if let Err(e) = dev.validate_with(conn.get_ref()) {
+            return Err(self.at(m, &key(&format!("modbus.{}", e.key())), e.to_string()));
+        }
+        let mut points = Vec::with_capacity(fields.len());
+        for (j, (raw, f)) in d.fields.iter().zip(fields).enumerate() {
+            let fkey = |k: &str| format!("device[{i}].field[{j}].{k}");
+            let raw = raw.get_ref();
+            if raw.sim.is_some() {
+                return Err(self.at(&raw.name, &fkey("sim"), "sim options on a modbus field"));
+            }
+            let Some(mf) = &raw.modbus else {
+                return Err(self.at(
+                    &raw.name,
+                    &fkey("modbus"),
+                    "a field of a modbus device needs modbus = { register = ..., address = ... }",
+                ));
+            };
+            let point = mf
+                .get_ref()
+                .resolve(dev, f.spec.writable, f.spec.decimals)
+                .map_err(|e| self.at(mf, &fkey(&format!("modbus.{}", e.key())), e.to_string()))?;
+            let natural = point.field_type();
+            if natural != f.spec.kind {
+                return Err(self.at(
+                    mf,
+                    &fkey("type"),
+                    format!(
+                        "type {:?} does not match the register's value, which reads as {:?}; \
+                         write type = \"{}\"",
+                        f.spec.kind,
+                        natural,
+                        format!("{natural:?}").to_lowercase()
+                    ),
+                ));
+            }
+            points.push((f.spec.name.clone(), point));
+        }
+        Ok(AdapterConfig::Modbus(Box::new(ModbusSetup {
+            connection: conn.get_ref().clone(),
+            device: dev.clone(),
+            points,
+        })))
     }
 
     fn secret(&self, x: &RawXmpp, xmpp_span: Range<usize>) -> Result<String, ConfigError> {

@@ -854,6 +854,16 @@ fn write_reply(h: &Header, result: &Result<(), AdapterError>) -> Element {
             DefinedCondition::NotAcceptable,
             ResponseCode::OtherError,
         ),
+        Err(AdapterError::IllegalAddress(_)) => (
+            ErrorType::Cancel,
+            DefinedCondition::ItemNotFound,
+            ResponseCode::NotFound,
+        ),
+        Err(AdapterError::Busy(_)) => (
+            ErrorType::Wait,
+            DefinedCondition::ResourceConstraint,
+            ResponseCode::Locked,
+        ),
         Err(AdapterError::UnknownField(_)) => (
             ErrorType::Cancel,
             DefinedCondition::ItemNotFound,

@@ -104,6 +104,8 @@ struct Gateway {
     liveness: HashMap<String, iot::Liveness>,
     /// Counter for the ids of the gateway's own iq requests.
     next_iq: u64,
+    /// Shared bus connections.
+    buses: devices::Buses,
 }
 
 /// Runs the gateway until `controls.shutdown` is cancelled, then withdraws every device's
@@ -152,6 +154,7 @@ pub async fn run(
         subscriptions: HashMap::new(),
         liveness: HashMap::new(),
         next_iq: 0,
+        buses: devices::Buses::default(),
         cfg: cfg.clone(),
     };
     for d in &cfg.devices {
@@ -216,6 +219,7 @@ pub async fn run(
         .into_values()
         .filter_map(|d| d.adapter.map(|a| a.task))
         .collect();
+    let buses = std::mem::take(&mut gw.buses);
     // Dropping the gateway drops the last senders: the persister writes what is queued
     // and ends, then the link flushes, sends the stream footer and ends.
     drop(gw);
@@ -228,6 +232,7 @@ pub async fn run(
     for t in tasks {
         let _ = tokio::time::timeout_at(deadline, t).await;
     }
+    buses.join(deadline).await;
     tracing::info!(
         connects = link_stats.connects.load(Ordering::Relaxed),
         inbound_dropped = link_stats.inbound_dropped.load(Ordering::Relaxed),
@@ -261,8 +266,13 @@ impl Gateway {
         let full = format!("{bare}/{}", self.cfg.xmpp.resource);
         let disco = DeviceDisco::new(&cfg.name, &iot::features(&cfg));
         let caps: Element = disco.caps.clone().into();
-        let (adapter, reach) = match devices::start(&cfg, self.events.clone(), &self.adapters_root)
-        {
+        let started = devices::start(
+            &cfg,
+            self.events.clone(),
+            &self.adapters_root,
+            &mut self.buses,
+        );
+        let (adapter, reach) = match started {
             Ok(r) => (Some(r), None),
             Err(e) => {
                 tracing::error!(device = %cfg.id, error = %e, "adapter failed to start");
@@ -780,6 +790,11 @@ impl Gateway {
         }
         // Keep disco#items in file order.
         self.order = new.devices.iter().map(|d| d.id.clone()).collect();
+        self.buses
+            .retain_used(self.devices.values().filter_map(|d| match &d.cfg.adapter {
+                crate::config::AdapterConfig::Modbus(m) => Some(&m.connection),
+                _ => None,
+            }));
         for t in stopping {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }

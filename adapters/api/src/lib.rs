@@ -32,6 +32,12 @@ pub enum AdapterError {
     /// The device answered and refused the request (an exception, a rejected value).
     #[error("device refused: {0}")]
     Refused(String),
+    /// The device answered that the address or register does not exist on it.
+    #[error("device has no such address: {0}")]
+    IllegalAddress(String),
+    /// The device answered that it is busy; retrying later may succeed.
+    #[error("device busy: {0}")]
+    Busy(String),
     /// The request names a field the device does not have.
     #[error("unknown field {0:?}")]
     UnknownField(String),

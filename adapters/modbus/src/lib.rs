@@ -18,11 +18,15 @@
 
 #![warn(missing_docs)]
 
+mod adapter;
+mod bus;
 mod codec;
 mod config;
 mod plan;
 mod types;
 
+pub use adapter::{DeviceSettings, ModbusAdapter};
+pub use bus::{Bus, BusAnswer, BusError, BusOp, Exception};
 pub use codec::{DecodeError, EncodeError, Point, WriteOp};
 pub use config::{
     ConfigError, Endpoint, ModbusConnection, ModbusDevice, ModbusField, Parity, SerialSettings,
