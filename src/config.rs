@@ -683,9 +683,13 @@ impl Ctx<'_> {
                     .into_iter()
                     .zip(&m.points)
                     .map(|(mut f, (_, p))| {
+                        let natural = p.field_spec(&f.spec.name);
                         if f.spec.values.is_empty() {
-                            f.spec.values = p.field_spec(&f.spec.name).values;
+                            f.spec.values = natural.values;
                         }
+                        // The register's own range bounds writes; min/max narrow it.
+                        f.spec.min = f.spec.min.or(natural.min);
+                        f.spec.max = f.spec.max.or(natural.max);
                         f
                     })
                     .collect(),
