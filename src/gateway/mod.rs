@@ -398,9 +398,13 @@ impl Gateway {
                     self.broadcast(&ev.device).await;
                 }
             }
-            EventKind::Reading(r) => {
-                dev.cache.insert(r.field.clone(), r);
-                self.evaluate_subscriptions(&ev.device).await;
+            EventKind::Readings(batch) => {
+                for r in batch {
+                    dev.cache.insert(r.field.clone(), r);
+                }
+                if !self.subscriptions.is_empty() {
+                    self.evaluate_subscriptions(&ev.device).await;
+                }
             }
         }
     }

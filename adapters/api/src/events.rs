@@ -19,8 +19,9 @@ pub enum Reachability {
 /// What happened to a device.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
-    /// A new value for one field.
-    Reading(Reading),
+    /// New values, one per field, typically one poll cycle's worth: batching keeps a
+    /// device with thousands of fields to one queue entry per cycle.
+    Readings(Vec<Reading>),
     /// The device became reachable or unreachable.
     Reachability(Reachability),
 }
@@ -63,11 +64,20 @@ impl EventSink {
             .is_ok()
     }
 
-    /// Reports a reading without waiting; a full queue drops it (counted, logged).
+    /// Reports one reading; see [`EventSink::readings`].
     pub fn reading(&self, device: &DeviceId, reading: Reading) {
+        self.readings(device, vec![reading]);
+    }
+
+    /// Reports a batch of readings without waiting; a full queue drops the batch
+    /// (counted, logged).
+    pub fn readings(&self, device: &DeviceId, readings: Vec<Reading>) {
+        if readings.is_empty() {
+            return;
+        }
         let event = DeviceEvent {
             device: device.clone(),
-            kind: EventKind::Reading(reading),
+            kind: EventKind::Readings(readings),
         };
         if let Err(mpsc::error::TrySendError::Full(ev)) = self.tx.try_send(event) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -75,12 +85,12 @@ impl EventSink {
             // visible without flooding the journal.
             if n.is_power_of_two() {
                 tracing::warn!(device = %ev.device, dropped_total = n,
-                    "core event queue full: reading dropped");
+                    "core event queue full: readings dropped");
             }
         }
     }
 
-    /// How many readings were dropped so far because the queue was full.
+    /// How many reading batches were dropped so far because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

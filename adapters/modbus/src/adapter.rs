@@ -267,9 +267,7 @@ impl ModbusAdapter {
         let (readings, failures, silent) = self.read(&requests, None).await;
         tracing::debug!(device = %self.device, requests = requests.len(), values = readings.len(),
             failed = failures.len(), "poll cycle");
-        for r in readings {
-            events.reading(&self.device, r);
-        }
+        events.readings(&self.device, readings);
         for (name, e) in failures.iter().take(3) {
             if silent.is_none() {
                 tracing::warn!(device = %self.device, field = %name, error = %e, "field not read");

@@ -192,8 +192,8 @@ async fn reading(r: &mut Running, field: &str) -> Value {
             .await
             .expect("a reading within 5 s")
             .unwrap();
-        if let EventKind::Reading(rd) = ev.kind {
-            if rd.field == field {
+        if let EventKind::Readings(batch) = ev.kind {
+            if let Some(rd) = batch.into_iter().find(|r| r.field == field) {
                 return rd.value;
             }
         }
