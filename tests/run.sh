@@ -38,6 +38,7 @@ step "fmt" cargo fmt --all -- --check || true
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings || true
 step "unit tests" cargo test --workspace || true
 if step "build" cargo build; then
+    step "systemd unit" env FIELDGATE_BIN=target/debug/fieldgate bash tests/packaging/verify_unit.sh || true
     # The harness' own waits all time out; this bounds the whole run regardless.
     step "e2e" timeout --kill-after=30s 45m "$FG_VENV/bin/python" -m pytest tests/e2e "$@" || true
 else
