@@ -242,6 +242,17 @@ pub async fn run(
     Ok(())
 }
 
+/// The answer for a device that does not exist, or that the sender may not see: the two
+/// look the same, so the policy does not reveal which devices exist.
+fn no_such_device(h: &Header) -> Element {
+    h.error(
+        ErrorType::Cancel,
+        DefinedCondition::ServiceUnavailable,
+        "no such device",
+        None,
+    )
+}
+
 async fn tick(iv: &mut Option<tokio::time::Interval>) {
     match iv {
         Some(iv) => {
@@ -462,13 +473,7 @@ impl Gateway {
             }
         } else {
             // RFC 6121 §8.5.2: a message to an account that does not exist.
-            self.send(h.error(
-                ErrorType::Cancel,
-                DefinedCondition::ServiceUnavailable,
-                "no such device",
-                None,
-            ))
-            .await;
+            self.send(no_such_device(h)).await;
         }
     }
 
@@ -600,13 +605,7 @@ impl Gateway {
             match self.visible_device(h) {
                 Some(d) => Some(d.cfg.id.clone()),
                 None => {
-                    self.send(h.error(
-                        ErrorType::Cancel,
-                        DefinedCondition::ServiceUnavailable,
-                        "no such device",
-                        None,
-                    ))
-                    .await;
+                    self.send(no_such_device(h)).await;
                     return;
                 }
             }
