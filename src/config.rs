@@ -356,6 +356,44 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     ctx.validate(raw)
 }
 
+/// The source span of the value at a dotted key path (`device[2].modbus.connection`), if
+/// the path is written in the file.
+fn span_of(text: &str, path: &str) -> Option<Range<usize>> {
+    use toml_edit::{Item, Table, Value};
+
+    enum Node<'a> {
+        Table(&'a Table),
+        Value(&'a Value),
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut node = Node::Table(doc.as_table());
+    for seg in path.split('.') {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, rest)) => (n, Some(rest.trim_end_matches(']').parse::<usize>().ok()?)),
+            None => (seg, None),
+        };
+        node = match (node, index) {
+            (Node::Table(t), _) => match (t.get(name)?, index) {
+                (Item::Table(sub), None) => Node::Table(sub),
+                (Item::ArrayOfTables(a), Some(i)) => Node::Table(a.get(i)?),
+                (Item::Value(Value::Array(a)), Some(i)) => Node::Value(a.get(i)?),
+                (Item::Value(v), None) => Node::Value(v),
+                _ => return None,
+            },
+            (Node::Value(Value::InlineTable(t)), _) => match (t.get(name)?, index) {
+                (Value::Array(a), Some(i)) => Node::Value(a.get(i)?),
+                (v, None) => Node::Value(v),
+                _ => return None,
+            },
+            (Node::Value(_), _) => return None,
+        };
+    }
+    match node {
+        Node::Table(t) => t.span(),
+        Node::Value(v) => v.span(),
+    }
+}
+
 /// The dotted key path (`device[2].field[0].type`) of the innermost key or value whose
 /// source covers `span`; `None` when the text is not TOML at all (a syntax error).
 fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
@@ -437,7 +475,14 @@ impl Ctx<'_> {
     }
 
     fn at<T>(&self, s: &Spanned<T>, key: &str, message: impl Into<String>) -> ConfigError {
-        self.error(s.span(), Some(key.to_owned()), message.into())
+        // Point at the key itself where it is written, unless the spanned value is
+        // already inside it (one entry of a list is more precise than the list).
+        let own = s.span();
+        let span = match span_of(self.text, key) {
+            Some(k) if !(own.start >= k.start && own.end <= k.end) => k,
+            _ => own,
+        };
+        self.error(span, Some(key.to_owned()), message.into())
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -964,7 +1009,12 @@ impl Ctx<'_> {
                     return err("min", format!("min {lo} is above max {hi}"));
                 }
             }
-            if f.kind == FieldType::Enum && f.values.is_empty() {
+            // A Modbus field may take its labels from its register's value map instead.
+            let labels_from_map = f
+                .modbus
+                .as_ref()
+                .is_some_and(|m| !m.get_ref().values.is_empty());
+            if f.kind == FieldType::Enum && f.values.is_empty() && !labels_from_map {
                 return err("values", "an enum field lists its values".into());
             }
             if f.kind != FieldType::Enum && !f.values.is_empty() {

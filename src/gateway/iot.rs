@@ -75,6 +75,8 @@ pub(super) enum Done {
     Write {
         device: DeviceId,
         fields: Vec<String>,
+        /// The iq reply, sent once the cache no longer holds the old values.
+        reply: Option<Element>,
     },
     /// The events sampler read a device.
     Sample {
@@ -197,7 +199,6 @@ impl Gateway {
         let cached = wanted
             .iter()
             .filter_map(|n| dev.cache.get(n))
-            .filter(|r| now.duration_since(r.timestamp).unwrap_or_default() <= dev.max_age)
             .map(|r| (r.field.clone(), r.clone()))
             .collect();
         let when = req
@@ -222,6 +223,7 @@ impl Gateway {
             extra,
             adapter: dev.adapter.as_ref().map(|a| a.requests.clone()),
             timeout: self.cfg.readout.timeout,
+            max_age: dev.max_age,
         };
         let cancel = CancellationToken::new();
         self.sessions.insert(
@@ -328,13 +330,23 @@ impl Gateway {
                 self.end_session(&key);
                 self.absorb(&device, fresh, error).await;
             }
-            Done::Write { device, fields } => {
+            Done::Write {
+                device,
+                fields,
+                reply,
+            } => {
                 if let Some(dev) = self.devices.get_mut(&device) {
+                    let now = SystemTime::now();
                     for f in fields {
                         dev.cache.remove(&f);
+                        // A read taken before the write may still be on its way.
+                        dev.written.insert(f, now);
                     }
                     // Sample soon so subscribers see the effect of the write.
                     dev.last_sample = None;
+                }
+                if let Some(r) = reply {
+                    self.send(r).await;
                 }
             }
             Done::Sample {
@@ -359,7 +371,7 @@ impl Gateway {
         }
         let any = !fresh.is_empty();
         for r in fresh {
-            dev.cache.insert(r.field.clone(), r);
+            dev.remember(r);
         }
         if any {
             self.evaluate_subscriptions(device).await;
@@ -386,13 +398,28 @@ impl Gateway {
         let set = match Set::try_from(payload) {
             Ok(s) => s,
             Err(e) => {
+                // Name the parameters that do not parse, one paramError each.
+                let failing = unparsable_params(payload);
+                let text = if failing.is_empty() {
+                    e.to_string()
+                } else {
+                    failing
+                        .iter()
+                        .map(|(n, t)| format!("{n}: {t}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                let inside = failing
+                    .into_iter()
+                    .map(|(n, t)| Element::from(ParamError::new(n, t)))
+                    .collect();
                 return Ok(h.error_with(
                     ErrorType::Modify,
                     DefinedCondition::BadRequest,
-                    &e.to_string(),
-                    vec![],
+                    &text,
+                    inside,
                     response(ResponseCode::FormError),
-                ))
+                ));
             }
         };
         if !for_this_node(&set.nodes, id) {
@@ -479,7 +506,6 @@ impl Gateway {
         };
         let adapter = dev.adapter.as_ref().map(|a| a.requests.clone());
         let timeout = self.cfg.readout.timeout;
-        let out = self.out.clone();
         self.tasks.spawn(async move {
             let fields: Vec<String> = job.params.iter().map(|(n, _)| n.clone()).collect();
             let result = write(adapter, &job.device, job.params, timeout).await;
@@ -489,12 +515,12 @@ impl Gateway {
                 }
                 (_, Err(e)) => tracing::warn!(device = %job.device, error = %e, "set failed"),
             }
-            if let Some(h) = &job.header {
-                let _ = out.send(write_reply(h, &result)).await;
-            }
+            // The reply goes out from the actor, after it has forgotten the cached values
+            // of the written fields: a readout right after `setResponse` sees the write.
             Done::Write {
                 device: job.device,
                 fields,
+                reply: job.header.as_ref().map(|h| write_reply(h, &result)),
             }
         });
     }
@@ -529,11 +555,9 @@ impl Gateway {
             return not_found(h, "no such node on this device", vec![]);
         }
         let dev = &self.devices[id];
-        if let Some(f) = req
-            .fields
-            .iter()
-            .find(|f| !dev.specs.iter().any(|s| s.name == f.name))
-        {
+        if let Some(f) = req.fields.iter().find(|f| {
+            !dev.specs.iter().any(|s| s.name == f.name) && !EXTRA_NAMES.contains(&f.name.as_str())
+        }) {
             return not_found(h, &format!("no field named {:?}", f.name), vec![]);
         }
         let requester = h.from.to_string();
@@ -755,6 +779,7 @@ impl Gateway {
         fields.extend(
             extra_fields(dev, &sub.types)
                 .into_iter()
+                .filter(|f| sub.wants(&f.name))
                 .map(|f| (stamp, f)),
         );
         let node = NodeRef::new(dev.cfg.id.to_string());
@@ -936,6 +961,22 @@ fn extra_fields(dev: &Device, types: &FieldTypes) -> Vec<Field> {
         }
     }
     out
+}
+
+/// The named parameters of a `set` that do not parse on their own, with the reason.
+fn unparsable_params(set: &Element) -> Vec<(String, String)> {
+    set.children()
+        .filter(|c| c.ns() == ctl_ns::NS)
+        .filter_map(|c| {
+            let name = c.attr("name")?;
+            let alone = Element::builder("set", ctl_ns::NS)
+                .append(c.clone())
+                .build();
+            Set::try_from(&alone)
+                .err()
+                .map(|e| (name.to_owned(), e.to_string()))
+        })
+        .collect()
 }
 
 /// Whether a request's `<node>` list (empty: the device itself) names this device.

@@ -19,7 +19,7 @@ use xmpp_parsers::version::VersionResult;
 mod iot;
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use fieldgate_api::{FieldSpec, Reading};
 use tokio::task::JoinSet;
@@ -57,6 +57,19 @@ struct Device {
     /// When the events sampler last read the device, and whether a read is under way.
     last_sample: Option<Instant>,
     sampling: bool,
+    /// When each field was last written through XMPP.
+    written: HashMap<String, SystemTime>,
+}
+
+impl Device {
+    /// Caches a reading unless it was taken before the field's last write: such a
+    /// value, from a read that overlapped the write, is already out of date.
+    fn remember(&mut self, r: Reading) {
+        if self.written.get(&r.field).is_some_and(|w| r.timestamp < *w) {
+            return;
+        }
+        self.cache.insert(r.field.clone(), r);
+    }
 }
 
 /// Hooks into the service manager, so tests and `run` outside systemd need no socket.
@@ -313,6 +326,7 @@ impl Gateway {
                 max_age,
                 last_sample: None,
                 sampling: false,
+                written: HashMap::new(),
             },
         );
     }
@@ -411,7 +425,7 @@ impl Gateway {
             }
             EventKind::Readings(batch) => {
                 for r in batch {
-                    dev.cache.insert(r.field.clone(), r);
+                    dev.remember(r);
                 }
                 if !self.subscriptions.is_empty() {
                     self.evaluate_subscriptions(&ev.device).await;

@@ -86,8 +86,11 @@ pub struct Readout {
     pub specs: Arc<[FieldSpec]>,
     /// Momentary fields wanted, in catalogue order.
     pub wanted: Vec<String>,
-    /// Values young enough to serve from the cache.
+    /// The last known values of the wanted fields; those younger than `max_age` when
+    /// the readout starts (after `when`) are served instead of asking the device.
     pub cached: HashMap<String, Reading>,
+    /// Freshness limit for `cached`.
+    pub max_age: Duration,
     /// Fields requested by name that the device does not have.
     pub unknown: Vec<String>,
     /// Status and identity fields, already built.
@@ -131,7 +134,17 @@ impl Readout {
                     .await;
             }
         }
-        let mut values: HashMap<String, Reading> = self.cached.clone();
+        // Freshness is judged when the readout starts, not when it was accepted: a
+        // scheduled readout must not serve values that went stale while it waited.
+        let started = SystemTime::now();
+        let mut values: HashMap<String, Reading> = self
+            .cached
+            .iter()
+            .filter(|(_, r)| {
+                started.duration_since(r.timestamp).unwrap_or_default() <= self.max_age
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
         let mut failures: Vec<(String, String)> = self
             .unknown
             .iter()
@@ -329,6 +342,7 @@ mod tests {
             extra: vec![],
             adapter: None,
             timeout: Duration::from_millis(50),
+            max_age: Duration::from_secs(60),
         };
         let (fresh, err) = r.run(out, CancellationToken::new()).await;
         assert!(fresh.is_empty());

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Installs what the end-to-end tests, the demo and the benchmark need, when it is missing:
 #   - Prosody (Debian package; its own service is kept from starting),
+#   - socat (Debian package; a pty pair for the Modbus RTU tests),
 #   - a Python >= 3.11 virtualenv at .venv with the pinned packages of requirements.txt,
 #   - the Rust toolchain components the checks need (rustfmt, clippy).
 # Sourced by tests/run.sh, tests/demo.sh and tests/bench/run.sh from the repository root.
@@ -52,11 +53,16 @@ fg_apt_install() {
 # Prosody (server + prosodyctl). The tests start their own instance on free loopback
 # ports from a generated config; the packaged service is not needed and is stopped if a
 # package script started it anyway (systemd hosts).
+# socat, installed along: the Modbus RTU tests wire the gateway to pymodbus over a pty pair.
 fg_ensure_prosody() {
+    local missing=()
+    command -v socat >/dev/null 2>&1 || missing+=(socat)
     if command -v prosody >/dev/null 2>&1 && command -v prosodyctl >/dev/null 2>&1; then
-        return 0
+        [ "${#missing[@]}" -eq 0 ] && return 0
+        fg_apt_install "${missing[@]}"
+        return
     fi
-    fg_apt_install prosody
+    fg_apt_install prosody "${missing[@]}"
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prosody 2>/dev/null; then
         fg_log "stopping the packaged prosody service (the tests run their own)"
         fg_as_root systemctl stop prosody || true

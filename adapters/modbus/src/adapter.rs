@@ -279,7 +279,7 @@ impl ModbusAdapter {
         }
     }
 
-    async fn serve(&self, req: AdapterRequest, dead: Option<&str>) {
+    async fn serve(&self, req: AdapterRequest, dead: Option<&BusError>) {
         match req {
             AdapterRequest::Read { fields, reply, .. } => {
                 let mut outcome = ReadOutcome::default();
@@ -294,13 +294,11 @@ impl ModbusAdapter {
                             .push((name.clone(), AdapterError::UnknownField(name))),
                     }
                 }
-                if let Some(why) = dead {
+                if let Some(e) = dead {
                     // The unit is backed off: answer at once rather than hold the bus.
                     for i in indices {
-                        outcome.failures.push((
-                            self.points[i].0.clone(),
-                            AdapterError::LinkDown(why.to_owned()),
-                        ));
+                        let err = e.clone().into_adapter_error();
+                        outcome.failures.push((self.points[i].0.clone(), err));
                     }
                 } else {
                     let requests: Vec<&ReadRequest> = self
@@ -317,7 +315,7 @@ impl ModbusAdapter {
             }
             AdapterRequest::Write { params, reply, .. } => {
                 let result = match dead {
-                    Some(why) => Err(AdapterError::LinkDown(why.to_owned())),
+                    Some(e) => Err(e.clone().into_adapter_error()),
                     None => self.write(params).await,
                 };
                 let _ = reply.send(result);
@@ -348,7 +346,7 @@ impl Adapter for ModbusAdapter {
             let mut state: Option<Reachability> = None;
             let mut failures: u32 = 0;
             let mut next_poll = Instant::now();
-            let mut dead_reason: Option<String> = None;
+            let mut dead_reason: Option<BusError> = None;
             loop {
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => break,
@@ -369,7 +367,7 @@ impl Adapter for ModbusAdapter {
                                 failures = failures.saturating_add(1);
                                 next_poll = now + wait;
                                 let why = e.to_string();
-                                dead_reason = Some(why.clone());
+                                dead_reason = Some(e.clone());
                                 Reachability::Unreachable(why)
                             }
                         };
@@ -382,7 +380,7 @@ impl Adapter for ModbusAdapter {
                     }
                     req = ctx.requests.recv() => match req {
                         None => break,
-                        Some(req) => self.serve(req, dead_reason.as_deref()).await,
+                        Some(req) => self.serve(req, dead_reason.as_ref()).await,
                     },
                 }
             }

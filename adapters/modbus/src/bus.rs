@@ -158,9 +158,13 @@ impl From<ExceptionCode> for Exception {
 }
 
 impl BusError {
-    /// Whether the unit gave no usable answer (the poller backs off such a unit).
+    /// Whether the unit gave no usable answer (the poller backs off such a unit): no
+    /// link, no answer, or an answer that is not one (wrong unit, broken frame).
     pub fn is_silence(&self) -> bool {
-        matches!(self, BusError::LinkDown(_) | BusError::Timeout { .. })
+        matches!(
+            self,
+            BusError::LinkDown(_) | BusError::Timeout { .. } | BusError::Protocol { .. }
+        )
     }
 
     /// The neutral model's view: link trouble apart from the device's refusals.
@@ -168,7 +172,8 @@ impl BusError {
         use fieldgate_api::AdapterError as E;
         let text = self.to_string();
         match self {
-            BusError::LinkDown(_) => E::LinkDown(text),
+            // The variants' own prefixes ("link down: ...") come from AdapterError.
+            BusError::LinkDown(why) => E::LinkDown(why),
             BusError::Timeout { .. } => E::Timeout(text),
             BusError::Protocol { .. } => E::LinkDown(text),
             BusError::Exception { code, .. } => match code {
@@ -306,7 +311,7 @@ async fn run(config: ModbusConnection, mut rx: mpsc::Receiver<Job>, shutdown: Ca
             }),
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 ctx = None;
-                last_error = format!("connection {}: {e}", config.name);
+                last_error = format!("connection {}: {}", config.name, transport_error(&e));
                 tracing::warn!(connection = %config.name, error = %e, "modbus connection lost");
                 Err(BusError::LinkDown(last_error.clone()))
             }
@@ -331,6 +336,20 @@ async fn run(config: ModbusConnection, mut rx: mpsc::Receiver<Job>, shutdown: Ca
     }
     if let Some(mut c) = ctx {
         let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
+    }
+}
+
+/// Describes a transport failure. tokio-modbus reports a stream that the peer closed as
+/// `io::Error::last_os_error()`, which carries whatever errno happened to be set (EAGAIN,
+/// EINPROGRESS, ...): say what actually happened instead.
+fn transport_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match (e.kind(), e.raw_os_error()) {
+        (K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe, _) => {
+            format!("the peer closed the connection ({e})")
+        }
+        (K::WouldBlock, _) | (_, Some(0 | 11 | 115)) => "the peer closed the connection".into(),
+        _ => e.to_string(),
     }
 }
 

@@ -5,8 +5,8 @@
 //! [`sensordata::Accepted`](super::sensordata::Accepted) (iq result), every event is a
 //! [`sensordata::Fields`](super::sensordata::Fields) message carrying the subscription's
 //! `seqnr` (with `done='true'` on its last message), and `<unsubscribe/>` is answered with an
-//! empty iq result whether the subscription existed or not. A new subscription from the same
-//! subscriber for the same node replaces the old one.
+//! empty iq result whether the subscription existed or not. The gateway keys subscriptions by
+//! (subscriber full JID, seqnr): a new `subscribe` with a seqnr in use replaces that one.
 
 use std::time::Duration;
 
