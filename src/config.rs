@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fieldgate_api::{DeviceId, FieldSpec, FieldType, HumanDuration};
@@ -172,17 +173,26 @@ pub struct DeviceConfig {
     pub max_age: Option<Duration>,
     /// The adapter and its device-level options.
     pub adapter: AdapterConfig,
-    /// The field catalogue.
-    pub fields: Vec<FieldConfig>,
+    /// The field catalogue, shared (not copied) with the running device.
+    pub fields: Arc<[FieldSpec]>,
 }
 
 /// The adapter behind a device, with its options.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AdapterConfig {
     /// A simulated device.
-    Sim(SimDevice),
+    Sim(Box<SimSetup>),
     /// A Modbus unit.
     Modbus(Box<ModbusSetup>),
+}
+
+/// A simulated device: its options and a generator per field (in field order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimSetup {
+    /// `[device.sim]`.
+    pub device: SimDevice,
+    /// Each field's `sim = { ... }`, if any.
+    pub generators: Vec<Option<SimField>>,
 }
 
 /// A Modbus device, resolved: its connection, its own section, and a decoder per field.
@@ -193,8 +203,8 @@ pub struct ModbusSetup {
     pub connection: ModbusConnection,
     /// `[device.modbus]`.
     pub device: ModbusDevice,
-    /// (field name, decoder) in field order.
-    pub points: Vec<(String, Point)>,
+    /// (field name, decoder) in field order, shared with the running adapter.
+    pub points: Arc<[(String, Point)]>,
 }
 
 impl AdapterConfig {
@@ -207,13 +217,11 @@ impl AdapterConfig {
     }
 }
 
-/// One `[[device.field]]`.
+/// One `[[device.field]]` during validation: the catalogue entry and its sim generator.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FieldConfig {
-    /// What the core advertises and validates.
-    pub spec: FieldSpec,
-    /// The sim generator, for sim devices.
-    pub sim: Option<SimField>,
+struct FieldConfig {
+    spec: FieldSpec,
+    sim: Option<SimField>,
 }
 
 // ---- raw schema, as written -------------------------------------------------------------
@@ -716,7 +724,10 @@ impl Ctx<'_> {
                         let at = d.sim.as_ref().map_or(span.clone(), |s| s.span());
                         return Err(self.error(at, Some(key("sim")), e));
                     }
-                    AdapterConfig::Sim(sim)
+                    AdapterConfig::Sim(Box::new(SimSetup {
+                        device: sim,
+                        generators: fields.iter().map(|f| f.sim.clone()).collect(),
+                    }))
                 }
                 RawAdapter::Modbus => {
                     self.modbus_device(&d, i, span.clone(), &connections, &fields)?
@@ -726,7 +737,7 @@ impl Ctx<'_> {
                 // Enum labels come from the register's value map unless listed again.
                 AdapterConfig::Modbus(m) => fields
                     .into_iter()
-                    .zip(&m.points)
+                    .zip(m.points.iter())
                     .map(|(mut f, (_, p))| {
                         let natural = p.field_spec(&f.spec.name);
                         if f.spec.values.is_empty() {
@@ -758,7 +769,7 @@ impl Ctx<'_> {
                     None => None,
                 },
                 adapter,
-                fields,
+                fields: fields.into_iter().map(|f| f.spec).collect(),
             });
         }
 
@@ -888,7 +899,7 @@ impl Ctx<'_> {
         Ok(AdapterConfig::Modbus(Box::new(ModbusSetup {
             connection: conn.get_ref().clone(),
             device: dev.clone(),
-            points,
+            points: points.into(),
         })))
     }
 
@@ -1065,7 +1076,7 @@ impl Config {
         let _ = writeln!(s, "state: {}", self.state_dir.display());
         let _ = writeln!(s, "devices: {}", self.devices.len());
         for d in &self.devices {
-            let writable = d.fields.iter().filter(|f| f.spec.writable).count();
+            let writable = d.fields.iter().filter(|f| f.writable).count();
             let _ = writeln!(
                 s,
                 "  {}@{} ({}) adapter={} fields={} writable={}",

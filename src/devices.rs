@@ -76,11 +76,12 @@ pub fn start(
     let adapter: Box<dyn Adapter> = match &device.adapter {
         AdapterConfig::Sim(sim) => Box::new(SimAdapter::new(
             device.id.clone(),
-            sim.clone(),
+            sim.device.clone(),
             device
                 .fields
                 .iter()
-                .map(|f| (f.spec.clone(), f.sim.clone()))
+                .cloned()
+                .zip(sim.generators.iter().cloned())
                 .collect(),
         )?),
         AdapterConfig::Modbus(m) => {

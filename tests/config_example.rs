@@ -10,7 +10,7 @@ fn example_config_parses_and_documents_every_option() {
     let cfg = config::load(&path).expect("config.example.toml must be valid");
     assert_eq!(cfg.xmpp.domain, "gw.example.org");
     assert_eq!(cfg.devices.len(), 2);
-    assert!(cfg.devices[0].fields.iter().any(|f| f.spec.writable));
+    assert!(cfg.devices[0].fields.iter().any(|f| f.writable));
 
     // Every key of the schema appears in the example, set or commented out.
     let text = std::fs::read_to_string(&path).unwrap();

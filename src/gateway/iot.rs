@@ -35,7 +35,7 @@ pub(super) fn features(cfg: &DeviceConfig) -> Vec<&'static str> {
     if !cfg.fields.is_empty() {
         f.push(ev_ns::NS);
     }
-    if cfg.fields.iter().any(|f| f.spec.writable) {
+    if cfg.fields.iter().any(|f| f.writable) {
         f.push(ctl_ns::NS);
     }
     f
@@ -198,7 +198,7 @@ impl Gateway {
         let now = SystemTime::now();
         let cached = wanted
             .iter()
-            .filter_map(|n| dev.cache.get(n))
+            .filter_map(|n| dev.cache.get(n.as_str()))
             .map(|r| (r.field.clone(), r.clone()))
             .collect();
         let when = req
@@ -338,7 +338,7 @@ impl Gateway {
                 if let Some(dev) = self.devices.get_mut(&device) {
                     let now = SystemTime::now();
                     for f in fields {
-                        dev.cache.remove(&f);
+                        dev.cache.remove(f.as_str());
                         // A read taken before the write may still be on its way.
                         dev.written.insert(f, now);
                     }
@@ -624,7 +624,7 @@ impl Gateway {
             let stale: Vec<String> = dev
                 .specs
                 .iter()
-                .filter(|s| !dev.cache.get(&s.name).is_some_and(fresh_enough))
+                .filter(|s| !dev.cache.get(s.name.as_str()).is_some_and(fresh_enough))
                 .map(|s| s.name.clone())
                 .collect();
             if stale.is_empty() {
@@ -767,7 +767,7 @@ impl Gateway {
         let mut fields: Vec<(SystemTime, Field)> = Vec::new();
         if sub.types.momentary {
             for spec in dev.specs.iter().filter(|s| sub.wants(&s.name)) {
-                if let Some(r) = dev.cache.get(&spec.name) {
+                if let Some(r) = dev.cache.get(spec.name.as_str()) {
                     fields.push((
                         r.timestamp,
                         to_field(spec, &r.value, r.quality, FieldTypes::MOMENTARY),

@@ -49,7 +49,7 @@ struct Device {
     /// The field catalogue, shared with readout tasks.
     specs: Arc<[FieldSpec]>,
     /// The last reading of each field.
-    cache: HashMap<String, Reading>,
+    cache: HashMap<Arc<str>, Reading>,
     /// The last error seen: unreachable reason or failed read.
     last_error: Option<String>,
     /// Momentary values younger than this are served from `cache`.
@@ -65,7 +65,11 @@ impl Device {
     /// Caches a reading unless it was taken before the field's last write: such a
     /// value, from a read that overlapped the write, is already out of date.
     fn remember(&mut self, r: Reading) {
-        if self.written.get(&r.field).is_some_and(|w| r.timestamp < *w) {
+        if self
+            .written
+            .get(&*r.field)
+            .is_some_and(|w| r.timestamp < *w)
+        {
             return;
         }
         self.cache.insert(r.field.clone(), r);
@@ -308,7 +312,7 @@ impl Gateway {
         };
         let id = cfg.id.clone();
         self.order.push(id.clone());
-        let specs: Arc<[FieldSpec]> = cfg.fields.iter().map(|f| f.spec.clone()).collect();
+        let specs: Arc<[FieldSpec]> = cfg.fields.clone();
         let max_age = cfg.max_age.unwrap_or(self.cfg.readout.max_age);
         self.devices.insert(
             id,

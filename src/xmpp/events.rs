@@ -7,6 +7,7 @@
 //! reports on `maxInterval` only.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldgate_api::{DeviceId, Reading, Value};
@@ -105,9 +106,9 @@ impl Subscription {
     }
 
     /// Records `values` as seen and tells whether an event is due at `now`.
-    pub fn evaluate(&mut self, values: &HashMap<String, Reading>, now: Instant) -> bool {
+    pub fn evaluate(&mut self, values: &HashMap<Arc<str>, Reading>, now: Instant) -> bool {
         for c in &mut self.conditions {
-            let Some(v) = values.get(&c.name).and_then(|r| numeric(&r.value)) else {
+            let Some(v) = values.get(c.name.as_str()).and_then(|r| numeric(&r.value)) else {
                 continue;
             };
             match c.reference {
@@ -143,12 +144,12 @@ impl Subscription {
 
     /// Records that an event with `values` went out at `now`: thresholds are measured from
     /// these values from now on.
-    pub fn sent(&mut self, values: &HashMap<String, Reading>, now: Instant) {
+    pub fn sent(&mut self, values: &HashMap<Arc<str>, Reading>, now: Instant) {
         self.last_sent = now;
         self.pending = false;
         self.immediate = false;
         for c in &mut self.conditions {
-            if let Some(v) = values.get(&c.name).and_then(|r| numeric(&r.value)) {
+            if let Some(v) = values.get(c.name.as_str()).and_then(|r| numeric(&r.value)) {
                 c.reference = Some(v);
             }
         }
@@ -166,7 +167,7 @@ mod tests {
     use crate::xmpp::iot::events::FieldCondition;
     use std::time::SystemTime;
 
-    fn values(v: f64) -> HashMap<String, Reading> {
+    fn values(v: f64) -> HashMap<Arc<str>, Reading> {
         let mut m = HashMap::new();
         m.insert(
             "t".into(),

@@ -88,7 +88,7 @@ pub struct Readout {
     pub wanted: Vec<String>,
     /// The last known values of the wanted fields; those younger than `max_age` when
     /// the readout starts (after `when`) are served instead of asking the device.
-    pub cached: HashMap<String, Reading>,
+    pub cached: HashMap<Arc<str>, Reading>,
     /// Freshness limit for `cached`.
     pub max_age: Duration,
     /// Fields requested by name that the device does not have.
@@ -137,7 +137,7 @@ impl Readout {
         // Freshness is judged when the readout starts, not when it was accepted: a
         // scheduled readout must not serve values that went stale while it waited.
         let started = SystemTime::now();
-        let mut values: HashMap<String, Reading> = self
+        let mut values: HashMap<Arc<str>, Reading> = self
             .cached
             .iter()
             .filter(|(_, r)| {
@@ -153,7 +153,7 @@ impl Readout {
         let to_read: Vec<String> = self
             .wanted
             .iter()
-            .filter(|n| !values.contains_key(*n))
+            .filter(|n| !values.contains_key(n.as_str()))
             .cloned()
             .collect();
         let mut fresh = Vec::new();
@@ -178,7 +178,7 @@ impl Readout {
         let now = SystemTime::now();
         let mut stamped: Vec<(SystemTime, Field)> = Vec::new();
         for spec in self.specs.iter() {
-            if let Some(r) = values.get(&spec.name) {
+            if let Some(r) = values.get(spec.name.as_str()) {
                 if self.wanted.contains(&spec.name) {
                     let f = to_field(spec, &r.value, r.quality, FieldTypes::MOMENTARY);
                     stamped.push((r.timestamp, f));
@@ -326,7 +326,7 @@ mod tests {
         let specs: Arc<[FieldSpec]> = vec![spec(FieldType::Double)].into();
         let mut cached = HashMap::new();
         cached.insert(
-            "p".to_string(),
+            "p".into(),
             Reading::new("p", Value::Double(1.25), SystemTime::now()),
         );
         let r = Readout {

@@ -71,8 +71,9 @@ pub enum Quality {
 /// One field's value at one moment, as an adapter reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
-    /// The field's name in the device's catalogue.
-    pub field: String,
+    /// The field's name in the device's catalogue (shared: adapters hand out the same
+    /// name with every reading of the field, at the cost of a reference count).
+    pub field: std::sync::Arc<str>,
     /// The value.
     pub value: Value,
     /// When the value was taken.
@@ -83,7 +84,7 @@ pub struct Reading {
 
 impl Reading {
     /// A good reading taken at `timestamp`.
-    pub fn new(field: impl Into<String>, value: Value, timestamp: SystemTime) -> Self {
+    pub fn new(field: impl Into<std::sync::Arc<str>>, value: Value, timestamp: SystemTime) -> Self {
         Reading {
             field: field.into(),
             value,

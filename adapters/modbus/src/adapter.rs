@@ -1,6 +1,7 @@
 //! The per-device poller and writer: one [`ModbusAdapter`] per configured device, sharing
 //! its connection's [`Bus`] with the other units behind it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fieldgate_api::{
@@ -21,7 +22,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub struct ModbusAdapter {
     device: DeviceId,
     unit: u8,
-    points: Vec<(String, Point)>,
+    points: Arc<[(String, Point)]>,
+    /// The field names as readings carry them: shared, so a poll allocates no names.
+    names: Vec<Arc<str>>,
     plan: ReadPlan,
     poll: Duration,
     read_back: bool,
@@ -59,15 +62,18 @@ impl ModbusAdapter {
     pub fn new(
         device: DeviceId,
         settings: DeviceSettings,
-        points: Vec<(String, Point)>,
+        points: impl Into<Arc<[(String, Point)]>>,
         bus: Bus,
     ) -> Result<Self, String> {
+        let points: Arc<[(String, Point)]> = points.into();
+        let names = points.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
         let spans: Vec<_> = points.iter().map(|(_, p)| p.span()).collect();
         let plan = plan(&spans, &settings.limits).map_err(|e| e.to_string())?;
         Ok(ModbusAdapter {
             device,
             unit: settings.unit,
             points,
+            names,
             plan,
             poll: settings.poll,
             read_back: settings.read_back,
@@ -109,7 +115,8 @@ impl ModbusAdapter {
                 Ok(answer) => {
                     answered = true;
                     for slot in wanted {
-                        let (name, point) = &self.points[slot.field];
+                        let (_, point) = &self.points[slot.field];
+                        let name = &self.names[slot.field];
                         let value = match &answer {
                             BusAnswer::Words(w) => req
                                 .slice(slot, w)
@@ -127,7 +134,7 @@ impl ModbusAdapter {
                         };
                         match value {
                             Ok(v) => readings.push(Reading::new(name.clone(), v, now)),
-                            Err(e) => failures.push((name.clone(), AdapterError::Refused(e))),
+                            Err(e) => failures.push((name.to_string(), AdapterError::Refused(e))),
                         }
                     }
                 }

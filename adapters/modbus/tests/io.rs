@@ -148,7 +148,7 @@ fn start_on(
 ) -> Running {
     let mut dev = ModbusDevice::new("plc");
     dev.unit = unit;
-    let points = fields
+    let points: Vec<(String, fieldgate_modbus::Point)> = fields
         .into_iter()
         .map(|(n, f, w)| (n.to_string(), f.resolve(&dev, w, None).unwrap()))
         .collect();
@@ -193,7 +193,7 @@ async fn reading(r: &mut Running, field: &str) -> Value {
             .expect("a reading within 5 s")
             .unwrap();
         if let EventKind::Readings(batch) = ev.kind {
-            if let Some(rd) = batch.into_iter().find(|r| r.field == field) {
+            if let Some(rd) = batch.into_iter().find(|r| &*r.field == field) {
                 return rd.value;
             }
         }
