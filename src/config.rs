@@ -222,6 +222,9 @@ impl AdapterConfig {
 struct FieldConfig {
     spec: FieldSpec,
     sim: Option<SimField>,
+    /// The `[[device.field]]` it comes from, and which repetition of it.
+    origin: usize,
+    copy: u32,
 }
 
 // ---- raw schema, as written -------------------------------------------------------------
@@ -337,7 +340,14 @@ struct RawField {
     values: Vec<String>,
     sim: Option<SimField>,
     modbus: Option<Spanned<ModbusField>>,
+    /// Repeat the field this many times; `{n}` in the name becomes 0, 1, 2, ...
+    count: Option<Spanned<u32>>,
+    /// Modbus: address step between repetitions (default: the registers one takes).
+    stride: Option<Spanned<u32>>,
 }
+
+/// Most repetitions one `count` may ask for.
+const MAX_COUNT: u32 = 65_536;
 
 // ---- loading ----------------------------------------------------------------------------
 
@@ -863,9 +873,10 @@ impl Ctx<'_> {
             return Err(self.at(m, &key(&format!("modbus.{}", e.key())), e.to_string()));
         }
         let mut points = Vec::with_capacity(fields.len());
-        for (j, (raw, f)) in d.fields.iter().zip(fields).enumerate() {
+        for f in fields {
+            let j = f.origin;
             let fkey = |k: &str| format!("device[{i}].field[{j}].{k}");
-            let raw = raw.get_ref();
+            let raw = d.fields[j].get_ref();
             if raw.sim.is_some() {
                 return Err(self.at(&raw.name, &fkey("sim"), "sim options on a modbus field"));
             }
@@ -876,10 +887,28 @@ impl Ctx<'_> {
                     "a field of a modbus device needs modbus = { register = ..., address = ... }",
                 ));
             };
-            let point = mf
-                .get_ref()
+            let mut field = mf.get_ref().clone();
+            if f.copy > 0 {
+                // Repetitions follow each other: by `stride`, or by the registers one takes.
+                let stride = match &raw.stride {
+                    Some(st) => *st.get_ref(),
+                    None => field
+                        .resolve(dev, f.spec.writable, f.spec.decimals)
+                        .map(|p| u32::from(p.span().count))
+                        .unwrap_or(1),
+                };
+                field.address = field.address.saturating_add(stride.saturating_mul(f.copy));
+            }
+            let point = field
                 .resolve(dev, f.spec.writable, f.spec.decimals)
-                .map_err(|e| self.at(mf, &fkey(&format!("modbus.{}", e.key())), e.to_string()))?;
+                .map_err(|e| {
+                    let msg = if f.copy > 0 {
+                        format!("{} (repetition {} of {:?})", e, f.copy, f.spec.name)
+                    } else {
+                        e.to_string()
+                    };
+                    self.at(mf, &fkey(&format!("modbus.{}", e.key())), msg)
+                })?;
             let natural = point.field_type();
             if natural != f.spec.kind {
                 return Err(self.at(
@@ -993,12 +1022,40 @@ impl Ctx<'_> {
             if name.trim().is_empty() {
                 return Err(self.at(&f.name, &key("name"), "a field needs a name"));
             }
-            if !names.insert(name.clone()) {
+            let count = match &f.count {
+                None => 1,
+                Some(c) if (1..=MAX_COUNT).contains(c.get_ref()) => *c.get_ref(),
+                Some(c) => {
+                    return Err(self.at(
+                        c,
+                        &key("count"),
+                        format!("count must be 1 to {MAX_COUNT}"),
+                    ))
+                }
+            };
+            if count > 1 && !name.contains("{n}") {
                 return Err(self.at(
                     &f.name,
                     &key("name"),
-                    format!("duplicate field name {name:?}"),
+                    "a repeated field (count > 1) needs {n} in its name, e.g. \"reg{n}\"",
                 ));
+            }
+            if let Some(st) = &f.stride {
+                if f.modbus.is_none() {
+                    return Err(self.at(st, &key("stride"), "stride applies to modbus fields"));
+                }
+            }
+            let expanded: Vec<String> = (0..count)
+                .map(|k| name.replace("{n}", &k.to_string()))
+                .collect();
+            for n in &expanded {
+                if !names.insert(n.clone()) {
+                    return Err(self.at(
+                        &f.name,
+                        &key("name"),
+                        format!("duplicate field name {n:?}"),
+                    ));
+                }
             }
             let err = |k: &str, m: String| Err(self.error(span.clone(), Some(key(k)), m));
             if let Some(dec) = &f.decimals {
@@ -1031,19 +1088,23 @@ impl Ctx<'_> {
             if f.kind != FieldType::Enum && !f.values.is_empty() {
                 return err("values", "values apply to enum fields".into());
             }
-            out.push(FieldConfig {
-                spec: FieldSpec {
-                    name: name.clone(),
-                    kind: f.kind,
-                    unit: f.unit.clone(),
-                    decimals: f.decimals.as_ref().map(|d| *d.get_ref()),
-                    writable: f.writable,
-                    min: f.min,
-                    max: f.max,
-                    values: f.values.clone(),
-                },
-                sim: f.sim.clone(),
-            });
+            for (k, name) in expanded.into_iter().enumerate() {
+                out.push(FieldConfig {
+                    spec: FieldSpec {
+                        name,
+                        kind: f.kind,
+                        unit: f.unit.clone(),
+                        decimals: f.decimals.as_ref().map(|d| *d.get_ref()),
+                        writable: f.writable,
+                        min: f.min,
+                        max: f.max,
+                        values: f.values.clone(),
+                    },
+                    sim: f.sim.clone(),
+                    origin: j,
+                    copy: k as u32,
+                });
+            }
         }
         Ok(out)
     }
@@ -1187,6 +1248,56 @@ secret = "s"
         );
         let e = err(&text);
         assert_eq!(e.key.as_deref(), Some("device[0].field[0].sim.kind"), "{e}");
+    }
+
+    #[test]
+    fn repeated_fields_expand_with_consecutive_addresses() {
+        let text = format!(
+            "{BASE}
+[[modbus.connection]]
+name = \"plc\"
+transport = \"tcp\"
+address = \"127.0.0.1:502\"
+
+[[device]]
+id = \"m\"
+adapter = \"modbus\"
+[device.modbus]
+connection = \"plc\"
+[[device.field]]
+name = \"r{{n}}\"
+type = \"int\"
+count = 1000
+modbus = {{ register = \"holding\", address = 0, type = \"u16\" }}
+[[device.field]]
+name = \"f{{n}}\"
+type = \"double\"
+count = 3
+modbus = {{ register = \"holding\", address = 2000, type = \"f32\" }}
+[[device.field]]
+name = \"s{{n}}\"
+type = \"int\"
+count = 2
+stride = 10
+modbus = {{ register = \"input\", address = 5, type = \"u16\" }}
+"
+        );
+        let c = parse(Path::new("t.toml"), &text).unwrap();
+        let d = &c.devices[0];
+        assert_eq!(d.fields.len(), 1005);
+        assert_eq!(d.fields[999].name, "r999");
+        let AdapterConfig::Modbus(m) = &d.adapter else {
+            panic!()
+        };
+        let addr = |i: usize| m.points[i].1.span().address;
+        assert_eq!((addr(0), addr(999)), (0, 999));
+        assert_eq!((addr(1000), addr(1001), addr(1002)), (2000, 2002, 2004));
+        assert_eq!((addr(1003), addr(1004)), (5, 15));
+
+        let e = err(&text.replace("name = \"f{n}\"", "name = \"f\""));
+        assert!(e.message.contains("{n}"), "{}", e.message);
+        let e = err(&text.replace("count = 1000", "count = 70000"));
+        assert_eq!(e.key.as_deref(), Some("device[0].field[0].count"));
     }
 
     #[test]
