@@ -177,6 +177,8 @@ pub async fn run(
     for d in &cfg.devices {
         gw.add_device(d.clone());
     }
+    drop(cfg);
+    release_free_memory();
 
     let mut watchdog = supervisor.watchdog_interval().map(tokio::time::interval);
     let mut events_tick = tokio::time::interval(iot::EVENTS_TICK);
@@ -268,6 +270,17 @@ fn no_such_device(h: &Header) -> Element {
         "no such device",
         None,
     )
+}
+
+/// Hands memory freed after loading a configuration back to the system. Parsing a large
+/// register map allocates several times what the running gateway keeps, and glibc's
+/// allocator would otherwise hold on to the difference for the life of the process.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 async fn tick(iv: &mut Option<tokio::time::Interval>) {
@@ -820,6 +833,7 @@ impl Gateway {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
         self.enforce_access().await;
+        release_free_memory();
         tracing::info!(
             added,
             removed,

@@ -195,7 +195,9 @@ class Sim:
 
 
 def modbus_config(prosody: h.Prosody, state_dir: Path, bench_jid: str, addresses: list[str],
-                  devices: int, registers: int, poll: str) -> str:
+                  devices: int, registers: int, poll: str, compact: bool = True) -> str:
+    """The gateway config. `compact` writes each device's register map as one repeated
+    field (`count`), as a user would; otherwise one [[device.field]] per register."""
     tv = h.toml_value
     out = ["[xmpp]",
            f"server = {tv(f'127.0.0.1:{prosody.component_port}')}",
@@ -213,6 +215,14 @@ def modbus_config(prosody: h.Prosody, state_dir: Path, bench_jid: str, addresses
         port, unit = divmod(d, per_port)
         out += ["[[device]]", f'id = "{device_id(d)}"', f'name = "Modbus device {d}"', 'adapter = "modbus"',
                 "[device.modbus]", f'connection = "sim{port}"', f"unit = {unit + 1}", f'poll = "{poll}"']
+        if compact:
+            out += ["[[device.field]]", f'name = "{field_name(0)}"', 'type = "int"', "writable = true",
+                    'modbus = { register = "holding", address = 0, type = "u16" }']
+            if registers > 1:
+                out += ["[[device.field]]", 'name = "reg{n}"', 'type = "int"', f"count = {registers - 1}",
+                        'modbus = { register = "holding", address = 1, type = "u16" }']
+            out.append("")
+            continue
         for a in range(registers):
             out.append("[[device.field]]")
             out.append(f'name = "{field_name(a)}"')
@@ -327,7 +337,7 @@ def run_layout(args, env: h.Env, root: Path, sim_bin: Path, client, connections:
     try:
         t = time.monotonic()
         text = modbus_config(env.prosody, gw.state_dir, env.prosody.jid("bench"), sim.addresses, n, regs,
-                             args.poll)
+                             args.poll, compact=not args.expanded)
         gw.write_raw_config(text)
         gen = time.monotonic() - t
         if first:
@@ -476,6 +486,8 @@ def main() -> int:
     ap.add_argument("--writes", type=int, default=500)
     ap.add_argument("--profile", type=float, default=0.0, help="seconds of perf record per layout")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--expanded", action="store_true",
+                    help="one [[device.field]] per register instead of a repeated field (count)")
     args = ap.parse_args()
     args.poll_s = parse_duration(args.poll)
     layouts = [int(x) for x in args.connections.split(",") if x.strip()]
