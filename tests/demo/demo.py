@@ -18,6 +18,7 @@ sys.path.insert(0, str(HERE.parent / "e2e"))
 
 import harness as h  # noqa: E402
 
+NS_CONTROL = "urn:xmpp:iot:control"
 NS_SENSORDATA = "urn:xmpp:iot:sensordata"
 DEVICES = ["pump1", "meter1", "valve3"]
 
@@ -39,10 +40,10 @@ def show_presence(p: h.Pres) -> str:
     return f"{p.frm:<28} {p.type}"
 
 
-def readout(client: h.XmppClient, jid: str) -> None:
+def readout(client: h.XmppClient, jid: str, seqnr: int = 1) -> None:
     """A momentary XEP-0323 readout, if the device advertises sensor data."""
     since = len(client.messages)
-    r = client.iq(f"<iq type='get' to='{jid}'><req xmlns='{NS_SENSORDATA}' seqnr='1' momentary='true'/></iq>")
+    r = client.iq(f"<iq type='get' to='{jid}'><req xmlns='{NS_SENSORDATA}' seqnr='{seqnr}' momentary='true'/></iq>")
     if not r.ok:
         say("gateway", f"readout refused: {r.condition}")
         return
@@ -139,6 +140,15 @@ def main() -> int:
         if NS_SENSORDATA in info.features:
             say("pump1", "sensor data (XEP-0323 momentary readout):")
             readout(client, pump)
+        if NS_CONTROL in info.features:
+            r = client.iq(f"<iq type='set' to='{pump}'><set xmlns='{NS_CONTROL}'>"
+                          "<double name='setpoint' value='6.5'/></set></iq>")
+            say("client", f"set setpoint = 6.5 (XEP-0325) -> {'setResponse OK' if r.ok else r.condition}")
+            r = client.iq(f"<iq type='set' to='{pump}'><set xmlns='{NS_CONTROL}'>"
+                          "<double name='setpoint' value='99'/></set></iq>")
+            say("client", f"set setpoint = 99 -> {r.type} {r.condition}: {r.text}")
+            say("pump1", "sensor data after the write:")
+            readout(client, pump, seqnr=2)
         r = client.ping(env.dev("nosuch"))
         say("client", f"ping nosuch@{pro.component} -> {r.type} {r.condition}")
 
