@@ -216,6 +216,11 @@ async fn connect(config: &XmppConfig) -> Result<Stream, String> {
         .ok_or("the server sent no stream id")?
         .into_owned();
     let mut stream: Stream = pending.skip_features();
+    // A readout answers with an iq result and then a message; with Nagle's algorithm the
+    // second small write waits for the server's delayed ACK (~40 ms on Linux).
+    if let Err(e) = stream.get_stream().get_ref().set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot disable Nagle's algorithm on the component link");
+    }
     let handshake = Handshake::from_stream_id_and_password(id, &config.secret);
     stream
         .send(&handshake)
