@@ -1,0 +1,262 @@
+"""fieldgate sensor-data benchmark: XEP-0323 readouts against XEP-0199 pings, through a real
+Prosody on loopback, driven by the Rust load generator in tests/bench/loadgen/.
+
+Both kinds of request make the same trip, client → Prosody → component (the gateway) →
+Prosody → client, to the same device JID, in the same run; so the difference between them is
+what a readout costs over the cheapest request the gateway answers. A readout is one iq get
+answered by an iq result (<accepted>) plus a <fields done='true'> message with 10 fields
+(values from the gateway's cache: `[readout] max_age = "1h"`); a ping is one iq get answered
+by one iq result.
+
+Figures (printed as `name: value` lines at the end):
+  readout_latency_ms_p50/_p99   one session, one request at a time: request sent → the
+  ping_latency_ms_p50/_p99      readout complete (accepted + done) / the ping's result;
+                                ping and readout phases interleaved, --latency-count of each
+  readout_p99_over_ping_p99_ms  goal: < 1 ms
+  readout_accepted_ms_p50/_p99  of the readout latency: request → iq result (<accepted>)
+  readouts_per_s_100_requesters / pings_per_s_100_requesters
+                                --sessions c2s sessions (separate accounts), each keeping
+                                --inflight requests in flight, phases interleaved
+  readout_to_ping_ratio         goal: >= 0.8
+  gateway_cpu_s_during_readouts utime+stime of the gateway over the throughput readout phases
+  gateway_cpu_us_per_readout / _per_ping
+  gateway_rss_peak_kb           VmHWM of the gateway at the end (peak since its start)
+  prosody_cpu_s_during_readouts / _pings, loadgen_cpu_s_...
+                                who else used the CPU (the machine has few cores)
+
+Not pass/fail: a benchmark reports; it fails only if the system does not work at all (a
+request that fails is counted and printed with its reason; the run goes on).
+Run through `bash tests/bench/run_iot.sh` (release builds of the gateway and the loadgen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
+
+import harness as h  # noqa: E402
+
+DEVICE = "meter1"
+USER_PREFIX = "bench"
+
+
+def loadgen_bin() -> Path:
+    env = os.environ.get("LOADGEN_BIN")
+    path = Path(env).resolve() if env else (
+        h.REPO_ROOT / "tests" / "bench" / "loadgen" / "target" / "release" / "fieldgate-loadgen")
+    if not path.is_file():
+        raise h.HarnessError(f"load generator {path} missing: build tests/bench/loadgen (run_iot.sh does)")
+    return path
+
+
+def device(nfields: int) -> dict:
+    """One sim device with `nfields` fields of mixed types."""
+    fields = []
+    for i in range(nfields):
+        name = f"f{i:02d}"
+        kind = i % 5
+        if kind == 3:
+            fields.append({"name": name, "type": "int", "unit": "pcs",
+                           "sim": {"kind": "counter", "every": "1s"}})
+        elif kind == 4:
+            fields.append({"name": name, "type": "bool", "sim": {"kind": "toggle", "every": "10s"}})
+        else:
+            fields.append({"name": name, "type": "double", "unit": "bar", "decimals": 2,
+                           "sim": {"kind": "sine", "period": "60s", "amplitude": 1.0, "offset": 5.0 + i}})
+    return h.sim_device(DEVICE, name="Bench meter", fields=fields)
+
+
+def register_users(prosody: h.Prosody, n: int) -> str:
+    """Registers bench0..bench{n-1}. prosodyctl takes about a second per call (it starts a
+    Lua VM each time), so: register bench0 with prosodyctl, then copy its account file for
+    the others (internal_plain storage: one file per account, holding only the password).
+    Falls back to prosodyctl in parallel when the file is not where expected."""
+    prosody.register(f"{USER_PREFIX}0")
+    found = list(prosody.data_dir.glob(f"*/accounts/{USER_PREFIX}0.dat"))
+    if len(found) == 1 and h.PASSWORD in found[0].read_text():
+        src = found[0]
+        for i in range(1, n):
+            shutil.copyfile(src, src.with_name(f"{USER_PREFIX}{i}.dat"))
+        return "prosodyctl once, account file copied"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: prosody.register(f"{USER_PREFIX}{i}"), range(1, n)))
+    return "prosodyctl, 8 in parallel"
+
+
+def set_prosody_nagle_off(prosody: h.Prosody) -> None:
+    """TCP_NODELAY on Prosody's sockets: a global option, so it goes before the first host."""
+    cfg = prosody.config_path.read_text()
+    marker = "\nVirtualHost "
+    assert marker in cfg, "unexpected Prosody config layout"
+    cfg = cfg.replace(marker, "\nnetwork_settings = { nagle = false }\n" + marker, 1)
+    prosody.config_path.write_text(cfg)
+
+
+def run_loadgen(args: list[str], what: str, timeout: float) -> dict[str, str]:
+    cmd = [str(loadgen_bin()), *args]
+    print(f"# {what}: {' '.join(cmd[1:])}", flush=True)
+    t = time.monotonic()
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    out: dict[str, str] = {}
+    for line in r.stdout.splitlines():
+        print(f"#   {line}", flush=True)
+        k, sep, v = line.partition(": ")
+        if sep:
+            out[k] = v
+    if r.returncode != 0:
+        raise h.HarnessError(f"loadgen failed ({r.returncode}) after {time.monotonic() - t:.1f}s:\n{r.stderr}")
+    if r.stderr.strip():
+        print("#   (stderr) " + r.stderr.strip().replace("\n", "\n#   (stderr) "), flush=True)
+    return out
+
+
+def fnum(d: dict[str, str], k: str) -> float:
+    try:
+        return float(d[k])
+    except (KeyError, ValueError):
+        return float("nan")
+
+
+def report(name: str, value) -> None:
+    if isinstance(value, float):
+        value = f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+    print(f"{name}: {value}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fields", type=int, default=10, help="fields of the sim device (default 10)")
+    ap.add_argument("--sessions", type=int, default=100, help="concurrent requesters (default 100)")
+    ap.add_argument("--inflight", type=int, default=2, help="requests in flight per requester (default 2)")
+    ap.add_argument("--latency-count", type=int, default=20000,
+                    help="requests of each kind for the latency figures (default 20000)")
+    ap.add_argument("--latency-phase-cap", default="20s",
+                    help="time limit of one latency phase (4 per kind), in case requests are slow "
+                         "(default 20s; the samples actually taken are reported)")
+    ap.add_argument("--phase-duration", default="8s", help="length of one throughput phase (default 8s)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="ping/readout phase pairs, interleaved (default 3; latency uses 4)")
+    ap.add_argument("--prosody-nagle", choices=("on", "off"), default="on",
+                    help="Prosody's Nagle algorithm on its sockets: on (Prosody's default) or off "
+                         "(network_settings = { nagle = false })")
+    ap.add_argument("--prosody-log", choices=("info", "debug"), default="info",
+                    help="Prosody's log level (debug logs every stanza: slower, for tracing a "
+                         "lost request; use with --keep)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="fieldgate-bench-iot-"))
+    prosody = None
+    env = None
+    try:
+        prosody = h.Prosody(root / "prosody", log_level=args.prosody_log)
+        if args.prosody_nagle == "off":
+            set_prosody_nagle_off(prosody)
+        env = h.Env(root=root, prosody=prosody)
+        t = time.monotonic()
+        how = register_users(prosody, args.sessions)
+        print(f"# registered {args.sessions} users in {time.monotonic() - t:.2f}s ({how}; not measured)",
+              flush=True)
+        prosody.start()
+
+        gw = env.new_gateway()
+        text = h.gateway_toml(prosody, gw.state_dir, [device(args.fields)],
+                              access={"read": ["*"]}, xmpp={"keepalive": "30s"})
+        # a value younger than max_age comes from the cache: after the first readout, every
+        # readout is served from the cache and never waits on the (simulated) device
+        text += '\n[readout]\nmax_age = "1h"\nmax_per_requester = 64\n'
+        gw.write_raw_config(text)
+        gw.start()
+        target = env.dev(DEVICE)
+        print(f"# gateway {gw.binary} pid {gw.pid}, prosody pid {prosody.proc.pid} (nagle "
+              f"{args.prosody_nagle}), device {target} with {args.fields} fields, "
+              f"{os.cpu_count()} CPUs", flush=True)
+
+        common = ["--server", f"127.0.0.1:{prosody.c2s_port}", "--password", h.PASSWORD,
+                  "--target", target, "--fields", str(args.fields),
+                  "--watch", f"gateway:{gw.pid},prosody:{prosody.proc.pid}"]
+
+        # (1) latency: one requester, one request at a time
+        per_phase = max(1, args.latency_count // 4)
+        lat = run_loadgen(common + [
+            "--user", f"{USER_PREFIX}0@{prosody.vhost}", "--concurrency", "1", "--inflight", "1",
+            "--mode", "ping,readout", "--rounds", "4", "--count", str(per_phase),
+            "--duration", args.latency_phase_cap, "--warmup", "2s",
+        ], "latency, 1 requester", timeout=600)
+
+        # (2) throughput: many requesters, a few requests in flight each
+        tput = run_loadgen(common + [
+            "--user", f"{USER_PREFIX}{{}}@{prosody.vhost}", "--concurrency", str(args.sessions),
+            "--inflight", str(args.inflight), "--mode", "ping,readout", "--rounds", str(args.rounds),
+            "--duration", args.phase_duration, "--warmup", "3s", "--connect-parallel", "10",
+        ], f"throughput, {args.sessions} requesters", timeout=900)
+
+        assert gw.running, f"the gateway died during the run\n{gw.log_tail(40)}"
+        failed = sum(int(fnum(d, f"{m}_failed")) for d in (lat, tput) for m in ("ping", "readout"))
+
+        print("", flush=True)
+        r50, r99 = fnum(lat, "readout_lat_ms_p50"), fnum(lat, "readout_lat_ms_p99")
+        p50, p99 = fnum(lat, "ping_lat_ms_p50"), fnum(lat, "ping_lat_ms_p99")
+        report("readout_latency_ms_p50", r50)
+        report("readout_latency_ms_p99", r99)
+        report("ping_latency_ms_p50", p50)
+        report("ping_latency_ms_p99", p99)
+        report("readout_accepted_ms_p50", fnum(lat, "readout_accepted_ms_p50"))
+        report("readout_accepted_ms_p99", fnum(lat, "readout_accepted_ms_p99"))
+        report("readout_p50_over_ping_p50_ms", r50 - p50)
+        report("readout_p99_over_ping_p99_ms", r99 - p99)
+        report("latency_samples_readout", int(fnum(lat, "readout_ok")))
+        report("latency_samples_ping", int(fnum(lat, "ping_ok")))
+        rr, pr = fnum(tput, "readout_rate_per_s"), fnum(tput, "ping_rate_per_s")
+        n = args.sessions
+        report(f"readouts_per_s_{n}_requesters", rr)
+        report(f"pings_per_s_{n}_requesters", pr)
+        report("readout_to_ping_ratio", rr / pr if pr else float("nan"))
+        report(f"readout_latency_ms_p50_{n}_requesters", fnum(tput, "readout_lat_ms_p50"))
+        report(f"readout_latency_ms_p99_{n}_requesters", fnum(tput, "readout_lat_ms_p99"))
+        report(f"ping_latency_ms_p50_{n}_requesters", fnum(tput, "ping_lat_ms_p50"))
+        report(f"ping_latency_ms_p99_{n}_requesters", fnum(tput, "ping_lat_ms_p99"))
+        report("gateway_cpu_s_during_readouts", fnum(tput, "readout_cpu_s_gateway"))
+        report("gateway_cpu_s_during_pings", fnum(tput, "ping_cpu_s_gateway"))
+        report("gateway_cpu_us_per_readout", fnum(tput, "readout_cpu_us_per_request_gateway"))
+        report("gateway_cpu_us_per_ping", fnum(tput, "ping_cpu_us_per_request_gateway"))
+        report("gateway_rss_peak_kb", int(fnum(tput, "vmhwm_kb_gateway")))
+        report("prosody_cpu_s_during_readouts", fnum(tput, "readout_cpu_s_prosody"))
+        report("prosody_cpu_s_during_pings", fnum(tput, "ping_cpu_s_prosody"))
+        report("loadgen_cpu_s_during_readouts", fnum(tput, "readout_cpu_s_loadgen"))
+        report("loadgen_cpu_s_during_pings", fnum(tput, "ping_cpu_s_loadgen"))
+        report("throughput_phase_wall_s_per_kind", fnum(tput, "readout_wall_s"))
+        report("requests_failed", failed)
+        for what, d in (("latency", lat), ("throughput", tput)):
+            for k, v in d.items():
+                if k.startswith("failure_") or k.startswith("warmup_") and "_failure_" in k:
+                    print(f"# {what} run, {v}", flush=True)
+        return 0
+    except BaseException:
+        if env is not None and env.gateway is not None:
+            print(env.gateway.log_tail(40), file=sys.stderr)
+        if prosody is not None:
+            print(prosody.describe(), file=sys.stderr)
+        raise
+    finally:
+        if env is not None:
+            env.close()
+        elif prosody is not None:
+            prosody.close()
+        if args.keep:
+            print(f"# kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,911 @@
+//! fieldgate-loadgen: many c2s sessions sending XEP-0199 pings or XEP-0323 readouts to one
+//! JID, timing each request until it is complete, and printing `key: value` lines.
+//!
+//! A readout counts as done only when the iq result carrying `<accepted seqnr>` arrived AND a
+//! `<fields seqnr done='true'>` message ended it with exactly `--fields` fields in all its
+//! `<fields>` messages; anything else (iq error, `<failure>`, wrong field count, timeout,
+//! disconnection) is a failure, counted and printed with its reason.
+//!
+//! Client: tokio-xmpp 6's `Client` over plain TCP (our own connector, to set TCP_NODELAY;
+//! SASL: the library picks the strongest mechanism the server offers, SCRAM or PLAIN), iqs
+//! sent with `send_iq` (the library matches the iq result to the request), readout messages
+//! taken from the client's event stream and matched by seqnr.
+//!
+//! Diagnostics go to stderr: every request that times out (mode, session JID, seqnr, time
+//! since the session's last reply) and the first stanzas that answer nothing of ours.
+//!
+//! Phases: the sessions connect once; then each mode in `--mode` (a comma list) runs for
+//! `--duration` or until `--count` requests were started, the list repeated `--rounds`
+//! times (interleaving ping and readout phases in one run against drift). A phase stops
+//! starting requests at its end, then waits for the ones in flight. Figures are printed per
+//! phase (`phaseN_*`) and per mode over all its phases (`ping_*`, `readout_*`). Readouts
+//! also report the two halves: request → iq result (`*_accepted_ms_*`) and request →
+//! `<fields done='true'>` (`*_fields_ms_*`).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::fs;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::io::BufStream;
+use tokio::net::TcpStream;
+use tokio_xmpp::connect::ServerConnector;
+use tokio_xmpp::jid::{BareJid, Jid};
+use tokio_xmpp::minidom::Element;
+use tokio_xmpp::xmlstream::{initiate_stream, PendingFeaturesRecv, StreamHeader, Timeouts};
+use tokio_xmpp::{Client, Event, IqRequest, IqResponse, Stanza};
+
+const NS_PING: &str = "urn:xmpp:ping";
+const NS_SENSORDATA: &str = "urn:xmpp:iot:sensordata";
+
+const USAGE: &str = "\
+usage: fieldgate-loadgen --server HOST:PORT --user PATTERN --password PW --target JID
+                         [--mode ping|readout[,..]] [--rounds N] [--concurrency N]
+                         [--inflight N] [--duration 10s] [--count N] [--fields N]
+                         [--first N] [--warmup 2s] [--timeout 10s] [--connect-parallel N]
+                         [--watch name:pid[,name:pid..]]
+
+  --user PATTERN      account JIDs; `{}` is replaced by the session index
+                      (--first, --first+1, ...), e.g. 'bench{}@example.test'
+  --target JID        where the requests go (a device JID)
+  --mode              ping (XEP-0199) or readout (XEP-0323 momentary, all fields);
+                      a comma list runs one phase per entry, repeated --rounds times
+  --concurrency N     c2s sessions (default 1)
+  --inflight N        requests each session keeps in flight (default 1, at most 64)
+  --duration D        length of each phase (default 10s, or no limit with --count)
+  --count N           requests per phase over all sessions; with --duration too, the
+                      phase ends at whichever limit comes first
+  --fields N          fields a complete readout must carry (default 10)
+  --warmup D          before the phases, one unreported phase per mode of this length
+  --timeout D         a request not complete after this is a failure (default 10s)
+  --connect-parallel N  sessions logging in at once (default 8)
+  --watch name:pid    report CPU seconds (utime+stime) per phase and VmHWM/VmRSS of
+                      these processes, e.g. gateway:1234,prosody:5678
+";
+
+// ---- command line -----------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Ping,
+    Readout,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Ping => "ping",
+            Mode::Readout => "readout",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Args {
+    server: String,
+    user: String,
+    password: String,
+    target: BareJid,
+    modes: Vec<Mode>,
+    rounds: usize,
+    concurrency: usize,
+    inflight: usize,
+    /// Phase length limit (`None`: --count only).
+    duration: Option<Duration>,
+    count: Option<u64>,
+    fields: usize,
+    first: usize,
+    warmup: Duration,
+    timeout: Duration,
+    connect_parallel: usize,
+    watch: Vec<(String, u32)>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "s" => v,
+        "ms" => v / 1e3,
+        "m" | "min" => v * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (s, ms, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut kv: HashMap<String, String> = HashMap::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        if k == "-h" || k == "--help" {
+            print!("{USAGE}");
+            std::process::exit(0);
+        }
+        let Some(name) = k.strip_prefix("--") else {
+            return Err(format!("unexpected argument {k:?}"));
+        };
+        let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
+        kv.insert(name.to_owned(), v);
+    }
+    let mut take = |k: &str| kv.remove(k);
+    let need = |v: Option<String>, k: &str| v.ok_or_else(|| format!("--{k} is required"));
+    let num = |v: Option<String>, k: &str, d: usize| -> Result<usize, String> {
+        v.map_or(Ok(d), |s| {
+            s.parse().map_err(|_| format!("--{k}: not a number: {s:?}"))
+        })
+    };
+    let server = need(take("server"), "server")?;
+    let user = need(take("user"), "user")?;
+    let password = need(take("password"), "password")?;
+    let target: BareJid = need(take("target"), "target")?
+        .parse()
+        .map_err(|e| format!("--target: {e}"))?;
+    let modes = take("mode")
+        .unwrap_or_else(|| "ping".into())
+        .split(',')
+        .map(|m| match m.trim() {
+            "ping" => Ok(Mode::Ping),
+            "readout" => Ok(Mode::Readout),
+            other => Err(format!("--mode: unknown mode {other:?}")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rounds = num(take("rounds"), "rounds", 1)?.max(1);
+    let concurrency = num(take("concurrency"), "concurrency", 1)?.max(1);
+    let inflight = num(take("inflight"), "inflight", 1)?.clamp(1, 64);
+    let duration = take("duration").map(|d| parse_duration(&d)).transpose()?;
+    let count = take("count")
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| format!("--count: not a number: {s:?}"))
+        })
+        .transpose()?;
+    let duration = match (duration, count) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (d, _) => d,
+    };
+    let fields = num(take("fields"), "fields", 10)?;
+    let first = num(take("first"), "first", 0)?;
+    let warmup = parse_duration(&take("warmup").unwrap_or_else(|| "0s".into()))?;
+    let timeout = parse_duration(&take("timeout").unwrap_or_else(|| "10s".into()))?;
+    let connect_parallel = num(take("connect-parallel"), "connect-parallel", 8)?.max(1);
+    let watch = take("watch")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (n, p) = s
+                .split_once(':')
+                .ok_or(format!("--watch: {s:?} is not name:pid"))?;
+            Ok((
+                n.to_owned(),
+                p.parse()
+                    .map_err(|_| format!("--watch: bad pid in {s:?}"))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    if let Some(k) = kv.keys().next() {
+        return Err(format!("unknown option --{k}"));
+    }
+    if !user.contains("{}") && concurrency > 1 {
+        return Err("--user must contain {} when --concurrency > 1".into());
+    }
+    Ok(Args {
+        server,
+        user,
+        password,
+        target,
+        modes,
+        rounds,
+        concurrency,
+        inflight,
+        duration,
+        count,
+        fields,
+        first,
+        warmup,
+        timeout,
+        connect_parallel,
+        watch,
+    })
+}
+
+// ---- /proc ------------------------------------------------------------------------------
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// A `Vm*` line of /proc/<pid>/status, in kB.
+fn vm_kb(pid: &str, key: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The watched processes plus ourselves.
+fn watched(args: &Args) -> Vec<(String, String)> {
+    let mut w: Vec<(String, String)> = args
+        .watch
+        .iter()
+        .map(|(n, p)| (n.clone(), p.to_string()))
+        .collect();
+    w.push(("loadgen".into(), "self".into()));
+    w
+}
+
+fn cpu_snapshot(w: &[(String, String)]) -> Vec<Option<f64>> {
+    w.iter().map(|(_, p)| cpu_seconds(p)).collect()
+}
+
+// ---- library log lines ------------------------------------------------------------------
+
+/// Prints the libraries' warnings (tokio-xmpp: a stanza it could not parse and dropped, a
+/// stream error, a reconnect) on stderr: a lost reply must not go unexplained.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{} {}: {}", r.level(), r.target(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+// ---- connection -------------------------------------------------------------------------
+
+/// tokio-xmpp's plain-TCP connector, plus TCP_NODELAY (a latency benchmark must not wait on
+/// Nagle's algorithm in the client).
+#[derive(Clone, Debug)]
+struct NoDelayTcp(String);
+
+impl ServerConnector for NoDelayTcp {
+    type Stream = BufStream<TcpStream>;
+
+    async fn connect(
+        &self,
+        jid: &Jid,
+        ns: &'static str,
+        timeouts: Timeouts,
+    ) -> Result<
+        (
+            PendingFeaturesRecv<Self::Stream>,
+            sasl::common::ChannelBinding,
+        ),
+        tokio_xmpp::Error,
+    > {
+        let tcp = TcpStream::connect(&self.0).await?;
+        tcp.set_nodelay(true)?;
+        let header = StreamHeader {
+            to: Some(Cow::Borrowed(jid.domain().as_str())),
+            from: None,
+            id: None,
+        };
+        let pending = initiate_stream(BufStream::new(tcp), ns, header, timeouts).await?;
+        Ok((pending, sasl::common::ChannelBinding::None))
+    }
+}
+
+struct Session {
+    index: usize,
+    client: Client,
+    target: Jid,
+    seqnr: u64,
+    /// When the last reply of any kind arrived (diagnostics).
+    last_reply: Option<Instant>,
+}
+
+async fn connect(args: &Args, index: usize) -> Result<Session, String> {
+    let jid_text = args.user.replace("{}", &index.to_string());
+    let jid: BareJid = jid_text.parse().map_err(|e| format!("{jid_text}: {e}"))?;
+    let timeouts = Timeouts {
+        read_timeout: Duration::from_secs(300),
+        response_timeout: Duration::from_secs(60),
+    };
+    let mut client = Client::new_with_connector(
+        jid,
+        args.password.clone(),
+        NoDelayTcp(args.server.clone()),
+        timeouts,
+    );
+    let online = async {
+        loop {
+            match client.next().await {
+                Some(Event::Online { .. }) => return Ok(()),
+                Some(Event::Disconnected(e)) => return Err(format!("{jid_text}: {e}")),
+                Some(Event::Stanza(_)) => continue,
+                None => return Err(format!("{jid_text}: client stopped")),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), online)
+        .await
+        .map_err(|_| {
+            format!("{jid_text}: no session within 30 s (wrong password or no such account?)")
+        })??;
+    Ok(Session {
+        index,
+        client,
+        target: args.target.clone().into(),
+        seqnr: 0,
+        last_reply: None,
+    })
+}
+
+// ---- one phase in one session -----------------------------------------------------------
+
+struct PhaseCtl {
+    mode: Mode,
+    inflight: usize,
+    /// End of the phase (`None`: --count only).
+    deadline: Option<Instant>,
+    /// Requests still to start over all sessions (count mode), else `None`.
+    remaining: Option<AtomicI64>,
+    fields: usize,
+    timeout: Duration,
+}
+
+impl PhaseCtl {
+    fn may_start(&self) -> bool {
+        self.deadline.is_none_or(|d| Instant::now() < d)
+            && self
+                .remaining
+                .as_ref()
+                .is_none_or(|r| r.fetch_sub(1, Ordering::Relaxed) > 0)
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    started: u64,
+    ok: u64,
+    failed: u64,
+    /// Replies to requests already given up (timed out).
+    late: u64,
+    /// Stanzas that are no reply to any request of ours.
+    unexpected: u64,
+    /// Microseconds, request sent → complete, of the successful requests.
+    lat_us: Vec<u32>,
+    /// Readouts: microseconds, request sent → iq result (`<accepted>`), of the successful ones.
+    accepted_us: Vec<u32>,
+    /// Readouts: microseconds, request sent → `<fields done='true'>`, of the successful ones.
+    fields_us: Vec<u32>,
+    /// Failure reason → count.
+    reasons: BTreeMap<String, u64>,
+    /// Time the last request of the phase completed (or failed).
+    last_end: Option<Instant>,
+}
+
+impl Stats {
+    fn fail(&mut self, why: impl Into<String>) {
+        self.failed += 1;
+        *self.reasons.entry(why.into()).or_default() += 1;
+        self.last_end = Some(Instant::now());
+    }
+
+    fn ok(&mut self, started: Instant) {
+        let now = Instant::now();
+        self.ok += 1;
+        self.lat_us.push(
+            now.duration_since(started)
+                .as_micros()
+                .min(u32::MAX as u128) as u32,
+        );
+        self.last_end = Some(now);
+    }
+
+    fn readout_parts(&mut self, p: &Pending) {
+        let us = |t: Option<Instant>| {
+            t.map_or(0, |t| {
+                t.duration_since(p.started)
+                    .as_micros()
+                    .min(u32::MAX as u128) as u32
+            })
+        };
+        self.accepted_us.push(us(p.accepted_at));
+        self.fields_us.push(us(p.done_at));
+    }
+
+    fn merge(&mut self, o: Stats) {
+        self.started += o.started;
+        self.ok += o.ok;
+        self.failed += o.failed;
+        self.late += o.late;
+        self.unexpected += o.unexpected;
+        self.lat_us.extend(o.lat_us);
+        self.accepted_us.extend(o.accepted_us);
+        self.fields_us.extend(o.fields_us);
+        for (k, v) in o.reasons {
+            *self.reasons.entry(k).or_default() += v;
+        }
+        self.last_end = self.last_end.max(o.last_end);
+    }
+}
+
+/// One request in flight.
+struct Pending {
+    started: Instant,
+    /// Readouts: the iq result with `<accepted>` arrived.
+    accepted: bool,
+    accepted_at: Option<Instant>,
+    /// Readouts: when the `<fields done='true'>` arrived.
+    done_at: Option<Instant>,
+    /// Readouts: fields received so far.
+    fields: usize,
+    /// Readouts: a `<fields done='true'>` arrived.
+    done: bool,
+}
+
+/// What the iq-response future of one request resolves to.
+type IqOutcome = (u64, Result<IqResponse, tokio_xmpp::IqFailure>);
+
+fn request(mode: Mode, seqnr: u64) -> Element {
+    let xml = match mode {
+        Mode::Ping => format!("<ping xmlns='{NS_PING}'/>"),
+        Mode::Readout => {
+            format!("<req xmlns='{NS_SENSORDATA}' seqnr='{seqnr}' momentary='true'/>")
+        }
+    };
+    xml.parse().expect("request XML")
+}
+
+/// Fields inside one `<fields>`: node → timestamp → field elements.
+fn count_fields(fields: &Element) -> usize {
+    fields
+        .children()
+        .filter(|n| n.name() == "node")
+        .flat_map(|n| n.children().filter(|t| t.name() == "timestamp"))
+        .map(|t| t.children().count())
+        .sum()
+}
+
+fn error_text(e: &xmpp_parsers::stanza_error::StanzaError) -> String {
+    let mut s = format!("iq error {:?}/{:?}", e.type_, e.defined_condition);
+    if let Some(t) = e.texts.values().next() {
+        let _ = write!(s, " ({t})");
+    }
+    s
+}
+
+async fn run_phase(mut s: Session, ctl: Arc<PhaseCtl>) -> (Session, Stats) {
+    let mut st = Stats::default();
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut iqs: FuturesUnordered<futures::future::BoxFuture<'static, IqOutcome>> =
+        FuturesUnordered::new();
+    let expect = ctl.fields;
+
+    // Ends a readout whose iq result and done-flagged fields have both arrived.
+    let settle = |pending: &mut HashMap<u64, Pending>, st: &mut Stats, seqnr: u64| {
+        let Some(p) = pending.get(&seqnr) else { return };
+        if !(p.accepted && p.done) {
+            return;
+        }
+        let p = pending.remove(&seqnr).unwrap();
+        if p.fields == expect {
+            st.ok(p.started);
+            st.readout_parts(&p);
+        } else {
+            st.fail(format!("done with {} fields, expected {expect}", p.fields));
+        }
+    };
+
+    loop {
+        while pending.len() < ctl.inflight && ctl.may_start() {
+            s.seqnr += 1;
+            let seqnr = s.seqnr;
+            let started = Instant::now();
+            let token = s
+                .client
+                .send_iq(
+                    Some(s.target.clone()),
+                    IqRequest::Get(request(ctl.mode, seqnr)),
+                )
+                .await;
+            iqs.push(Box::pin(async move { (seqnr, token.await) }));
+            st.started += 1;
+            pending.insert(
+                seqnr,
+                Pending {
+                    started,
+                    accepted: false,
+                    accepted_at: None,
+                    done_at: None,
+                    fields: 0,
+                    done: false,
+                },
+            );
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let oldest = pending.values().map(|p| p.started).min().unwrap();
+        let expiry = tokio::time::Instant::from_std(oldest + ctl.timeout);
+        tokio::select! {
+            Some((seqnr, res)) = iqs.next(), if !iqs.is_empty() => {
+                s.last_reply = Some(Instant::now());
+                if !pending.contains_key(&seqnr) {
+                    st.late += 1;
+                    continue;
+                }
+                match (ctl.mode, res) {
+                    (_, Err(e)) => {
+                        pending.remove(&seqnr);
+                        st.fail(format!("iq not sent: {e}"));
+                    }
+                    (_, Ok(IqResponse::Error(e))) => {
+                        pending.remove(&seqnr);
+                        st.fail(error_text(&e));
+                    }
+                    (Mode::Ping, Ok(IqResponse::Result(_))) => {
+                        let p = pending.remove(&seqnr).unwrap();
+                        st.ok(p.started);
+                    }
+                    (Mode::Readout, Ok(IqResponse::Result(payload))) => {
+                        let good = payload.as_ref().is_some_and(|el| {
+                            el.is("accepted", NS_SENSORDATA)
+                                && el.attr("seqnr") == Some(seqnr.to_string().as_str())
+                        });
+                        if good {
+                            let p = pending.get_mut(&seqnr).unwrap();
+                            p.accepted = true;
+                            p.accepted_at = Some(Instant::now());
+                            settle(&mut pending, &mut st, seqnr);
+                        } else {
+                            pending.remove(&seqnr);
+                            st.fail("iq result without <accepted seqnr> of the request");
+                        }
+                    }
+                }
+            }
+            ev = s.client.next() => match ev {
+                Some(Event::Stanza(Stanza::Message(m))) => {
+                    s.last_reply = Some(Instant::now());
+                    for el in &m.payloads {
+                        if el.ns() != NS_SENSORDATA {
+                            continue;
+                        }
+                        let Some(seqnr) = el.attr("seqnr").and_then(|v| v.parse::<u64>().ok()) else {
+                            continue;
+                        };
+                        let Some(p) = pending.get_mut(&seqnr) else {
+                            st.late += 1;
+                            continue;
+                        };
+                        match el.name() {
+                            "fields" => {
+                                p.fields += count_fields(el);
+                                if el.attr("done") == Some("true") {
+                                    p.done = true;
+                                    p.done_at = Some(Instant::now());
+                                }
+                                settle(&mut pending, &mut st, seqnr);
+                            }
+                            "done" => {
+                                p.done = true;
+                                p.done_at = Some(Instant::now());
+                                settle(&mut pending, &mut st, seqnr);
+                            }
+                            "failure" => {
+                                let text = el
+                                    .children()
+                                    .next()
+                                    .map(|e| e.text())
+                                    .unwrap_or_default();
+                                pending.remove(&seqnr);
+                                st.fail(format!("<failure>: {text}"));
+                            }
+                            _ => {} // <started>
+                        }
+                    }
+                }
+                Some(Event::Stanza(other)) => {
+                    // Not expected: an iq reply the library did not match to its request
+                    // would land here. Count it and show the first few.
+                    st.unexpected += 1;
+                    if st.unexpected <= 3 {
+                        let what = match &other {
+                            Stanza::Iq(iq) => format!("{iq:?}"),
+                            Stanza::Presence(p) => format!("{p:?}"),
+                            Stanza::Message(m) => format!("{m:?}"),
+                        };
+                        eprintln!("unexpected stanza (session {}): {what:.300}", s.index);
+                    }
+                }
+                Some(Event::Online { .. }) => {
+                    for _ in pending.drain() {
+                        st.fail("session re-established (stream was lost)");
+                    }
+                }
+                Some(Event::Disconnected(e)) => {
+                    let why = format!("disconnected: {e}");
+                    for _ in pending.drain() {
+                        st.fail(why.clone());
+                    }
+                }
+                None => {
+                    for _ in pending.drain() {
+                        st.fail("client stopped");
+                    }
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(expiry) => {
+                let now = Instant::now();
+                let expired: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, p)| now.duration_since(p.started) >= ctl.timeout)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in expired {
+                    let p = pending.remove(&k).unwrap();
+                    // Where it got stuck, for the log (stderr): which session, which request.
+                    eprintln!(
+                        "timeout: {} {} seqnr {k} sent {:.3}s ago (session {}, last reply {:.3}s ago)",
+                        ctl.mode.name(),
+                        s.client.bound_jid().map_or("?".into(), |j| j.to_string()),
+                        now.duration_since(p.started).as_secs_f64(),
+                        s.index,
+                        s.last_reply.map_or(f64::NAN, |t| now.duration_since(t).as_secs_f64()),
+                    );
+                    st.fail(match ctl.mode {
+                        Mode::Ping => "timeout".to_owned(),
+                        Mode::Readout => format!(
+                            "timeout (accepted: {}, fields: {}, done: {})",
+                            p.accepted, p.fields, p.done
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    (s, st)
+}
+
+// ---- phases -----------------------------------------------------------------------------
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    // nearest rank
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1000.0
+}
+
+fn print_kv(k: &str, v: impl std::fmt::Display) {
+    println!("{k}: {v}");
+}
+
+/// Latency and rate lines of one mode or phase.
+fn print_stats(prefix: &str, st: &mut Stats, wall: f64) {
+    st.lat_us.sort_unstable();
+    print_kv(&format!("{prefix}_started"), st.started);
+    print_kv(&format!("{prefix}_ok"), st.ok);
+    print_kv(&format!("{prefix}_failed"), st.failed);
+    print_kv(&format!("{prefix}_late"), st.late);
+    print_kv(&format!("{prefix}_unexpected"), st.unexpected);
+    print_kv(&format!("{prefix}_wall_s"), format!("{wall:.3}"));
+    print_kv(
+        &format!("{prefix}_rate_per_s"),
+        format!("{:.1}", st.ok as f64 / wall),
+    );
+    for (name, q) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999)] {
+        print_kv(
+            &format!("{prefix}_lat_ms_{name}"),
+            format!("{:.3}", percentile(&st.lat_us, q)),
+        );
+    }
+    for (part, v) in [
+        ("accepted", &mut st.accepted_us),
+        ("fields", &mut st.fields_us),
+    ] {
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_unstable();
+        for (name, q) in [("p50", 0.50), ("p99", 0.99)] {
+            print_kv(
+                &format!("{prefix}_{part}_ms_{name}"),
+                format!("{:.3}", percentile(v, q)),
+            );
+        }
+    }
+    let mean = st.lat_us.iter().map(|&v| v as f64).sum::<f64>() / st.lat_us.len().max(1) as f64;
+    print_kv(
+        &format!("{prefix}_lat_ms_mean"),
+        format!("{:.3}", mean / 1000.0),
+    );
+    print_kv(
+        &format!("{prefix}_lat_ms_max"),
+        format!(
+            "{:.3}",
+            st.lat_us.last().copied().unwrap_or(0) as f64 / 1000.0
+        ),
+    );
+}
+
+async fn phase(args: &Args, sessions: Vec<Session>, mode: Mode) -> (Vec<Session>, Stats, f64) {
+    let ctl = Arc::new(PhaseCtl {
+        mode,
+        inflight: args.inflight,
+        deadline: args.duration.map(|d| Instant::now() + d),
+        remaining: args.count.map(|c| AtomicI64::new(c as i64)),
+        fields: args.fields,
+        timeout: args.timeout,
+    });
+    let t0 = Instant::now();
+    let handles: Vec<_> = sessions
+        .into_iter()
+        .map(|s| tokio::spawn(run_phase(s, ctl.clone())))
+        .collect();
+    let mut total = Stats::default();
+    let mut back = Vec::with_capacity(handles.len());
+    for h in handles {
+        let (s, st) = h.await.expect("session task panicked");
+        back.push(s);
+        total.merge(st);
+    }
+    back.sort_by_key(|s| s.index);
+    // Rate over the time requests were being completed: start → last completion.
+    let end = total.last_end.unwrap_or_else(Instant::now);
+    let wall = end.duration_since(t0).as_secs_f64().max(1e-9);
+    (back, total, wall)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let w = watched(&args);
+    print_kv(
+        "client",
+        "tokio-xmpp 6 Client, plain TCP with TCP_NODELAY, send_iq",
+    );
+    print_kv("sessions", args.concurrency);
+    print_kv("inflight_per_session", args.inflight);
+    print_kv("target", &args.target);
+    if let Some(c) = args.count {
+        print_kv("phase_count", c);
+    }
+    if let Some(d) = args.duration {
+        print_kv("phase_duration_s", d.as_secs_f64());
+    }
+
+    let t = Instant::now();
+    let indices: Vec<usize> = (args.first..args.first + args.concurrency).collect();
+    let results: Vec<Result<Session, String>> = futures::stream::iter(indices)
+        .map(|i| connect(&args, i))
+        .buffer_unordered(args.connect_parallel)
+        .collect()
+        .await;
+    let mut sessions = Vec::with_capacity(results.len());
+    for r in results {
+        sessions.push(r?);
+    }
+    sessions.sort_by_key(|s| s.index);
+    print_kv("connect_s", format!("{:.3}", t.elapsed().as_secs_f64()));
+
+    if !args.warmup.is_zero() {
+        let mut wargs_modes = args.modes.clone();
+        wargs_modes.sort();
+        wargs_modes.dedup();
+        let warm = Args {
+            duration: Some(args.warmup),
+            count: None,
+            modes: vec![],
+            watch: vec![],
+            ..args.clone()
+        };
+        for m in wargs_modes {
+            let (s, st, _) = phase(&warm, sessions, m).await;
+            sessions = s;
+            print_kv(&format!("warmup_{}_ok", m.name()), st.ok);
+            print_kv(&format!("warmup_{}_failed", m.name()), st.failed);
+            for (i, (why, c)) in st.reasons.iter().enumerate() {
+                print_kv(
+                    &format!("warmup_{}_failure_{}", m.name(), i + 1),
+                    format!("{c} x {why}"),
+                );
+            }
+        }
+    }
+
+    let mut per_mode: BTreeMap<Mode, (Stats, f64, Vec<f64>)> = BTreeMap::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut n = 0;
+    for _ in 0..args.rounds {
+        for &m in &args.modes {
+            n += 1;
+            let c0 = cpu_snapshot(&w);
+            let (s, mut st, wall) = phase(&args, sessions, m).await;
+            sessions = s;
+            let c1 = cpu_snapshot(&w);
+            let p = format!("phase{n}");
+            print_kv(&format!("{p}_mode"), m.name());
+            print_stats(&p, &mut st, wall);
+            let entry = per_mode
+                .entry(m)
+                .or_insert_with(|| (Stats::default(), 0.0, vec![0.0; w.len()]));
+            for (i, (name, _)) in w.iter().enumerate() {
+                if let (Some(a), Some(b)) = (c0[i], c1[i]) {
+                    print_kv(&format!("{p}_cpu_s_{name}"), format!("{:.3}", b - a));
+                    entry.2[i] += b - a;
+                }
+            }
+            for (why, c) in &st.reasons {
+                failures.push(format!("phase {n} ({}): {c} x {why}", m.name()));
+            }
+            entry.0.merge(st);
+            entry.1 += wall;
+        }
+    }
+    for (m, (st, wall, cpu)) in per_mode.iter_mut() {
+        let p = m.name();
+        print_kv(&format!("{p}_phases"), args.rounds);
+        print_stats(p, st, *wall);
+        for (i, (name, _)) in w.iter().enumerate() {
+            print_kv(&format!("{p}_cpu_s_{name}"), format!("{:.3}", cpu[i]));
+            if st.ok > 0 {
+                print_kv(
+                    &format!("{p}_cpu_us_per_request_{name}"),
+                    format!("{:.1}", cpu[i] * 1e6 / st.ok as f64),
+                );
+            }
+        }
+    }
+    for (name, pid) in &w {
+        if let Some(v) = vm_kb(pid, "VmHWM") {
+            print_kv(&format!("vmhwm_kb_{name}"), v);
+        }
+        if let Some(v) = vm_kb(pid, "VmRSS") {
+            print_kv(&format!("vmrss_kb_{name}"), v);
+        }
+    }
+    print_kv("failures_total", failures.len());
+    for (i, f) in failures.iter().enumerate() {
+        print_kv(&format!("failure_{}", i + 1), f);
+    }
+
+    // Close the sessions cleanly (bounded: the figures are already out).
+    let closing = futures::future::join_all(sessions.into_iter().map(|s| s.client.send_end()));
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+    Ok(())
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if log::set_logger(&StderrLog).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(args)) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
