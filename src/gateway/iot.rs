@@ -738,7 +738,10 @@ impl Gateway {
             .iter_mut()
             .filter(|(_, s)| &s.device == id)
         {
-            if s.evaluate(&dev.cache, now) {
+            let values = dev
+                .cache
+                .subset(s.conditions.iter().map(|c| c.name.as_str()));
+            if s.evaluate(&values, now) {
                 due.push(k.clone());
             }
         }
@@ -789,9 +792,11 @@ impl Gateway {
             nodes: readout::node_data(&node, fields).into_iter().collect(),
         };
         let msg = readout::message(&dev.full, &key.0, payload.into());
-        let cache = dev.cache.clone();
+        let values = dev
+            .cache
+            .subset(sub.conditions.iter().map(|c| c.name.as_str()));
         if let Some(sub) = self.subscriptions.get_mut(key) {
-            sub.sent(&cache, now);
+            sub.sent(&values, now);
         }
         self.send(msg).await;
     }

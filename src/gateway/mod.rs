@@ -16,6 +16,7 @@ use xmpp_parsers::ns;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use xmpp_parsers::version::VersionResult;
 
+mod cache;
 mod iot;
 
 use std::collections::HashMap;
@@ -49,7 +50,7 @@ struct Device {
     /// The field catalogue, shared with readout tasks.
     specs: Arc<[FieldSpec]>,
     /// The last reading of each field.
-    cache: HashMap<Arc<str>, Reading>,
+    cache: cache::Cache,
     /// The last error seen: unreachable reason or failed read.
     last_error: Option<String>,
     /// Momentary values younger than this are served from `cache`.
@@ -72,7 +73,7 @@ impl Device {
         {
             return;
         }
-        self.cache.insert(r.field.clone(), r);
+        self.cache.insert(r);
     }
 }
 
@@ -337,8 +338,8 @@ impl Gateway {
                 caps,
                 reach,
                 adapter,
+                cache: cache::Cache::new(specs.clone()),
                 specs,
-                cache: HashMap::new(),
                 last_error: None,
                 max_age,
                 last_sample: None,
