@@ -203,8 +203,9 @@ pub struct ModbusSetup {
     pub connection: ModbusConnection,
     /// `[device.modbus]`.
     pub device: ModbusDevice,
-    /// (field name, decoder) in field order, shared with the running adapter.
-    pub points: Arc<[(String, Point)]>,
+    /// (field name, decoder) in field order, shared with the running adapter (the names
+    /// are those its readings carry).
+    pub points: Arc<[(Arc<str>, Point)]>,
 }
 
 impl AdapterConfig {
@@ -923,7 +924,7 @@ impl Ctx<'_> {
                     ),
                 ));
             }
-            points.push((f.spec.name.clone(), point));
+            points.push((Arc::from(f.spec.name.as_str()), point));
         }
         Ok(AdapterConfig::Modbus(Box::new(ModbusSetup {
             connection: conn.get_ref().clone(),

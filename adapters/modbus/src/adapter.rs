@@ -22,9 +22,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub struct ModbusAdapter {
     device: DeviceId,
     unit: u8,
-    points: Arc<[(String, Point)]>,
-    /// The field names as readings carry them: shared, so a poll allocates no names.
-    names: Vec<Arc<str>>,
+    /// (field name, decoder) in field order. The names are those readings carry: shared
+    /// with the configuration, so neither a poll nor the adapter copies them.
+    points: Arc<[(Arc<str>, Point)]>,
     plan: ReadPlan,
     poll: Duration,
     read_back: bool,
@@ -62,18 +62,16 @@ impl ModbusAdapter {
     pub fn new(
         device: DeviceId,
         settings: DeviceSettings,
-        points: impl Into<Arc<[(String, Point)]>>,
+        points: impl Into<Arc<[(Arc<str>, Point)]>>,
         bus: Bus,
     ) -> Result<Self, String> {
-        let points: Arc<[(String, Point)]> = points.into();
-        let names = points.iter().map(|(n, _)| Arc::from(n.as_str())).collect();
+        let points: Arc<[(Arc<str>, Point)]> = points.into();
         let spans: Vec<_> = points.iter().map(|(_, p)| p.span()).collect();
         let plan = plan(&spans, &settings.limits).map_err(|e| e.to_string())?;
         Ok(ModbusAdapter {
             device,
             unit: settings.unit,
             points,
-            names,
             plan,
             poll: settings.poll,
             read_back: settings.read_back,
@@ -115,8 +113,7 @@ impl ModbusAdapter {
                 Ok(answer) => {
                     answered = true;
                     for slot in wanted {
-                        let (_, point) = &self.points[slot.field];
-                        let name = &self.names[slot.field];
+                        let (name, point) = &self.points[slot.field];
                         let value = match &answer {
                             BusAnswer::Words(w) => req
                                 .slice(slot, w)
@@ -146,7 +143,7 @@ impl ModbusAdapter {
                     }
                     for slot in wanted {
                         let name = &self.points[slot.field].0;
-                        failures.push((name.clone(), e.clone().into_adapter_error()));
+                        failures.push((name.to_string(), e.clone().into_adapter_error()));
                     }
                 }
             }
@@ -163,7 +160,7 @@ impl ModbusAdapter {
             let (_, point) = self
                 .points
                 .iter()
-                .find(|(n, _)| n == name)
+                .find(|(n, _)| **n == **name)
                 .ok_or_else(|| AdapterError::UnknownField(name.clone()))?;
             if !point.writable() {
                 return Err(AdapterError::NotWritable(name.clone()));
@@ -291,10 +288,10 @@ impl ModbusAdapter {
             AdapterRequest::Read { fields, reply, .. } => {
                 let mut outcome = ReadOutcome::default();
                 let mut indices = Vec::new();
-                for name in
-                    fields.unwrap_or_else(|| self.points.iter().map(|(n, _)| n.clone()).collect())
+                for name in fields
+                    .unwrap_or_else(|| self.points.iter().map(|(n, _)| n.to_string()).collect())
                 {
-                    match self.points.iter().position(|(n, _)| *n == name) {
+                    match self.points.iter().position(|(n, _)| **n == *name) {
                         Some(i) => indices.push(i),
                         None => outcome
                             .failures
@@ -305,7 +302,7 @@ impl ModbusAdapter {
                     // The unit is backed off: answer at once rather than hold the bus.
                     for i in indices {
                         let err = e.clone().into_adapter_error();
-                        outcome.failures.push((self.points[i].0.clone(), err));
+                        outcome.failures.push((self.points[i].0.to_string(), err));
                     }
                 } else {
                     let requests: Vec<&ReadRequest> = self

@@ -380,10 +380,12 @@ impl Serialize for ByteOrder {
 /// Labels for the raw values of an enum-like register or bit (`values = { 0 = "off",
 /// 1 = "auto" }`): register value → label on reads, label → register value on writes.
 ///
-/// Entries are kept sorted by raw value; raw values and labels are both unique.
+/// Entries are kept sorted by raw value; raw values and labels are both unique. They are
+/// shared: the repetitions of a repeated field hold one map, and an empty map holds
+/// nothing at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ValueMap {
-    entries: Vec<(i128, String)>,
+    entries: Option<std::sync::Arc<[(i128, String)]>>,
 }
 
 impl ValueMap {
@@ -412,30 +414,37 @@ impl ValueMap {
                 ));
             }
         }
-        Ok(ValueMap { entries })
+        Ok(ValueMap {
+            entries: (!entries.is_empty()).then(|| entries.into()),
+        })
+    }
+
+    fn entries(&self) -> &[(i128, String)] {
+        self.entries.as_deref().unwrap_or_default()
     }
 
     /// Whether the map is empty (the field is not enum-like).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries().is_empty()
     }
 
     /// Number of labels.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().len()
     }
 
     /// The label of a raw value.
     pub fn label(&self, raw: i128) -> Option<&str> {
-        self.entries
+        let entries = self.entries();
+        entries
             .binary_search_by_key(&raw, |(k, _)| *k)
             .ok()
-            .map(|i| self.entries[i].1.as_str())
+            .map(|i| entries[i].1.as_str())
     }
 
     /// The raw value of a label.
     pub fn raw(&self, label: &str) -> Option<i128> {
-        self.entries
+        self.entries()
             .iter()
             .find(|(_, l)| l == label)
             .map(|(k, _)| *k)
@@ -443,12 +452,12 @@ impl ValueMap {
 
     /// The labels, by ascending raw value.
     pub fn labels(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|(_, l)| l.as_str())
+        self.entries().iter().map(|(_, l)| l.as_str())
     }
 
     /// (raw value, label) pairs, by ascending raw value.
     pub fn iter(&self) -> impl Iterator<Item = (i128, &str)> {
-        self.entries.iter().map(|(k, l)| (*k, l.as_str()))
+        self.entries().iter().map(|(k, l)| (*k, l.as_str()))
     }
 }
 

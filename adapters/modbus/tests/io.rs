@@ -148,9 +148,9 @@ fn start_on(
 ) -> Running {
     let mut dev = ModbusDevice::new("plc");
     dev.unit = unit;
-    let points: Vec<(String, fieldgate_modbus::Point)> = fields
+    let points: Vec<(Arc<str>, fieldgate_modbus::Point)> = fields
         .into_iter()
-        .map(|(n, f, w)| (n.to_string(), f.resolve(&dev, w, None).unwrap()))
+        .map(|(n, f, w)| (Arc::from(n), f.resolve(&dev, w, None).unwrap()))
         .collect();
     let settings = DeviceSettings {
         unit,
