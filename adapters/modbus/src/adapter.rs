@@ -108,12 +108,12 @@ impl ModbusAdapter {
             let wanted = req
                 .slots
                 .iter()
-                .filter(|s| only.is_none_or(|o| o.contains(&s.field)));
+                .filter(|s| only.is_none_or(|o| o.contains(&(s.field as usize))));
             match result {
                 Ok(answer) => {
                     answered = true;
                     for slot in wanted {
-                        let (name, point) = &self.points[slot.field];
+                        let (name, point) = &self.points[slot.field as usize];
                         let value = match &answer {
                             BusAnswer::Words(w) => req
                                 .slice(slot, w)
@@ -142,7 +142,7 @@ impl ModbusAdapter {
                         answered = true;
                     }
                     for slot in wanted {
-                        let name = &self.points[slot.field].0;
+                        let name = &self.points[slot.field as usize].0;
                         failures.push((name.to_string(), e.clone().into_adapter_error()));
                     }
                 }
@@ -309,7 +309,11 @@ impl ModbusAdapter {
                         .plan
                         .requests()
                         .iter()
-                        .filter(|r| r.slots.iter().any(|s| indices.contains(&s.field)))
+                        .filter(|r| {
+                            r.slots
+                                .iter()
+                                .any(|s| indices.contains(&(s.field as usize)))
+                        })
                         .collect();
                     let (readings, failures, _) = self.read(&requests, Some(&indices)).await;
                     outcome.readings = readings;

@@ -96,8 +96,9 @@ impl PlanLimits {
 /// Where one field's data sits in a request's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
-    /// Index of the field in the slice given to [`plan`].
-    pub field: usize,
+    /// Index of the field in the slice given to [`plan`] (a plan holds a slot per field:
+    /// four bytes rather than eight keep it small for a device of thousands of fields).
+    pub field: u32,
     /// Position of its first coil or register in the answer.
     pub offset: u16,
     /// Coils or registers it occupies.
@@ -206,6 +207,9 @@ pub enum PlanError {
         /// The request cap.
         cap: u16,
     },
+    /// More fields than a slot can number (2^32).
+    #[error("{0} fields are more than one device may have")]
+    TooMany(usize),
 }
 
 /// A field as the planner sees it: half-open address range and index.
@@ -218,6 +222,9 @@ struct Item {
 
 /// Plans the reads for `fields` (indexes in the plan refer to this slice).
 pub fn plan(fields: &[Span], limits: &PlanLimits) -> Result<ReadPlan, PlanError> {
+    if u32::try_from(fields.len()).is_err() {
+        return Err(PlanError::TooMany(fields.len()));
+    }
     let mut requests = Vec::new();
     for kind in RegisterKind::ALL {
         let cap = limits.cap(kind);
@@ -271,7 +278,8 @@ pub fn plan(fields: &[Span], limits: &PlanLimits) -> Result<ReadPlan, PlanError>
 
 fn slot(it: &Item, request_start: u32) -> Slot {
     Slot {
-        field: it.field,
+        // `plan` refuses more fields than a u32 numbers.
+        field: it.field as u32,
         // Both fit in u16: the offset is below the cap, the count at most the cap.
         offset: (it.start - request_start) as u16,
         count: (it.end - it.start) as u16,

@@ -83,8 +83,8 @@ fn assert_valid(fields: &[Span], l: &PlanLimits, p: &ReadPlan) {
         );
         assert_eq!(r.function_code(), r.kind.read_function_code());
         for s in &r.slots {
-            let f = fields[s.field];
-            seen[s.field] += 1;
+            let f = fields[s.field as usize];
+            seen[s.field as usize] += 1;
             assert_eq!(f.kind, r.kind);
             assert_eq!(u32::from(f.address), a + u32::from(s.offset), "{r:?}");
             assert_eq!(f.count, s.count);
@@ -413,7 +413,7 @@ fn slices_pick_each_fields_registers() {
     let by_field: HashMap<usize, &[u16]> = r
         .slots
         .iter()
-        .map(|s| (s.field, r.slice(s, &answer).unwrap()))
+        .map(|s| (s.field as usize, r.slice(s, &answer).unwrap()))
         .collect();
     assert_eq!(by_field[&0], &[1, 2]);
     assert_eq!(by_field[&1], &[5]);
