@@ -6,13 +6,19 @@
 //! `<fields>` messages; anything else (iq error, `<failure>`, wrong field count, timeout,
 //! disconnection) is a failure, counted and printed with its reason.
 //!
-//! Client: tokio-xmpp 6's `Client` over plain TCP (our own connector, to set TCP_NODELAY;
-//! SASL: the library picks the strongest mechanism the server offers, SCRAM or PLAIN), iqs
-//! sent with `send_iq` (the library matches the iq result to the request), readout messages
-//! taken from the client's event stream and matched by seqnr.
+//! Client: each session is a plain-TCP c2s stream (TCP_NODELAY) driven directly on
+//! tokio-xmpp 6's `XmlStream` (the layer the gateway's component link uses too): stream
+//! header, SASL through `tokio_xmpp::client_login` (the strongest mechanism the server offers, SCRAM
+//! or PLAIN), stream restart, resource binding, then our own iq ids (`lg<seqnr>`, findable
+//! in a server log) and raw `Element`s both ways; requests started together go out in one
+//! flush. Not tokio-xmpp's `Client`: its event pipeline (StanzaStream worker → client worker
+//! → event channel) lost every stanza of a session from some point on in about 1 of 80 short
+//! sessions here, while the server's log shows the replies sent and the socket drained by
+//! the client.
 //!
-//! Diagnostics go to stderr: every request that times out (mode, session JID, seqnr, time
-//! since the session's last reply) and the first stanzas that answer nothing of ours.
+//! Diagnostics go to stderr: every request that times out (mode, session JID, iq id, time
+//! since the session's last reply), a write not flushed within 5 s, elements that answer
+//! nothing of ours, a lost connection, and the libraries' warnings.
 //!
 //! Phases: the sessions connect once; then each mode in `--mode` (a comma list) runs for
 //! `--duration` or until `--count` requests were started, the list repeated `--rounds`
@@ -30,15 +36,19 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::{SinkExt, StreamExt};
+use sasl::common::{ChannelBinding, Credentials};
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
-use tokio_xmpp::connect::ServerConnector;
-use tokio_xmpp::jid::{BareJid, Jid};
+use tokio_xmpp::jid::BareJid;
 use tokio_xmpp::minidom::Element;
-use tokio_xmpp::xmlstream::{initiate_stream, PendingFeaturesRecv, StreamHeader, Timeouts};
-use tokio_xmpp::{Client, Event, IqRequest, IqResponse, Stanza};
+use tokio_xmpp::xmlstream::{
+    initiate_stream, FallibleStreamElement, ReadError, StreamHeader, Timeouts, XmlStream,
+};
 
+const NS_CLIENT: &str = "jabber:client";
+const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 const NS_PING: &str = "urn:xmpp:ping";
 const NS_SENSORDATA: &str = "urn:xmpp:iot:sensordata";
 
@@ -274,81 +284,98 @@ impl log::Log for StderrLog {
 
 // ---- connection -------------------------------------------------------------------------
 
-/// tokio-xmpp's plain-TCP connector, plus TCP_NODELAY (a latency benchmark must not wait on
-/// Nagle's algorithm in the client).
-#[derive(Clone, Debug)]
-struct NoDelayTcp(String);
-
-impl ServerConnector for NoDelayTcp {
-    type Stream = BufStream<TcpStream>;
-
-    async fn connect(
-        &self,
-        jid: &Jid,
-        ns: &'static str,
-        timeouts: Timeouts,
-    ) -> Result<
-        (
-            PendingFeaturesRecv<Self::Stream>,
-            sasl::common::ChannelBinding,
-        ),
-        tokio_xmpp::Error,
-    > {
-        let tcp = TcpStream::connect(&self.0).await?;
-        tcp.set_nodelay(true)?;
-        let header = StreamHeader {
-            to: Some(Cow::Borrowed(jid.domain().as_str())),
-            from: None,
-            id: None,
-        };
-        let pending = initiate_stream(BufStream::new(tcp), ns, header, timeouts).await?;
-        Ok((pending, sasl::common::ChannelBinding::None))
-    }
-}
+/// One c2s session's XML stream, read as raw elements after login.
+type Stream = XmlStream<BufStream<TcpStream>, Element>;
 
 struct Session {
     index: usize,
-    client: Client,
-    target: Jid,
+    stream: Stream,
+    /// Our full JID, as bound.
+    jid: String,
+    /// Where requests go (a bare JID).
+    target: String,
     seqnr: u64,
     /// When the last reply of any kind arrived (diagnostics).
     last_reply: Option<Instant>,
+    /// Why the session is unusable (connection lost), if it is.
+    broken: Option<String>,
+}
+
+/// Plain TCP with TCP_NODELAY, stream header, SASL (tokio-xmpp's `client_login`: the strongest
+/// mechanism the server offers, SCRAM or PLAIN), stream restart, resource binding.
+async fn login(args: &Args, jid: &BareJid) -> Result<(Stream, String), String> {
+    let timeouts = Timeouts {
+        read_timeout: Duration::from_secs(300),
+        response_timeout: Duration::from_secs(60),
+    };
+    let header = || StreamHeader {
+        to: Some(Cow::Owned(jid.domain().to_string())),
+        from: None,
+        id: None,
+    };
+    let tcp = TcpStream::connect(&args.server)
+        .await
+        .map_err(|e| format!("connect {}: {e}", args.server))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let pending = initiate_stream(BufStream::new(tcp), NS_CLIENT, header(), timeouts)
+        .await
+        .map_err(|e| format!("stream header: {e}"))?;
+    let (features, stream) = pending
+        .recv_features::<FallibleStreamElement>()
+        .await
+        .map_err(|e| format!("stream features: {e}"))?;
+    let creds = Credentials::default()
+        .with_username(jid.node().map_or("", |n| n.as_str()))
+        .with_password(args.password.clone())
+        .with_channel_binding(ChannelBinding::None);
+    let stream = tokio_xmpp::client_login(stream, features.sasl_mechanisms, creds)
+        .await
+        .map_err(|e| format!("authentication: {e} (wrong password or no such account?)"))?;
+    let (_, mut stream) = stream
+        .send_header(header())
+        .await
+        .map_err(|e| format!("stream restart: {e}"))?
+        .recv_features::<Element>()
+        .await
+        .map_err(|e| format!("stream features after login: {e}"))?;
+    let bind: Element =
+        format!("<iq xmlns='{NS_CLIENT}' type='set' id='bind'><bind xmlns='{NS_BIND}'/></iq>")
+            .parse()
+            .expect("bind XML");
+    stream.send(&bind).await.map_err(|e| format!("bind: {e}"))?;
+    loop {
+        match stream.next().await {
+            Some(Ok(el)) if el.name() == "iq" && el.attr("id") == Some("bind") => {
+                let full = el
+                    .get_child("bind", NS_BIND)
+                    .and_then(|b| b.get_child("jid", NS_BIND))
+                    .map(|j| j.text())
+                    .filter(|_| el.attr("type") == Some("result"))
+                    .ok_or_else(|| format!("bind refused: {}", String::from(&el)))?;
+                return Ok((stream, full));
+            }
+            Some(Ok(_)) | Some(Err(ReadError::SoftTimeout)) => continue,
+            Some(Err(e)) => return Err(format!("bind: {e}")),
+            None => return Err("bind: connection closed".into()),
+        }
+    }
 }
 
 async fn connect(args: &Args, index: usize) -> Result<Session, String> {
     let jid_text = args.user.replace("{}", &index.to_string());
     let jid: BareJid = jid_text.parse().map_err(|e| format!("{jid_text}: {e}"))?;
-    let timeouts = Timeouts {
-        read_timeout: Duration::from_secs(300),
-        response_timeout: Duration::from_secs(60),
-    };
-    let mut client = Client::new_with_connector(
-        jid,
-        args.password.clone(),
-        NoDelayTcp(args.server.clone()),
-        timeouts,
-    );
-    let online = async {
-        loop {
-            match client.next().await {
-                Some(Event::Online { .. }) => return Ok(()),
-                Some(Event::Disconnected(e)) => return Err(format!("{jid_text}: {e}")),
-                Some(Event::Stanza(_)) => continue,
-                None => return Err(format!("{jid_text}: client stopped")),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), online)
+    let (stream, full) = tokio::time::timeout(Duration::from_secs(30), login(args, &jid))
         .await
-        .map_err(|_| {
-            format!("{jid_text}: no session within 30 s (wrong password or no such account?)")
-        })??;
+        .map_err(|_| format!("{jid_text}: no session within 30 s"))?
+        .map_err(|e| format!("{jid_text}: {e}"))?;
     Ok(Session {
         index,
-        client,
-        target: args.target.clone().into(),
+        stream,
+        jid: full,
+        target: args.target.to_string(),
         seqnr: 0,
         last_reply: None,
+        broken: None,
     })
 }
 
@@ -456,17 +483,34 @@ struct Pending {
     done: bool,
 }
 
-/// What the iq-response future of one request resolves to.
-type IqOutcome = (u64, Result<IqResponse, tokio_xmpp::IqFailure>);
+/// Longest wait for a request to be written to the socket (normally microseconds); a
+/// longer one means the client's transmit path is stuck, reported apart from lost replies.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn request(mode: Mode, seqnr: u64) -> Element {
-    let xml = match mode {
+/// Our iq ids: `lg<seqnr>` (unique per session), so a reply maps back to its request and a
+/// request can be found in a server log by id.
+fn iq_id(seqnr: u64) -> String {
+    format!("lg{seqnr}")
+}
+
+fn seqnr_of(id: &str) -> Option<u64> {
+    id.strip_prefix("lg")?.parse().ok()
+}
+
+/// The iq get of one request.
+fn request(mode: Mode, target: &str, seqnr: u64) -> Element {
+    let payload = match mode {
         Mode::Ping => format!("<ping xmlns='{NS_PING}'/>"),
         Mode::Readout => {
             format!("<req xmlns='{NS_SENSORDATA}' seqnr='{seqnr}' momentary='true'/>")
         }
     };
-    xml.parse().expect("request XML")
+    format!(
+        "<iq xmlns='{NS_CLIENT}' type='get' id='{}' to='{target}'>{payload}</iq>",
+        iq_id(seqnr)
+    )
+    .parse()
+    .expect("request XML")
 }
 
 /// Fields inside one `<fields>`: node → timestamp → field elements.
@@ -479,19 +523,37 @@ fn count_fields(fields: &Element) -> usize {
         .sum()
 }
 
-fn error_text(e: &xmpp_parsers::stanza_error::StanzaError) -> String {
-    let mut s = format!("iq error {:?}/{:?}", e.type_, e.defined_condition);
-    if let Some(t) = e.texts.values().next() {
+/// `iq error <type>/<condition> (<text>)` of an error reply.
+fn error_text(iq: &Element) -> String {
+    let err = iq.get_child("error", NS_CLIENT);
+    let kind = err.and_then(|e| e.attr("type")).unwrap_or("?");
+    let mut s = format!("iq error {kind}/");
+    let conditions = err
+        .into_iter()
+        .flat_map(|e| e.children())
+        .filter(|c| c.ns() == NS_STANZAS);
+    let mut text = None;
+    for c in conditions {
+        if c.name() == "text" {
+            text = Some(c.text());
+        } else {
+            s.push_str(c.name());
+        }
+    }
+    if let Some(t) = text {
         let _ = write!(s, " ({t})");
     }
     s
 }
 
+/// Runs one phase in one session: keeps `ctl.inflight` requests in flight until the phase
+/// ends, then waits for them (or their timeout).
 async fn run_phase(mut s: Session, ctl: Arc<PhaseCtl>) -> (Session, Stats) {
     let mut st = Stats::default();
+    if s.broken.is_some() {
+        return (s, st);
+    }
     let mut pending: HashMap<u64, Pending> = HashMap::new();
-    let mut iqs: FuturesUnordered<futures::future::BoxFuture<'static, IqOutcome>> =
-        FuturesUnordered::new();
     let expect = ctl.fields;
 
     // Ends a readout whose iq result and done-flagged fields have both arrived.
@@ -509,20 +571,21 @@ async fn run_phase(mut s: Session, ctl: Arc<PhaseCtl>) -> (Session, Stats) {
         }
     };
 
-    loop {
+    'phase: loop {
+        // Start requests: written in one flush when several go at once.
+        let mut queued = 0;
         while pending.len() < ctl.inflight && ctl.may_start() {
             s.seqnr += 1;
             let seqnr = s.seqnr;
-            let started = Instant::now();
-            let token = s
-                .client
-                .send_iq(
-                    Some(s.target.clone()),
-                    IqRequest::Get(request(ctl.mode, seqnr)),
-                )
-                .await;
-            iqs.push(Box::pin(async move { (seqnr, token.await) }));
+            let el = request(ctl.mode, &s.target, seqnr);
             st.started += 1;
+            let started = Instant::now();
+            if let Err(e) = s.stream.feed(&el).await {
+                st.fail(format!("not sent: {e}"));
+                s.broken = Some(format!("write failed: {e}"));
+                break 'phase;
+            }
+            queued += 1;
             pending.insert(
                 seqnr,
                 Pending {
@@ -535,120 +598,138 @@ async fn run_phase(mut s: Session, ctl: Arc<PhaseCtl>) -> (Session, Stats) {
                 },
             );
         }
+        if queued > 0 {
+            match tokio::time::timeout(SEND_TIMEOUT, SinkExt::<&Element>::flush(&mut s.stream))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    s.broken = Some(format!("write failed: {e}"));
+                    break 'phase;
+                }
+                Err(_) => {
+                    eprintln!(
+                        "stalled: {} not written to the socket within {SEND_TIMEOUT:?} (session {})",
+                        s.jid, s.index
+                    );
+                    s.broken = Some(format!("not written within {SEND_TIMEOUT:?}"));
+                    break 'phase;
+                }
+            }
+        }
         if pending.is_empty() {
             break;
         }
         let oldest = pending.values().map(|p| p.started).min().unwrap();
         let expiry = tokio::time::Instant::from_std(oldest + ctl.timeout);
         tokio::select! {
-            Some((seqnr, res)) = iqs.next(), if !iqs.is_empty() => {
-                s.last_reply = Some(Instant::now());
-                if !pending.contains_key(&seqnr) {
-                    st.late += 1;
-                    continue;
-                }
-                match (ctl.mode, res) {
-                    (_, Err(e)) => {
-                        pending.remove(&seqnr);
-                        st.fail(format!("iq not sent: {e}"));
+            item = s.stream.next() => {
+                let el = match item {
+                    Some(Ok(el)) => el,
+                    Some(Err(ReadError::SoftTimeout)) => continue,
+                    Some(Err(ReadError::ParseError(e))) => {
+                        // Not fatal: the stream goes on after the element.
+                        eprintln!("unparseable element (session {}): {e}", s.index);
+                        st.unexpected += 1;
+                        continue;
                     }
-                    (_, Ok(IqResponse::Error(e))) => {
-                        pending.remove(&seqnr);
-                        st.fail(error_text(&e));
+                    Some(Err(e)) => {
+                        s.broken = Some(format!("connection lost: {e}"));
+                        break 'phase;
                     }
-                    (Mode::Ping, Ok(IqResponse::Result(_))) => {
-                        let p = pending.remove(&seqnr).unwrap();
-                        st.ok(p.started);
+                    None => {
+                        s.broken = Some("connection closed".into());
+                        break 'phase;
                     }
-                    (Mode::Readout, Ok(IqResponse::Result(payload))) => {
-                        let good = payload.as_ref().is_some_and(|el| {
-                            el.is("accepted", NS_SENSORDATA)
-                                && el.attr("seqnr") == Some(seqnr.to_string().as_str())
-                        });
-                        if good {
-                            let p = pending.get_mut(&seqnr).unwrap();
-                            p.accepted = true;
-                            p.accepted_at = Some(Instant::now());
-                            settle(&mut pending, &mut st, seqnr);
-                        } else {
-                            pending.remove(&seqnr);
-                            st.fail("iq result without <accepted seqnr> of the request");
+                };
+                match el.name() {
+                    "iq" => {
+                        let kind = el.attr("type").unwrap_or("");
+                        if !matches!(kind, "result" | "error") {
+                            st.unexpected += 1;
+                            if st.unexpected <= 3 {
+                                eprintln!("unexpected (session {}): {}", s.index, String::from(&el));
+                            }
+                            continue;
+                        }
+                        s.last_reply = Some(Instant::now());
+                        let Some(seqnr) = el
+                            .attr("id")
+                            .and_then(seqnr_of)
+                            .filter(|n| pending.contains_key(n))
+                        else {
+                            st.late += 1;
+                            continue;
+                        };
+                        match (ctl.mode, kind) {
+                            (_, "error") => {
+                                pending.remove(&seqnr);
+                                st.fail(error_text(&el));
+                            }
+                            (Mode::Ping, _) => {
+                                let p = pending.remove(&seqnr).unwrap();
+                                st.ok(p.started);
+                            }
+                            (Mode::Readout, _) => {
+                                let good = el.get_child("accepted", NS_SENSORDATA).is_some_and(
+                                    |a| a.attr("seqnr") == Some(seqnr.to_string().as_str()),
+                                );
+                                if good {
+                                    let p = pending.get_mut(&seqnr).unwrap();
+                                    p.accepted = true;
+                                    p.accepted_at = Some(Instant::now());
+                                    settle(&mut pending, &mut st, seqnr);
+                                } else {
+                                    pending.remove(&seqnr);
+                                    st.fail("iq result without <accepted seqnr> of the request");
+                                }
+                            }
+                        }
+                    }
+                    "message" => {
+                        s.last_reply = Some(Instant::now());
+                        for el in el.children().filter(|c| c.ns() == NS_SENSORDATA) {
+                            let Some(seqnr) = el.attr("seqnr").and_then(|v| v.parse::<u64>().ok())
+                            else {
+                                continue;
+                            };
+                            let Some(p) = pending.get_mut(&seqnr) else {
+                                st.late += 1;
+                                continue;
+                            };
+                            match el.name() {
+                                "fields" => {
+                                    p.fields += count_fields(el);
+                                    if el.attr("done") == Some("true") {
+                                        p.done = true;
+                                        p.done_at = Some(Instant::now());
+                                    }
+                                    settle(&mut pending, &mut st, seqnr);
+                                }
+                                "done" => {
+                                    p.done = true;
+                                    p.done_at = Some(Instant::now());
+                                    settle(&mut pending, &mut st, seqnr);
+                                }
+                                "failure" => {
+                                    let text =
+                                        el.children().next().map(|e| e.text()).unwrap_or_default();
+                                    pending.remove(&seqnr);
+                                    st.fail(format!("<failure>: {text}"));
+                                }
+                                _ => {} // <started>
+                            }
+                        }
+                    }
+                    _ => {
+                        // presence, or a stream-level element
+                        st.unexpected += 1;
+                        if st.unexpected <= 3 {
+                            eprintln!("unexpected (session {}): {}", s.index, String::from(&el));
                         }
                     }
                 }
             }
-            ev = s.client.next() => match ev {
-                Some(Event::Stanza(Stanza::Message(m))) => {
-                    s.last_reply = Some(Instant::now());
-                    for el in &m.payloads {
-                        if el.ns() != NS_SENSORDATA {
-                            continue;
-                        }
-                        let Some(seqnr) = el.attr("seqnr").and_then(|v| v.parse::<u64>().ok()) else {
-                            continue;
-                        };
-                        let Some(p) = pending.get_mut(&seqnr) else {
-                            st.late += 1;
-                            continue;
-                        };
-                        match el.name() {
-                            "fields" => {
-                                p.fields += count_fields(el);
-                                if el.attr("done") == Some("true") {
-                                    p.done = true;
-                                    p.done_at = Some(Instant::now());
-                                }
-                                settle(&mut pending, &mut st, seqnr);
-                            }
-                            "done" => {
-                                p.done = true;
-                                p.done_at = Some(Instant::now());
-                                settle(&mut pending, &mut st, seqnr);
-                            }
-                            "failure" => {
-                                let text = el
-                                    .children()
-                                    .next()
-                                    .map(|e| e.text())
-                                    .unwrap_or_default();
-                                pending.remove(&seqnr);
-                                st.fail(format!("<failure>: {text}"));
-                            }
-                            _ => {} // <started>
-                        }
-                    }
-                }
-                Some(Event::Stanza(other)) => {
-                    // Not expected: an iq reply the library did not match to its request
-                    // would land here. Count it and show the first few.
-                    st.unexpected += 1;
-                    if st.unexpected <= 3 {
-                        let what = match &other {
-                            Stanza::Iq(iq) => format!("{iq:?}"),
-                            Stanza::Presence(p) => format!("{p:?}"),
-                            Stanza::Message(m) => format!("{m:?}"),
-                        };
-                        eprintln!("unexpected stanza (session {}): {what:.300}", s.index);
-                    }
-                }
-                Some(Event::Online { .. }) => {
-                    for _ in pending.drain() {
-                        st.fail("session re-established (stream was lost)");
-                    }
-                }
-                Some(Event::Disconnected(e)) => {
-                    let why = format!("disconnected: {e}");
-                    for _ in pending.drain() {
-                        st.fail(why.clone());
-                    }
-                }
-                None => {
-                    for _ in pending.drain() {
-                        st.fail("client stopped");
-                    }
-                    break;
-                }
-            },
             _ = tokio::time::sleep_until(expiry) => {
                 let now = Instant::now();
                 let expired: Vec<u64> = pending
@@ -660,9 +741,10 @@ async fn run_phase(mut s: Session, ctl: Arc<PhaseCtl>) -> (Session, Stats) {
                     let p = pending.remove(&k).unwrap();
                     // Where it got stuck, for the log (stderr): which session, which request.
                     eprintln!(
-                        "timeout: {} {} seqnr {k} sent {:.3}s ago (session {}, last reply {:.3}s ago)",
+                        "timeout: {} {} id {} sent {:.3}s ago (session {}, last reply {:.3}s ago)",
                         ctl.mode.name(),
-                        s.client.bound_jid().map_or("?".into(), |j| j.to_string()),
+                        s.jid,
+                        iq_id(k),
                         now.duration_since(p.started).as_secs_f64(),
                         s.index,
                         s.last_reply.map_or(f64::NAN, |t| now.duration_since(t).as_secs_f64()),
@@ -676,6 +758,12 @@ async fn run_phase(mut s: Session, ctl: Arc<PhaseCtl>) -> (Session, Stats) {
                     });
                 }
             }
+        }
+    }
+    if let Some(why) = &s.broken {
+        eprintln!("session {} ({}) unusable: {why}", s.index, s.jid);
+        for _ in pending.drain() {
+            st.fail(why.clone());
         }
     }
     (s, st)
@@ -776,7 +864,7 @@ async fn run(args: Args) -> Result<(), String> {
     let w = watched(&args);
     print_kv(
         "client",
-        "tokio-xmpp 6 Client, plain TCP with TCP_NODELAY, send_iq",
+        "tokio-xmpp 6 XmlStream (login with tokio_xmpp::client_login), plain TCP with TCP_NODELAY",
     );
     print_kv("sessions", args.concurrency);
     print_kv("inflight_per_session", args.inflight);
@@ -884,7 +972,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     // Close the sessions cleanly (bounded: the figures are already out).
-    let closing = futures::future::join_all(sessions.into_iter().map(|s| s.client.send_end()));
+    let closing = futures::future::join_all(sessions.into_iter().map(|mut s| async move {
+        let _ = s.stream.shutdown().await;
+    }));
     let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
     Ok(())
 }
