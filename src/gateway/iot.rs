@@ -91,10 +91,12 @@ impl Gateway {
     pub(super) async fn on_iot_iq(&mut self, h: &Header, id: &DeviceId, payload: &Element) -> bool {
         let reply = match (payload.ns().as_str(), payload.name()) {
             (sd_ns::NS, "req") => {
-                let (reply, job) = self.on_req(h, id, payload);
+                let (replies, job) = self.on_req(h, id, payload);
                 // The readout starts only once `accepted` is queued: the outbound queue is
                 // FIFO, so the client always sees it before any <fields>.
-                self.send(reply).await;
+                for reply in replies {
+                    self.send(reply).await;
+                }
                 if let Some(job) = job {
                     self.tasks.spawn(job);
                 }
@@ -134,13 +136,55 @@ impl Gateway {
 
     // ---- XEP-0323 readouts --------------------------------------------------------------
 
-    /// Accepts or refuses a readout; an accepted one comes with the task to start.
+    /// Accepts or refuses a readout: the replies to send, in order, and the task to start
+    /// when the readout cannot be completed at once from the cache.
     fn on_req(
         &mut self,
         h: &Header,
         id: &DeviceId,
         payload: &Element,
-    ) -> (Element, Option<BoxFuture<'static, Done>>) {
+    ) -> (Vec<Element>, Option<BoxFuture<'static, Done>>) {
+        let (reply, job) = self.accept_req(h, id, payload);
+        let mut replies = vec![reply];
+        let Some(job) = job else {
+            return (replies, None);
+        };
+        if let Some(messages) = job.complete_from_cache() {
+            replies.extend(messages);
+            return (replies, None);
+        }
+        let requester = job.to.clone();
+        let key = (requester.clone(), job.seqnr);
+        let cancel = CancellationToken::new();
+        self.sessions.insert(
+            key.clone(),
+            Session {
+                device: id.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        *self.sessions_per_requester.entry(requester).or_default() += 1;
+        let out = self.out.clone();
+        let device = id.clone();
+        let task = async move {
+            let (fresh, error) = job.run(out, cancel).await;
+            Done::Readout {
+                key,
+                device,
+                fresh,
+                error,
+            }
+        };
+        (replies, Some(Box::pin(task)))
+    }
+
+    /// Checks a readout request: an error reply, or the `accepted` result with the readout.
+    fn accept_req(
+        &self,
+        h: &Header,
+        id: &DeviceId,
+        payload: &Element,
+    ) -> (Element, Option<Readout>) {
         if self.refuse(h, id, Right::Read).is_some() {
             return (forbidden(h, "you may not read this device", vec![]), None);
         }
@@ -225,17 +269,6 @@ impl Gateway {
             timeout: self.cfg.readout.timeout,
             max_age: dev.max_age,
         };
-        let cancel = CancellationToken::new();
-        self.sessions.insert(
-            key.clone(),
-            Session {
-                device: id.clone(),
-                cancel: cancel.clone(),
-            },
-        );
-        *self.sessions_per_requester.entry(requester).or_default() += 1;
-        let out = self.out.clone();
-        let device = id.clone();
         let accepted = h.result(Some(
             Accepted {
                 seqnr: req.seqnr,
@@ -243,16 +276,7 @@ impl Gateway {
             }
             .into(),
         ));
-        let task = async move {
-            let (fresh, error) = job.run(out, cancel).await;
-            Done::Readout {
-                key,
-                device,
-                fresh,
-                error,
-            }
-        };
-        (accepted, Some(Box::pin(task)))
+        (accepted, Some(job))
     }
 
     fn on_cancel(&mut self, h: &Header, payload: &Element) -> Element {

@@ -115,6 +115,41 @@ impl Readout {
         message(&self.from, &self.to, payload)
     }
 
+    /// The cached values of wanted fields still fresh at `started`: freshness is judged
+    /// when the readout starts, not when it was accepted, so a scheduled readout does not
+    /// serve values that went stale while it waited.
+    fn fresh_cached(&self, started: SystemTime) -> HashMap<Arc<str>, Reading> {
+        self.cached
+            .iter()
+            .filter(|(_, r)| {
+                started.duration_since(r.timestamp).unwrap_or_default() <= self.max_age
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
+    /// The messages that complete the readout right away, when nothing has to be waited
+    /// for: no `when`, and every wanted value cached and fresh. Saves a task, and sends the
+    /// `<fields>` right behind the `accepted` result, in the same write.
+    pub fn complete_from_cache(&self) -> Option<Vec<Element>> {
+        if self.when.is_some() {
+            return None;
+        }
+        let now = SystemTime::now();
+        let values = self.fresh_cached(now);
+        if self.wanted.iter().any(|n| !values.contains_key(n.as_str())) {
+            return None;
+        }
+        Some(self.finish(&values, self.unknown_failures(), now))
+    }
+
+    fn unknown_failures(&self) -> Vec<(String, String)> {
+        self.unknown
+            .iter()
+            .map(|n| (n.clone(), format!("unknown field {n:?}")))
+            .collect()
+    }
+
     /// Runs the readout: waits for `when`, reads what the cache cannot serve, sends
     /// `<fields>` and, last, `<failure>`, the last one flagged `done`. Returns the fresh
     /// readings for the cache and the first error, if any. Stops silently when cancelled.
@@ -134,22 +169,8 @@ impl Readout {
                     .await;
             }
         }
-        // Freshness is judged when the readout starts, not when it was accepted: a
-        // scheduled readout must not serve values that went stale while it waited.
-        let started = SystemTime::now();
-        let mut values: HashMap<Arc<str>, Reading> = self
-            .cached
-            .iter()
-            .filter(|(_, r)| {
-                started.duration_since(r.timestamp).unwrap_or_default() <= self.max_age
-            })
-            .map(|(k, r)| (k.clone(), r.clone()))
-            .collect();
-        let mut failures: Vec<(String, String)> = self
-            .unknown
-            .iter()
-            .map(|n| (n.clone(), format!("unknown field {n:?}")))
-            .collect();
+        let mut values = self.fresh_cached(SystemTime::now());
+        let mut failures = self.unknown_failures();
         let to_read: Vec<String> = self
             .wanted
             .iter()
@@ -175,7 +196,24 @@ impl Readout {
                 Err(e) => failures.extend(to_read.iter().map(|n| (n.clone(), e.to_string()))),
             }
         }
-        let now = SystemTime::now();
+        // A field the requester misnamed is its mistake, not the device's last error.
+        let first_error = failures
+            .get(self.unknown.len())
+            .map(|(n, why)| format!("{n}: {why}"));
+        for m in self.finish(&values, failures, SystemTime::now()) {
+            let _ = out.send(m).await;
+        }
+        (fresh, first_error)
+    }
+
+    /// The `<fields>` message with `values` (wanted fields, catalogue order) and the extra
+    /// fields, then a `<failure>` message for `failures`; the last one is flagged `done`.
+    fn finish(
+        &self,
+        values: &HashMap<Arc<str>, Reading>,
+        failures: Vec<(String, String)>,
+        now: SystemTime,
+    ) -> Vec<Element> {
         let mut stamped: Vec<(SystemTime, Field)> = Vec::new();
         for spec in self.specs.iter() {
             if let Some(r) = values.get(spec.name.as_str()) {
@@ -192,11 +230,11 @@ impl Readout {
             done: failures.is_empty(),
             nodes: node_data(&node, stamped).into_iter().collect(),
         };
+        let mut messages = Vec::with_capacity(2);
         // slixmpp's plugin stops at the first <failure>, so values go first, failures last.
         if !fields.nodes.is_empty() || failures.is_empty() {
-            let _ = out.send(self.message(fields.into())).await;
+            messages.push(self.message(fields.into()));
         }
-        let first_error = failures.first().map(|(n, why)| format!("{n}: {why}"));
         if !failures.is_empty() {
             let ts = XsDateTime::from_system_time(now);
             let failure = Failure {
@@ -209,9 +247,9 @@ impl Readout {
                     })
                     .collect(),
             };
-            let _ = out.send(self.message(failure.into())).await;
+            messages.push(self.message(failure.into()));
         }
-        (fresh, first_error)
+        messages
     }
 }
 
@@ -320,16 +358,14 @@ mod tests {
         assert_eq!((el.name(), el.attr("value")), ("int", Some("-3")));
     }
 
-    #[tokio::test]
-    async fn failures_come_last_and_carry_done() {
-        let (out, mut rx) = mpsc::channel(8);
+    fn readout(cached_at: SystemTime, unknown: &[&str]) -> Readout {
         let specs: Arc<[FieldSpec]> = vec![spec(FieldType::Double)].into();
         let mut cached = HashMap::new();
         cached.insert(
             "p".into(),
-            Reading::new("p", Value::Double(1.25), SystemTime::now()),
+            Reading::new("p", Value::Double(1.25), cached_at),
         );
-        let r = Readout {
+        Readout {
             seqnr: 7,
             from: "d@gw/gw".into(),
             to: "a@x/r".into(),
@@ -338,15 +374,52 @@ mod tests {
             specs,
             wanted: vec!["p".into()],
             cached,
-            unknown: vec!["nope".into()],
+            unknown: unknown.iter().map(|n| n.to_string()).collect(),
             extra: vec![],
             adapter: None,
             timeout: Duration::from_millis(50),
             max_age: Duration::from_secs(60),
-        };
+        }
+    }
+
+    #[test]
+    fn fresh_cached_values_complete_a_readout_at_once() {
+        let r = readout(SystemTime::now(), &[]);
+        let msgs = r.complete_from_cache().expect("served from the cache");
+        assert_eq!(msgs.len(), 1);
+        let fields = msgs[0]
+            .get_child("fields", crate::xmpp::iot::sensordata::NS)
+            .unwrap();
+        assert_eq!(fields.attr("done"), Some("true"));
+        assert_eq!(fields.attr("seqnr"), Some("7"));
+        assert_eq!(msgs[0].attr("to"), Some("a@x/r"));
+
+        // an unknown field still completes at once: values first, failure last
+        let msgs = readout(SystemTime::now(), &["nope"])
+            .complete_from_cache()
+            .unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert!(msgs[1]
+            .get_child("failure", crate::xmpp::iot::sensordata::NS)
+            .is_some());
+
+        // a stale value has to be read: no answer from the cache
+        let stale = readout(SystemTime::now() - Duration::from_secs(61), &[]);
+        assert!(stale.complete_from_cache().is_none());
+        // nor for a scheduled readout
+        let mut later = readout(SystemTime::now(), &[]);
+        later.when = Some(SystemTime::now() + Duration::from_secs(5));
+        assert!(later.complete_from_cache().is_none());
+    }
+
+    #[tokio::test]
+    async fn failures_come_last_and_carry_done() {
+        let (out, mut rx) = mpsc::channel(8);
+        let r = readout(SystemTime::now(), &["nope"]);
         let (fresh, err) = r.run(out, CancellationToken::new()).await;
         assert!(fresh.is_empty());
-        assert_eq!(err.as_deref(), Some("nope: unknown field \"nope\""));
+        // the requester's misnamed field is reported to it, not kept as the device's error
+        assert_eq!(err, None);
         let first = rx.recv().await.unwrap();
         let fields = first
             .get_child("fields", crate::xmpp::iot::sensordata::NS)
