@@ -51,6 +51,9 @@ fn golden(p: &Point, regs: &[u16], value: Value) {
 
 use ByteOrder::*;
 
+mod common;
+use common::Rng;
+
 #[test]
 fn golden_i16_every_order() {
     // -12345 = 0xCFC7: A = CF, B = C7.
@@ -568,22 +571,6 @@ fn decode_errors_are_precise_and_never_panic() {
 }
 
 // ---- round trips --------------------------------------------------------------------
-
-/// SplitMix64: a small deterministic generator, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn orders_for(dt: DataType) -> Vec<ByteOrder> {
     ByteOrder::ALL

@@ -10,6 +10,9 @@ use fieldgate_modbus::{
 };
 use serde::Deserialize;
 
+mod common;
+use common::Rng;
+
 fn conn(text: &str) -> Result<ModbusConnection, String> {
     toml::from_str(text).map_err(|e| e.to_string())
 }
@@ -561,22 +564,6 @@ fn a_device_and_its_fields_plan_together() {
             .requests_per_cycle(),
         7
     );
-}
-
-/// SplitMix64, so a failing case reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[(self.next() % items.len() as u64) as usize].clone()
-    }
 }
 
 #[test]

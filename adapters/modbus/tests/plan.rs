@@ -10,6 +10,9 @@ use fieldgate_modbus::{
 
 use RegisterKind::{Coil, Discrete, Holding, Input};
 
+mod common;
+use common::Rng;
+
 fn span(kind: RegisterKind, address: u16, count: u16) -> Span {
     Span {
         kind,
@@ -459,22 +462,6 @@ fn impossible_fields_are_errors_not_panics() {
     );
     assert_eq!(p.requests_per_cycle(), 4);
     assert_eq!(plan(&[], &wide).map(|p| p.requests_per_cycle()), Ok(0));
-}
-
-/// SplitMix64, so a failing case reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[test]
