@@ -20,11 +20,13 @@
 //! since the session's last reply), a write not flushed within 5 s, elements that answer
 //! nothing of ours, a lost connection, and the libraries' warnings.
 //!
-//! Phases: the sessions connect once; then each mode in `--mode` (a comma list) runs for
-//! `--duration` or until `--count` requests were started, the list repeated `--rounds`
-//! times (interleaving ping and readout phases in one run against drift). A phase stops
-//! starting requests at its end, then waits for the ones in flight. Figures are printed per
-//! phase (`phaseN_*`) and per mode over all its phases (`ping_*`, `readout_*`). Readouts
+//! Phases: the sessions connect once; then, for each target in `--target` (a comma list),
+//! each mode in `--mode` (a comma list) runs for `--duration` or until `--count` requests
+//! were started, all of it repeated `--rounds` times (interleaving ping and readout phases,
+//! and the targets, in one run against drift). A phase stops starting requests at its end,
+//! then waits for the ones in flight. Figures are printed per phase (`phaseN_*`) and per
+//! target and mode over all its phases (`ping_*`, `readout_*`; `<label>_ping_*`, ... for a
+//! target given as `label=JID`). Readouts
 //! also report the two halves: request → iq result (`*_accepted_ms_*`) and request →
 //! `<fields done='true'>` (`*_fields_ms_*`).
 
@@ -32,7 +34,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,22 +49,23 @@ use tokio_xmpp::xmlstream::{
     initiate_stream, FallibleStreamElement, ReadError, StreamHeader, Timeouts, XmlStream,
 };
 
-const NS_CLIENT: &str = "jabber:client";
-const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
-const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
-const NS_PING: &str = "urn:xmpp:ping";
-const NS_SENSORDATA: &str = "urn:xmpp:iot:sensordata";
+use fieldgate_loadgen::{
+    parse_duration, print_kv, Opts, NS_BIND, NS_CLIENT, NS_PING, NS_SENSORDATA, NS_STANZAS,
+};
 
 const USAGE: &str = "\
-usage: fieldgate-loadgen --server HOST:PORT --user PATTERN --password PW --target JID
-                         [--mode ping|readout[,..]] [--rounds N] [--concurrency N]
-                         [--inflight N] [--duration 10s] [--count N] [--fields N]
-                         [--first N] [--warmup 2s] [--timeout 10s] [--connect-parallel N]
-                         [--watch name:pid[,name:pid..]]
+usage: fieldgate-loadgen --server HOST:PORT --user PATTERN --password PW
+                         --target [LABEL=]JID[,..] [--mode ping|readout[,..]] [--rounds N]
+                         [--concurrency N] [--inflight N] [--duration 10s] [--count N]
+                         [--fields N] [--first N] [--warmup 2s] [--timeout 10s]
+                         [--connect-parallel N] [--watch name:pid[,name:pid..]]
+                         [--dump-fields FILE]
 
   --user PATTERN      account JIDs; `{}` is replaced by the session index
                       (--first, --first+1, ...), e.g. 'bench{}@example.test'
-  --target JID        where the requests go (a device JID)
+  --target JID        where the requests go (a device JID); a comma list runs the
+                      --mode phases against each in turn; a target's figures are named
+                      `<LABEL>_ping_*`, `<LABEL>_readout_*` (`ping_*`, ... without label)
   --mode              ping (XEP-0199) or readout (XEP-0323 momentary, all fields);
                       a comma list runs one phase per entry, repeated --rounds times
   --concurrency N     c2s sessions (default 1)
@@ -75,6 +79,9 @@ usage: fieldgate-loadgen --server HOST:PORT --user PATTERN --password PW --targe
   --connect-parallel N  sessions logging in at once (default 8)
   --watch name:pid    report CPU seconds (utime+stime) per phase and VmHWM/VmRSS of
                       these processes, e.g. gateway:1234,prosody:5678
+  --dump-fields FILE  write the first `<fields done='true'>` that holds a whole readout
+                      (--fields fields) to FILE, as received (the ideal component's
+                      template: fieldgate-null-component --fields-template)
 ";
 
 // ---- command line -----------------------------------------------------------------------
@@ -94,12 +101,30 @@ impl Mode {
     }
 }
 
+/// One place requests go: a device JID, and the label its figures are named with.
+#[derive(Clone, Debug)]
+struct Target {
+    /// `None`: figures named `ping_*`, `readout_*`; else `<label>_ping_*`, ...
+    label: Option<String>,
+    jid: BareJid,
+}
+
+impl Target {
+    /// The name prefix of this target's figures in `mode`.
+    fn key(&self, mode: Mode) -> String {
+        match &self.label {
+            Some(l) => format!("{l}_{}", mode.name()),
+            None => mode.name().to_owned(),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Args {
     server: String,
     user: String,
     password: String,
-    target: BareJid,
+    targets: Vec<Target>,
     modes: Vec<Mode>,
     rounds: usize,
     concurrency: usize,
@@ -113,50 +138,45 @@ struct Args {
     timeout: Duration,
     connect_parallel: usize,
     watch: Vec<(String, u32)>,
+    dump_fields: Option<PathBuf>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "s" => v,
-        "ms" => v / 1e3,
-        "m" | "min" => v * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (s, ms, m)")),
+fn parse_target(s: &str) -> Result<Target, String> {
+    let (label, jid) = match s.split_once('=') {
+        Some((l, j)) => (Some(l.trim().to_owned()), j),
+        None => (None, s),
     };
-    Ok(Duration::from_secs_f64(secs))
+    if label
+        .as_deref()
+        .is_some_and(|l| l.is_empty() || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        return Err(format!("--target: bad label in {s:?} (letters, digits, _)"));
+    }
+    let jid = jid
+        .trim()
+        .parse()
+        .map_err(|e| format!("--target {s:?}: {e}"))?;
+    Ok(Target { label, jid })
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut kv: HashMap<String, String> = HashMap::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        if k == "-h" || k == "--help" {
-            print!("{USAGE}");
-            std::process::exit(0);
-        }
-        let Some(name) = k.strip_prefix("--") else {
-            return Err(format!("unexpected argument {k:?}"));
-        };
-        let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
-        kv.insert(name.to_owned(), v);
+    let mut o = Opts::from_env(USAGE)?;
+    let server = o.need("server")?;
+    let user = o.need("user")?;
+    let password = o.need("password")?;
+    let targets = o
+        .need("target")?
+        .split(',')
+        .map(parse_target)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut labels: Vec<_> = targets.iter().map(|t| t.label.as_deref()).collect();
+    labels.sort();
+    labels.dedup();
+    if labels.len() < targets.len() {
+        return Err("--target: each target needs its own label (one may have none)".into());
     }
-    let mut take = |k: &str| kv.remove(k);
-    let need = |v: Option<String>, k: &str| v.ok_or_else(|| format!("--{k} is required"));
-    let num = |v: Option<String>, k: &str, d: usize| -> Result<usize, String> {
-        v.map_or(Ok(d), |s| {
-            s.parse().map_err(|_| format!("--{k}: not a number: {s:?}"))
-        })
-    };
-    let server = need(take("server"), "server")?;
-    let user = need(take("user"), "user")?;
-    let password = need(take("password"), "password")?;
-    let target: BareJid = need(take("target"), "target")?
-        .parse()
-        .map_err(|e| format!("--target: {e}"))?;
-    let modes = take("mode")
+    let modes = o
+        .take("mode")
         .unwrap_or_else(|| "ping".into())
         .split(',')
         .map(|m| match m.trim() {
@@ -165,11 +185,12 @@ fn parse_args() -> Result<Args, String> {
             other => Err(format!("--mode: unknown mode {other:?}")),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let rounds = num(take("rounds"), "rounds", 1)?.max(1);
-    let concurrency = num(take("concurrency"), "concurrency", 1)?.max(1);
-    let inflight = num(take("inflight"), "inflight", 1)?.clamp(1, 64);
-    let duration = take("duration").map(|d| parse_duration(&d)).transpose()?;
-    let count = take("count")
+    let rounds = o.num("rounds", 1)?.max(1);
+    let concurrency = o.num("concurrency", 1)?.max(1);
+    let inflight = o.num("inflight", 1)?.clamp(1, 64);
+    let duration = o.take("duration").map(|d| parse_duration(&d)).transpose()?;
+    let count = o
+        .take("count")
         .map(|s| {
             s.parse::<u64>()
                 .map_err(|_| format!("--count: not a number: {s:?}"))
@@ -179,12 +200,13 @@ fn parse_args() -> Result<Args, String> {
         (None, None) => Some(Duration::from_secs(10)),
         (d, _) => d,
     };
-    let fields = num(take("fields"), "fields", 10)?;
-    let first = num(take("first"), "first", 0)?;
-    let warmup = parse_duration(&take("warmup").unwrap_or_else(|| "0s".into()))?;
-    let timeout = parse_duration(&take("timeout").unwrap_or_else(|| "10s".into()))?;
-    let connect_parallel = num(take("connect-parallel"), "connect-parallel", 8)?.max(1);
-    let watch = take("watch")
+    let fields = o.num("fields", 10)?;
+    let first = o.num("first", 0)?;
+    let warmup = parse_duration(&o.take("warmup").unwrap_or_else(|| "0s".into()))?;
+    let timeout = parse_duration(&o.take("timeout").unwrap_or_else(|| "10s".into()))?;
+    let connect_parallel = o.num("connect-parallel", 8)?.max(1);
+    let watch = o
+        .take("watch")
         .unwrap_or_default()
         .split(',')
         .filter(|s| !s.is_empty())
@@ -199,9 +221,8 @@ fn parse_args() -> Result<Args, String> {
             ))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    if let Some(k) = kv.keys().next() {
-        return Err(format!("unknown option --{k}"));
-    }
+    let dump_fields = o.take("dump-fields").map(PathBuf::from);
+    o.finish()?;
     if !user.contains("{}") && concurrency > 1 {
         return Err("--user must contain {} when --concurrency > 1".into());
     }
@@ -209,7 +230,7 @@ fn parse_args() -> Result<Args, String> {
         server,
         user,
         password,
-        target,
+        targets,
         modes,
         rounds,
         concurrency,
@@ -222,6 +243,7 @@ fn parse_args() -> Result<Args, String> {
         timeout,
         connect_parallel,
         watch,
+        dump_fields,
     })
 }
 
@@ -292,8 +314,6 @@ struct Session {
     stream: Stream,
     /// Our full JID, as bound.
     jid: String,
-    /// Where requests go (a bare JID).
-    target: String,
     seqnr: u64,
     /// When the last reply of any kind arrived (diagnostics).
     last_reply: Option<Instant>,
@@ -372,7 +392,6 @@ async fn connect(args: &Args, index: usize) -> Result<Session, String> {
         index,
         stream,
         jid: full,
-        target: args.target.to_string(),
         seqnr: 0,
         last_reply: None,
         broken: None,
@@ -383,6 +402,8 @@ async fn connect(args: &Args, index: usize) -> Result<Session, String> {
 
 struct PhaseCtl {
     mode: Mode,
+    /// Where requests go (a bare JID).
+    target: String,
     inflight: usize,
     /// End of the phase (`None`: --count only).
     deadline: Option<Instant>,
@@ -390,7 +411,12 @@ struct PhaseCtl {
     remaining: Option<AtomicI64>,
     fields: usize,
     timeout: Duration,
+    /// --dump-fields.
+    dump_fields: Option<PathBuf>,
 }
+
+/// Whether --dump-fields was written (once per process).
+static FIELDS_DUMPED: AtomicBool = AtomicBool::new(false);
 
 impl PhaseCtl {
     fn may_start(&self) -> bool {
@@ -523,6 +549,17 @@ fn count_fields(fields: &Element) -> usize {
         .sum()
 }
 
+/// --dump-fields: writes `fields` (a whole readout in one element) the first time.
+fn dump_fields(ctl: &PhaseCtl, fields: &Element) {
+    let Some(path) = &ctl.dump_fields else { return };
+    if FIELDS_DUMPED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = fs::write(path, String::from(fields)) {
+        eprintln!("--dump-fields {}: {e}", path.display());
+    }
+}
+
 /// `iq error <type>/<condition> (<text>)` of an error reply.
 fn error_text(iq: &Element) -> String {
     let err = iq.get_child("error", NS_CLIENT);
@@ -577,7 +614,7 @@ async fn run_phase(mut s: Session, ctl: Arc<PhaseCtl>) -> (Session, Stats) {
         while pending.len() < ctl.inflight && ctl.may_start() {
             s.seqnr += 1;
             let seqnr = s.seqnr;
-            let el = request(ctl.mode, &s.target, seqnr);
+            let el = request(ctl.mode, &ctl.target, seqnr);
             st.started += 1;
             let started = Instant::now();
             if let Err(e) = s.stream.feed(&el).await {
@@ -699,8 +736,12 @@ async fn run_phase(mut s: Session, ctl: Arc<PhaseCtl>) -> (Session, Stats) {
                             };
                             match el.name() {
                                 "fields" => {
-                                    p.fields += count_fields(el);
+                                    let n = count_fields(el);
+                                    p.fields += n;
                                     if el.attr("done") == Some("true") {
+                                        if n == expect {
+                                            dump_fields(&ctl, el);
+                                        }
                                         p.done = true;
                                         p.done_at = Some(Instant::now());
                                     }
@@ -780,10 +821,6 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     sorted[rank - 1] as f64 / 1000.0
 }
 
-fn print_kv(k: &str, v: impl std::fmt::Display) {
-    println!("{k}: {v}");
-}
-
 /// Latency and rate lines of one mode or phase.
 fn print_stats(prefix: &str, st: &mut Stats, wall: f64) {
     st.lat_us.sort_unstable();
@@ -832,14 +869,21 @@ fn print_stats(prefix: &str, st: &mut Stats, wall: f64) {
     );
 }
 
-async fn phase(args: &Args, sessions: Vec<Session>, mode: Mode) -> (Vec<Session>, Stats, f64) {
+async fn phase(
+    args: &Args,
+    sessions: Vec<Session>,
+    target: &Target,
+    mode: Mode,
+) -> (Vec<Session>, Stats, f64) {
     let ctl = Arc::new(PhaseCtl {
         mode,
+        target: target.jid.to_string(),
         inflight: args.inflight,
         deadline: args.duration.map(|d| Instant::now() + d),
         remaining: args.count.map(|c| AtomicI64::new(c as i64)),
         fields: args.fields,
         timeout: args.timeout,
+        dump_fields: args.dump_fields.clone(),
     });
     let t0 = Instant::now();
     let handles: Vec<_> = sessions
@@ -868,7 +912,12 @@ async fn run(args: Args) -> Result<(), String> {
     );
     print_kv("sessions", args.concurrency);
     print_kv("inflight_per_session", args.inflight);
-    print_kv("target", &args.target);
+    for t in &args.targets {
+        match &t.label {
+            Some(l) => print_kv(&format!("{l}_target"), &t.jid),
+            None => print_kv("target", &t.jid),
+        }
+    }
     if let Some(c) = args.count {
         print_kv("phase_count", c);
     }
@@ -901,53 +950,60 @@ async fn run(args: Args) -> Result<(), String> {
             watch: vec![],
             ..args.clone()
         };
-        for m in wargs_modes {
-            let (s, st, _) = phase(&warm, sessions, m).await;
-            sessions = s;
-            print_kv(&format!("warmup_{}_ok", m.name()), st.ok);
-            print_kv(&format!("warmup_{}_failed", m.name()), st.failed);
-            for (i, (why, c)) in st.reasons.iter().enumerate() {
-                print_kv(
-                    &format!("warmup_{}_failure_{}", m.name(), i + 1),
-                    format!("{c} x {why}"),
-                );
+        for target in &args.targets {
+            for &m in &wargs_modes {
+                let (s, st, _) = phase(&warm, sessions, target, m).await;
+                sessions = s;
+                let k = target.key(m);
+                print_kv(&format!("warmup_{k}_ok"), st.ok);
+                print_kv(&format!("warmup_{k}_failed"), st.failed);
+                for (i, (why, c)) in st.reasons.iter().enumerate() {
+                    print_kv(
+                        &format!("warmup_{k}_failure_{}", i + 1),
+                        format!("{c} x {why}"),
+                    );
+                }
             }
         }
     }
 
-    let mut per_mode: BTreeMap<Mode, (Stats, f64, Vec<f64>)> = BTreeMap::new();
+    // (target index, mode) → stats, wall time, CPU seconds per watched process
+    let mut per_kind: BTreeMap<(usize, Mode), (Stats, f64, Vec<f64>)> = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
     let mut n = 0;
     for _ in 0..args.rounds {
-        for &m in &args.modes {
-            n += 1;
-            let c0 = cpu_snapshot(&w);
-            let (s, mut st, wall) = phase(&args, sessions, m).await;
-            sessions = s;
-            let c1 = cpu_snapshot(&w);
-            let p = format!("phase{n}");
-            print_kv(&format!("{p}_mode"), m.name());
-            print_stats(&p, &mut st, wall);
-            let entry = per_mode
-                .entry(m)
-                .or_insert_with(|| (Stats::default(), 0.0, vec![0.0; w.len()]));
-            for (i, (name, _)) in w.iter().enumerate() {
-                if let (Some(a), Some(b)) = (c0[i], c1[i]) {
-                    print_kv(&format!("{p}_cpu_s_{name}"), format!("{:.3}", b - a));
-                    entry.2[i] += b - a;
+        for (ti, target) in args.targets.iter().enumerate() {
+            for &m in &args.modes {
+                n += 1;
+                let c0 = cpu_snapshot(&w);
+                let (s, mut st, wall) = phase(&args, sessions, target, m).await;
+                sessions = s;
+                let c1 = cpu_snapshot(&w);
+                let p = format!("phase{n}");
+                print_kv(&format!("{p}_mode"), m.name());
+                print_kv(&format!("{p}_target"), &target.jid);
+                print_stats(&p, &mut st, wall);
+                let entry = per_kind
+                    .entry((ti, m))
+                    .or_insert_with(|| (Stats::default(), 0.0, vec![0.0; w.len()]));
+                for (i, (name, _)) in w.iter().enumerate() {
+                    if let (Some(a), Some(b)) = (c0[i], c1[i]) {
+                        print_kv(&format!("{p}_cpu_s_{name}"), format!("{:.3}", b - a));
+                        entry.2[i] += b - a;
+                    }
                 }
+                for (why, c) in &st.reasons {
+                    failures.push(format!("phase {n} ({}): {c} x {why}", target.key(m)));
+                }
+                entry.0.merge(st);
+                entry.1 += wall;
             }
-            for (why, c) in &st.reasons {
-                failures.push(format!("phase {n} ({}): {c} x {why}", m.name()));
-            }
-            entry.0.merge(st);
-            entry.1 += wall;
         }
     }
-    for (m, (st, wall, cpu)) in per_mode.iter_mut() {
-        let p = m.name();
+    for ((ti, m), (st, wall, cpu)) in per_kind.iter_mut() {
+        let p = args.targets[*ti].key(*m);
         print_kv(&format!("{p}_phases"), args.rounds);
-        print_stats(p, st, *wall);
+        print_stats(&p, st, *wall);
         for (i, (name, _)) in w.iter().enumerate() {
             print_kv(&format!("{p}_cpu_s_{name}"), format!("{:.3}", cpu[i]));
             if st.ok > 0 {
@@ -964,6 +1020,16 @@ async fn run(args: Args) -> Result<(), String> {
         }
         if let Some(v) = vm_kb(pid, "VmRSS") {
             print_kv(&format!("vmrss_kb_{name}"), v);
+        }
+    }
+    if let Some(path) = &args.dump_fields {
+        if FIELDS_DUMPED.load(Ordering::Relaxed) {
+            print_kv("fields_dumped_to", path.display());
+        } else {
+            failures.push(format!(
+                "--dump-fields: no complete <fields done='true'> to write to {}",
+                path.display()
+            ));
         }
     }
     print_kv("failures_total", failures.len());
