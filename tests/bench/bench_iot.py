@@ -8,6 +8,15 @@ answered by an iq result (<accepted>) plus a <fields done='true'> message with 1
 (values from the gateway's cache: `[readout] max_age = "1h"`); a ping is one iq get answered
 by one iq result.
 
+Baseline: the ideal component. Prosody also serves a second component domain, null.<vhost>,
+connected to fieldgate-null-component (tests/bench/loadgen/src/bin/null_component.rs): it
+answers pings and readouts for any JID there with exactly the stanzas fieldgate sends (the
+<fields> is the first readout the gateway answered in this run, dumped by the loadgen and
+replayed with only seqnr/from/to substituted), pre-rendered, at a few µs of CPU each. Every
+phase is run against the gateway's meter1 and against meter1@null.<vhost>, interleaved in
+one loadgen process; what the null component reaches is what the server allows, so
+gateway/null near 1.0 means the server, not the gateway, is the limit.
+
 Figures (printed as `name: value` lines at the end):
   readout_latency_ms_p50/_p99   one session, one request at a time: request sent → the
   ping_latency_ms_p50/_p99      readout complete (accepted + done) / the ping's result;
@@ -23,6 +32,22 @@ Figures (printed as `name: value` lines at the end):
   gateway_rss_peak_kb           VmHWM of the gateway at the end (peak since its start)
   prosody_cpu_s_during_readouts / _pings, loadgen_cpu_s_...
                                 who else used the CPU (the machine has few cores)
+  prosody_cpu_us_per_readout / _per_ping, loadgen_cpu_us_per_readout / _per_ping
+                                their CPU per request answered by the gateway
+ the ideal component (meter1@null.<vhost>), same phases, same run:
+  null_readout_latency_ms_p50/_p99 / null_ping_latency_ms_p50/_p99
+                                as readout_latency_ms_*, ping_latency_ms_*
+  null_readouts_per_s_100_requesters / null_pings_per_s_100_requesters
+                                as readouts_per_s_*, pings_per_s_*
+  null_readout_to_ping_ratio    the readout_to_ping_ratio an ideal component gets from this
+                                server: the most the goal of 0.8 can be approached
+  gateway_to_null_readout_ratio readouts_per_s ÷ null_readouts_per_s: near 1.0, the
+                                server is the limit; well below, the gateway is
+  gateway_to_null_ping_ratio    the same for pings
+  prosody_cpu_us_per_null_readout / _per_null_ping, loadgen_cpu_us_per_null_...
+                                their CPU per request answered by the null component
+  null_component_cpu_us_per_null_readout / _per_null_ping
+                                the null component's own CPU per request
 
 Not pass/fail: a benchmark reports; it fails only if the system does not work at all (a
 request that fails is counted and printed with its reason; the run goes on).
@@ -49,13 +74,41 @@ DEVICE = "meter1"
 USER_PREFIX = "bench"
 
 
-def loadgen_bin() -> Path:
-    env = os.environ.get("LOADGEN_BIN")
+def loadgen_bin(name: str = "fieldgate-loadgen", env_var: str = "LOADGEN_BIN") -> Path:
+    """A binary of tests/bench/loadgen: the load generator, or the null component."""
+    env = os.environ.get(env_var)
     path = Path(env).resolve() if env else (
-        h.REPO_ROOT / "tests" / "bench" / "loadgen" / "target" / "release" / "fieldgate-loadgen")
+        h.REPO_ROOT / "tests" / "bench" / "loadgen" / "target" / "release" / name)
     if not path.is_file():
-        raise h.HarnessError(f"load generator {path} missing: build tests/bench/loadgen (run_iot.sh does)")
+        raise h.HarnessError(f"{path} missing: build tests/bench/loadgen (run_iot.sh does)")
     return path
+
+
+def add_null_component(prosody: h.Prosody) -> str:
+    """Declares the null component's domain in Prosody's config (before start); returns it."""
+    domain = f"null.{prosody.vhost}"
+    with prosody.config_path.open("a") as cfg:
+        cfg.write(f'\nComponent "{domain}"\n    component_secret = "{prosody.secret}"\n')
+    return domain
+
+
+def start_null_component(prosody: h.Prosody, domain: str, template: Path, workdir: Path) -> subprocess.Popen:
+    """Starts the ideal component (tests/bench/loadgen/src/bin/null_component.rs) and waits
+    until Prosody accepted its handshake."""
+    out_path = workdir / "null-component.out"
+    cmd = [str(loadgen_bin("fieldgate-null-component", "NULL_COMPONENT_BIN")),
+           "--server", f"127.0.0.1:{prosody.component_port}", "--domain", domain,
+           "--secret", prosody.secret, "--fields-template", str(template)]
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise h.HarnessError(f"null component exited with {proc.returncode}:\n{h.tail(out_path)}")
+        return "ready" in out_path.read_text()
+
+    h.wait_for(ready, 10, "the null component's handshake")
+    return proc
 
 
 def device(nfields: int) -> dict:
@@ -157,10 +210,12 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="fieldgate-bench-iot-"))
     prosody = None
     env = None
+    null = None
     try:
         prosody = h.Prosody(root / "prosody", log_level=args.prosody_log)
         if args.prosody_nagle == "off":
             set_prosody_nagle_off(prosody)
+        null_domain = add_null_component(prosody)
         env = h.Env(root=root, prosody=prosody)
         t = time.monotonic()
         how = register_users(prosody, args.sessions)
@@ -181,9 +236,23 @@ def main() -> int:
               f"{args.prosody_nagle}), device {target} with {args.fields} fields, "
               f"{os.cpu_count()} CPUs", flush=True)
 
+        # (0) the ideal component: replays the first readout the gateway answers
+        template = root / "fields-template.xml"
+        run_loadgen([
+            "--server", f"127.0.0.1:{prosody.c2s_port}", "--password", h.PASSWORD,
+            "--target", target, "--fields", str(args.fields), "--user", f"{USER_PREFIX}0@{prosody.vhost}",
+            "--mode", "readout", "--count", "1", "--dump-fields", str(template),
+        ], "capture one gateway readout for the null component", timeout=120)
+        null = start_null_component(prosody, null_domain, template, root)
+        null_target = f"{DEVICE}@{null_domain}"
+        print(f"# null component pid {null.pid}, device {null_target}, replaying "
+              f"{template.stat().st_size} bytes of <fields>", flush=True)
+
+        # the gateway's figures keep their names (ping_*, readout_*), the null component's
+        # are null_ping_*, null_readout_*; each round runs gateway then null phases
         common = ["--server", f"127.0.0.1:{prosody.c2s_port}", "--password", h.PASSWORD,
-                  "--target", target, "--fields", str(args.fields),
-                  "--watch", f"gateway:{gw.pid},prosody:{prosody.proc.pid}"]
+                  "--target", f"{target},null={null_target}", "--fields", str(args.fields),
+                  "--watch", f"gateway:{gw.pid},prosody:{prosody.proc.pid},null:{null.pid}"]
 
         # (1) latency: one requester, one request at a time
         per_phase = max(1, args.latency_count // 4)
@@ -201,7 +270,9 @@ def main() -> int:
         ], f"throughput, {args.sessions} requesters", timeout=900)
 
         assert gw.running, f"the gateway died during the run\n{gw.log_tail(40)}"
-        failed = sum(int(fnum(d, f"{m}_failed")) for d in (lat, tput) for m in ("ping", "readout"))
+        assert null.poll() is None, f"the null component died during the run\n{h.tail(root / 'null-component.out')}"
+        failed = sum(int(fnum(d, f"{t}{m}_failed"))
+                     for d in (lat, tput) for t in ("", "null_") for m in ("ping", "readout"))
 
         print("", flush=True)
         r50, r99 = fnum(lat, "readout_lat_ms_p50"), fnum(lat, "readout_lat_ms_p99")
@@ -235,6 +306,23 @@ def main() -> int:
         report("loadgen_cpu_s_during_readouts", fnum(tput, "readout_cpu_s_loadgen"))
         report("loadgen_cpu_s_during_pings", fnum(tput, "ping_cpu_s_loadgen"))
         report("throughput_phase_wall_s_per_kind", fnum(tput, "readout_wall_s"))
+        # the ideal component, same server, same run
+        report("null_readout_latency_ms_p50", fnum(lat, "null_readout_lat_ms_p50"))
+        report("null_readout_latency_ms_p99", fnum(lat, "null_readout_lat_ms_p99"))
+        report("null_ping_latency_ms_p50", fnum(lat, "null_ping_lat_ms_p50"))
+        report("null_ping_latency_ms_p99", fnum(lat, "null_ping_lat_ms_p99"))
+        nrr, npr = fnum(tput, "null_readout_rate_per_s"), fnum(tput, "null_ping_rate_per_s")
+        report(f"null_readouts_per_s_{n}_requesters", nrr)
+        report(f"null_pings_per_s_{n}_requesters", npr)
+        report("null_readout_to_ping_ratio", nrr / npr if npr else float("nan"))
+        report("gateway_to_null_readout_ratio", rr / nrr if nrr else float("nan"))
+        report("gateway_to_null_ping_ratio", pr / npr if npr else float("nan"))
+        for who, key in (("prosody", "prosody"), ("null_component", "null"), ("loadgen", "loadgen")):
+            for kind in ("readout", "ping"):
+                report(f"{who}_cpu_us_per_null_{kind}", fnum(tput, f"null_{kind}_cpu_us_per_request_{key}"))
+        for who in ("prosody", "loadgen"):
+            for kind in ("readout", "ping"):
+                report(f"{who}_cpu_us_per_{kind}", fnum(tput, f"{kind}_cpu_us_per_request_{who}"))
         report("requests_failed", failed)
         for what, d in (("latency", lat), ("throughput", tput)):
             for k, v in d.items():
@@ -248,6 +336,8 @@ def main() -> int:
             print(prosody.describe(), file=sys.stderr)
         raise
     finally:
+        if null is not None:
+            h.stop_process(null)
         if env is not None:
             env.close()
         elif prosody is not None:

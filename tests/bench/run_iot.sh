@@ -3,10 +3,11 @@
 #   (--sessions N, --inflight N, --latency-count N, --phase-duration 8s, --rounds N, --keep)
 #
 # Installs what is missing (like tests/bench/run.sh), builds the gateway and the load
-# generator (tests/bench/loadgen, its own cargo project with its own Cargo.lock and target
-# dir) in release mode, and runs tests/bench/bench_iot.py against a private Prosody on free
-# loopback ports. Prints `name: value` lines (see bench_iot.py for what each figure
-# measures). Not part of tests/run.sh: figures are reported, not pass/fail.
+# generator with its ideal-component baseline (tests/bench/loadgen, its own cargo project
+# with its own Cargo.lock and target dir) in release mode, and runs tests/bench/bench_iot.py
+# against a private Prosody on free loopback ports. Prints `name: value` lines (see
+# bench_iot.py for what each figure measures). Not part of tests/run.sh: figures are
+# reported, not pass/fail.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -26,4 +27,5 @@ cargo build --release --locked --manifest-path tests/bench/loadgen/Cargo.toml \
 export FIELDGATE_BIN="${FIELDGATE_BIN:-target/release/fieldgate}"
 export FIELDGATE_LOG="${FIELDGATE_LOG:-info}"
 export LOADGEN_BIN="${LOADGEN_BIN:-tests/bench/loadgen/target/release/fieldgate-loadgen}"
+export NULL_COMPONENT_BIN="${NULL_COMPONENT_BIN:-tests/bench/loadgen/target/release/fieldgate-null-component}"
 exec "$FG_VENV/bin/python" tests/bench/bench_iot.py "$@"
