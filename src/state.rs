@@ -14,6 +14,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_xmpp::minidom::Element;
 
+use crate::xmpp::link::Outbound;
+
 /// Subscribers per device: device id → bare JIDs.
 pub type Subscribers = BTreeMap<String, BTreeSet<String>>;
 
@@ -108,7 +110,7 @@ pub struct Commit {
 pub async fn persister(
     dir: PathBuf,
     mut commits: mpsc::Receiver<Commit>,
-    outbound: mpsc::Sender<Element>,
+    outbound: mpsc::Sender<Outbound>,
 ) {
     while let Some(first) = commits.recv().await {
         let mut snapshot = first.snapshot;
@@ -127,7 +129,7 @@ pub async fn persister(
             Err(e) => tracing::error!(error = %e, "subscriber save task failed"),
         }
         for r in replies {
-            if outbound.send(r).await.is_err() {
+            if outbound.send(r.into()).await.is_err() {
                 return;
             }
         }
@@ -175,7 +177,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(orx.recv().await.unwrap(), reply);
+        assert_eq!(orx.recv().await.unwrap(), Outbound::One(reply));
         // By the time the reply is out, the file holds the subscription.
         assert_eq!(load(dir.path()).unwrap(), s);
         drop(ctx);

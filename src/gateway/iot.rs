@@ -93,10 +93,9 @@ impl Gateway {
             (sd_ns::NS, "req") => {
                 let (replies, job) = self.on_req(h, id, payload);
                 // The readout starts only once `accepted` is queued: the outbound queue is
-                // FIFO, so the client always sees it before any <fields>.
-                for reply in replies {
-                    self.send(reply).await;
-                }
+                // FIFO, so the client always sees it before any <fields>. A readout done at
+                // once goes out as one batch, `accepted` and `<fields>` in one write.
+                let _ = self.out.send(replies.into()).await;
                 if let Some(job) = job {
                     self.tasks.spawn(job);
                 }

@@ -30,7 +30,7 @@ use crate::config::{Config, DeviceConfig};
 use crate::devices;
 use crate::state::{self, Commit, Subscribers};
 use crate::xmpp::disco::{domain_info, DeviceDisco};
-use crate::xmpp::link::{self, LinkState};
+use crate::xmpp::link::{self, LinkState, Outbound};
 use crate::xmpp::presence;
 use crate::xmpp::stanza::{Header, Kind};
 
@@ -104,7 +104,7 @@ struct Gateway {
     order: Vec<DeviceId>,
     devices: BTreeMap<DeviceId, Device>,
     subscribers: Subscribers,
-    out: mpsc::Sender<Element>,
+    out: mpsc::Sender<Outbound>,
     commits: mpsc::Sender<Commit>,
     events: EventSink,
     adapters_root: CancellationToken,
@@ -300,7 +300,7 @@ impl Gateway {
 
     async fn send(&self, el: Element) {
         // An error means the link task is gone (shutdown); nothing else to do.
-        let _ = self.out.send(el).await;
+        let _ = self.out.send(el.into()).await;
     }
 
     fn add_device(&mut self, cfg: DeviceConfig) {

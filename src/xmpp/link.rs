@@ -47,12 +47,60 @@ pub struct LinkStats {
     pub connects: AtomicU64,
 }
 
+/// What the gateway hands the link: one stanza, or several that must leave in the same
+/// write. A readout's `accepted` result and its `<fields>` are such a pair: if the server
+/// reads them apart, it writes them to the client apart, and with Nagle's algorithm on
+/// the client's socket (Prosody's default) the second waits for the client's delayed ACK,
+/// about 40 ms.
+#[derive(Debug, PartialEq)]
+pub enum Outbound {
+    /// One stanza.
+    One(Element),
+    /// Stanzas written together, in order.
+    Batch(Vec<Element>),
+}
+
+impl Outbound {
+    /// How many stanzas this is.
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::One(_) => 1,
+            Outbound::Batch(v) => v.len(),
+        }
+    }
+
+    /// Whether this carries no stanza.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stanzas, in order.
+    pub fn into_vec(self) -> Vec<Element> {
+        match self {
+            Outbound::One(el) => vec![el],
+            Outbound::Batch(v) => v,
+        }
+    }
+}
+
+impl From<Element> for Outbound {
+    fn from(el: Element) -> Self {
+        Outbound::One(el)
+    }
+}
+
+impl From<Vec<Element>> for Outbound {
+    fn from(els: Vec<Element>) -> Self {
+        Outbound::Batch(els)
+    }
+}
+
 /// The gateway's handles to the link task.
 pub struct LinkChannels {
     /// Stanzas received from the server.
     pub inbound: mpsc::Receiver<Element>,
     /// Stanzas to send. Dropping every sender closes the stream cleanly and ends the task.
-    pub outbound: mpsc::Sender<Element>,
+    pub outbound: mpsc::Sender<Outbound>,
     /// Current link state.
     pub state: watch::Receiver<LinkState>,
     /// Counters.
@@ -115,7 +163,7 @@ enum End {
 async fn run(
     mut settings: watch::Receiver<XmppConfig>,
     inbound: mpsc::Sender<Element>,
-    mut outbound: mpsc::Receiver<Element>,
+    mut outbound: mpsc::Receiver<Outbound>,
     state: watch::Sender<LinkState>,
     stats: Arc<LinkStats>,
     shutdown: CancellationToken,
@@ -176,8 +224,8 @@ async fn run(
                 _ = shutdown.cancelled() => return,
                 _ = &mut sleep => break,
                 _ = changed(&mut settings) => { attempt = 0; break; }
-                el = outbound.recv() => match el {
-                    Some(_) => { stats.outbound_discarded.fetch_add(1, Ordering::Relaxed); }
+                out = outbound.recv() => match out {
+                    Some(out) => { stats.outbound_discarded.fetch_add(out.len() as u64, Ordering::Relaxed); }
                     None => return,
                 },
             }
@@ -266,7 +314,7 @@ async fn serve(
     config: &XmppConfig,
     settings: &mut watch::Receiver<XmppConfig>,
     inbound: &mpsc::Sender<Element>,
-    outbound: &mut mpsc::Receiver<Element>,
+    outbound: &mut mpsc::Receiver<Outbound>,
     stats: &LinkStats,
     shutdown: &CancellationToken,
 ) -> End {
@@ -283,20 +331,20 @@ async fn serve(
                 close(&mut stream).await;
                 return End::Reconfigure;
             }
-            el = outbound.recv() => {
-                let Some(el) = el else {
+            out = outbound.recv() => {
+                let Some(out) = out else {
                     close(&mut stream).await;
                     return End::Finished;
                 };
                 // Batch whatever else is queued into one flush: a presence burst for a
                 // thousand devices goes out in a few writes, not a thousand.
-                if let Err(e) = stream.feed(&el).await {
+                if let Err(e) = feed(&mut stream, out).await {
                     return End::Lost(format!("write failed: {e}"));
                 }
                 let mut closed = false;
                 for _ in 0..256 {
                     match outbound.try_recv() {
-                        Ok(el) => if let Err(e) = stream.feed(&el).await {
+                        Ok(out) => if let Err(e) = feed(&mut stream, out).await {
                             return End::Lost(format!("write failed: {e}"));
                         },
                         Err(mpsc::error::TryRecvError::Empty) => break,
@@ -364,6 +412,20 @@ async fn serve(
 async fn changed(settings: &mut watch::Receiver<XmppConfig>) {
     if settings.changed().await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Queues `out` on the stream; the caller flushes. The stream is buffered (`BufStream`), so
+/// what is fed before one flush leaves in one write.
+async fn feed(stream: &mut Stream, out: Outbound) -> std::io::Result<()> {
+    match out {
+        Outbound::One(el) => stream.feed(&el).await,
+        Outbound::Batch(els) => {
+            for el in &els {
+                stream.feed(el).await?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::xmpp::iot::sensordata::{
     Failure, Field, FieldValue, Fields, NodeData, NumericValue, ReadoutError, Started, Timestamp,
 };
 use crate::xmpp::iot::xsd::XsDateTime;
+use crate::xmpp::link::Outbound;
 use crate::xmpp::stanza::BuilderExt;
 
 /// Digits kept for a double whose field configures no `decimals`.
@@ -155,7 +156,7 @@ impl Readout {
     /// readings for the cache and the first error, if any. Stops silently when cancelled.
     pub async fn run(
         self,
-        out: mpsc::Sender<Element>,
+        out: mpsc::Sender<Outbound>,
         cancel: CancellationToken,
     ) -> (Vec<Reading>, Option<String>) {
         if let Some(when) = self.when {
@@ -165,7 +166,7 @@ impl Readout {
                     _ = tokio::time::sleep(wait) => {}
                 }
                 let _ = out
-                    .send(self.message(Started::new(self.seqnr).into()))
+                    .send(self.message(Started::new(self.seqnr).into()).into())
                     .await;
             }
         }
@@ -200,9 +201,8 @@ impl Readout {
         let first_error = failures
             .get(self.unknown.len())
             .map(|(n, why)| format!("{n}: {why}"));
-        for m in self.finish(&values, failures, SystemTime::now()) {
-            let _ = out.send(m).await;
-        }
+        let messages = self.finish(&values, failures, SystemTime::now());
+        let _ = out.send(messages.into()).await;
         (fresh, first_error)
     }
 
@@ -420,13 +420,14 @@ mod tests {
         assert!(fresh.is_empty());
         // the requester's misnamed field is reported to it, not kept as the device's error
         assert_eq!(err, None);
-        let first = rx.recv().await.unwrap();
-        let fields = first
+        // one batch: the link writes both at once
+        let batch = rx.recv().await.unwrap().into_vec();
+        assert_eq!(batch.len(), 2);
+        let fields = batch[0]
             .get_child("fields", crate::xmpp::iot::sensordata::NS)
             .unwrap();
         assert_eq!(fields.attr("done"), None);
-        let second = rx.recv().await.unwrap();
-        let failure = second
+        let failure = batch[1]
             .get_child("failure", crate::xmpp::iot::sensordata::NS)
             .unwrap();
         assert_eq!(failure.attr("done"), Some("true"));
