@@ -750,7 +750,7 @@ impl Ctx<'_> {
                     .into_iter()
                     .zip(m.points.iter())
                     .map(|(mut f, (_, p))| {
-                        let natural = p.field_spec(&f.spec.name);
+                        let natural = p.field_spec(f.spec.name.clone());
                         if f.spec.values.is_empty() {
                             f.spec.values = natural.values;
                         }
@@ -924,7 +924,7 @@ impl Ctx<'_> {
                     ),
                 ));
             }
-            points.push((Arc::from(f.spec.name.as_str()), point));
+            points.push((f.spec.name.clone(), point));
         }
         Ok(AdapterConfig::Modbus(Box::new(ModbusSetup {
             connection: conn.get_ref().clone(),
@@ -1089,12 +1089,14 @@ impl Ctx<'_> {
             if f.kind != FieldType::Enum && !f.values.is_empty() {
                 return err("values", "values apply to enum fields".into());
             }
+            // One unit string for all copies of a repeated field.
+            let unit: Option<Arc<str>> = f.unit.as_deref().map(Arc::from);
             for (k, name) in expanded.into_iter().enumerate() {
                 out.push(FieldConfig {
                     spec: FieldSpec {
-                        name,
+                        name: name.into(),
                         kind: f.kind,
-                        unit: f.unit.clone(),
+                        unit: unit.clone(),
                         decimals: f.decimals.as_ref().map(|d| *d.get_ref()),
                         writable: f.writable,
                         min: f.min,
@@ -1286,7 +1288,7 @@ modbus = {{ register = \"input\", address = 5, type = \"u16\" }}
         let c = parse(Path::new("t.toml"), &text).unwrap();
         let d = &c.devices[0];
         assert_eq!(d.fields.len(), 1005);
-        assert_eq!(d.fields[999].name, "r999");
+        assert_eq!(&*d.fields[999].name, "r999");
         let AdapterConfig::Modbus(m) = &d.adapter else {
             panic!()
         };

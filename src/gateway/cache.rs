@@ -39,7 +39,7 @@ impl Cache {
 
     /// The catalogue position of field `name`.
     fn position(&self, name: &str) -> Option<usize> {
-        let spec = |i: &u32| self.specs[*i as usize].name.as_str();
+        let spec = |i: &u32| &*self.specs[*i as usize].name;
         self.by_name
             .binary_search_by(|i| spec(i).cmp(name))
             .ok()

@@ -2,6 +2,7 @@
 //! handling in the actor, the slow parts (device I/O) in tasks it owns.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fieldgate_api::{AdapterError, AdapterRequest, DeviceId, Reachability, Reading, Value};
@@ -226,10 +227,10 @@ impl Gateway {
         let dev = &self.devices[id];
         let types = req.requested_types();
         let known = |n: &String| {
-            dev.specs.iter().any(|s| &s.name == n) || EXTRA_NAMES.contains(&n.as_str())
+            dev.specs.iter().any(|s| *s.name == **n) || EXTRA_NAMES.contains(&n.as_str())
         };
         let named = |n: &str| req.fields.is_empty() || req.fields.iter().any(|f| f == n);
-        let wanted: Vec<String> = if types.momentary {
+        let wanted: Vec<Arc<str>> = if types.momentary {
             dev.specs
                 .iter()
                 .filter(|s| named(&s.name))
@@ -241,7 +242,7 @@ impl Gateway {
         let now = SystemTime::now();
         let cached = wanted
             .iter()
-            .filter_map(|n| dev.cache.get(n.as_str()))
+            .filter_map(|n| dev.cache.get(n))
             .map(|r| (r.field.clone(), r.clone()))
             .collect();
         let when = req
@@ -579,7 +580,7 @@ impl Gateway {
         }
         let dev = &self.devices[id];
         if let Some(f) = req.fields.iter().find(|f| {
-            !dev.specs.iter().any(|s| s.name == f.name) && !EXTRA_NAMES.contains(&f.name.as_str())
+            !dev.specs.iter().any(|s| *s.name == *f.name) && !EXTRA_NAMES.contains(&f.name.as_str())
         }) {
             return not_found(h, &format!("no field named {:?}", f.name), vec![]);
         }
@@ -647,8 +648,8 @@ impl Gateway {
             let stale: Vec<String> = dev
                 .specs
                 .iter()
-                .filter(|s| !dev.cache.get(s.name.as_str()).is_some_and(fresh_enough))
-                .map(|s| s.name.clone())
+                .filter(|s| !dev.cache.get(&s.name).is_some_and(fresh_enough))
+                .map(|s| s.name.to_string())
                 .collect();
             if stale.is_empty() {
                 // An adapter that polls by itself keeps the cache fresh: nothing to read.
@@ -793,7 +794,7 @@ impl Gateway {
         let mut fields: Vec<(SystemTime, Field)> = Vec::new();
         if sub.types.momentary {
             for spec in dev.specs.iter().filter(|s| sub.wants(&s.name)) {
-                if let Some(r) = dev.cache.get(spec.name.as_str()) {
+                if let Some(r) = dev.cache.get(&spec.name) {
                     fields.push((
                         r.timestamp,
                         to_field(spec, &r.value, r.quality, FieldTypes::MOMENTARY),

@@ -110,7 +110,7 @@ pub fn validate(specs: &[FieldSpec], set: &Set) -> Result<Vec<(String, Value)>, 
         text,
         kind,
     };
-    let find = |name: &str| specs.iter().find(|s| s.name == name);
+    let find = |name: &str| specs.iter().find(|s| &*s.name == name);
     let mut check = |name: &str, value: Result<Value, String>| {
         let Some(spec) = find(name) else {
             failures.push(fail(
@@ -167,7 +167,7 @@ pub fn form(
         .iter()
         .filter(|s| s.writable)
         .map(|s| {
-            let mut p = FormParam::new(s.name.clone(), label(s), param_kind(s.kind));
+            let mut p = FormParam::new(s.name.to_string(), label(s), param_kind(s.kind));
             let bound = |b: Option<f64>| {
                 b.map(|v| match s.kind {
                     FieldType::Int | FieldType::Long => format!("{}", v as i64),
@@ -203,7 +203,7 @@ pub fn form(
 fn label(s: &FieldSpec) -> String {
     match &s.unit {
         Some(u) if !u.is_empty() => format!("{} ({u})", s.name),
-        _ => s.name.clone(),
+        _ => s.name.to_string(),
     }
 }
 

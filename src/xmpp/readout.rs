@@ -24,7 +24,7 @@ const MAX_DECIMALS: usize = 15;
 
 /// Writes `value` of field `spec` as an XEP-0323 field with the given type flags.
 pub fn to_field(spec: &FieldSpec, value: &Value, quality: Quality, types: FieldTypes) -> Field {
-    let unit = || spec.unit.clone().unwrap_or_default();
+    let unit = || spec.unit.as_deref().unwrap_or_default().to_owned();
     let numeric = |v: f64| FieldValue::Numeric {
         value: NumericValue::new(v, spec.decimals.unwrap_or_else(|| natural_decimals(v))),
         unit: unit(),
@@ -39,7 +39,7 @@ pub fn to_field(spec: &FieldSpec, value: &Value, quality: Quality, types: FieldT
         (_, Value::String(s)) => FieldValue::String(s.clone()),
         (_, Value::Enum(s)) => FieldValue::Enum {
             value: s.clone(),
-            data_type: spec.name.clone(),
+            data_type: spec.name.to_string(),
         },
         (_, Value::Timestamp(t)) => FieldValue::DateTime(XsDateTime::from_system_time(*t)),
     };
@@ -54,7 +54,7 @@ pub fn to_field(spec: &FieldSpec, value: &Value, quality: Quality, types: FieldT
             ..FieldQos::NONE
         },
     };
-    let mut f = Field::new(spec.name.clone(), fv)
+    let mut f = Field::new(spec.name.to_string(), fv)
         .with_types(types)
         .with_qos(qos);
     if spec.writable {
@@ -86,7 +86,7 @@ pub struct Readout {
     /// The device's field catalogue.
     pub specs: Arc<[FieldSpec]>,
     /// Momentary fields wanted, in catalogue order.
-    pub wanted: Vec<String>,
+    pub wanted: Vec<Arc<str>>,
     /// The last known values of the wanted fields; those younger than `max_age` when
     /// the readout starts (after `when`) are served instead of asking the device.
     pub cached: HashMap<Arc<str>, Reading>,
@@ -138,7 +138,7 @@ impl Readout {
         }
         let now = SystemTime::now();
         let values = self.fresh_cached(now);
-        if self.wanted.iter().any(|n| !values.contains_key(n.as_str())) {
+        if self.wanted.iter().any(|n| !values.contains_key(n)) {
             return None;
         }
         Some(self.finish(&values, self.unknown_failures(), now))
@@ -175,8 +175,8 @@ impl Readout {
         let to_read: Vec<String> = self
             .wanted
             .iter()
-            .filter(|n| !values.contains_key(n.as_str()))
-            .cloned()
+            .filter(|n| !values.contains_key(*n))
+            .map(|n| n.to_string())
             .collect();
         let mut fresh = Vec::new();
         if !to_read.is_empty() {
@@ -216,7 +216,7 @@ impl Readout {
     ) -> Vec<Element> {
         let mut stamped: Vec<(SystemTime, Field)> = Vec::new();
         for spec in self.specs.iter() {
-            if let Some(r) = values.get(spec.name.as_str()) {
+            if let Some(r) = values.get(&spec.name) {
                 if self.wanted.contains(&spec.name) {
                     let f = to_field(spec, &r.value, r.quality, FieldTypes::MOMENTARY);
                     stamped.push((r.timestamp, f));

@@ -1,5 +1,7 @@
 //! A device's field catalogue.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{AdapterError, Value};
@@ -34,12 +36,13 @@ impl FieldType {
 /// One entry of a device's field catalogue: what the core advertises and validates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldSpec {
-    /// Field name, unique within the device.
-    pub name: String,
+    /// Field name, unique within the device. Shared: the readings of the field and an
+    /// adapter's own tables carry the same name (a register map has thousands of fields).
+    pub name: Arc<str>,
     /// Value type.
     pub kind: FieldType,
-    /// Unit of a numeric value ("bar", "°C"), if any.
-    pub unit: Option<String>,
+    /// Unit of a numeric value ("bar", "°C"), if any; shared by repeated fields.
+    pub unit: Option<Arc<str>>,
     /// Digits after the decimal point for doubles.
     pub decimals: Option<u8>,
     /// Whether a control command may set it.
@@ -54,7 +57,7 @@ pub struct FieldSpec {
 
 impl FieldSpec {
     /// A read-only field of the given type with no unit or range.
-    pub fn new(name: impl Into<String>, kind: FieldType) -> Self {
+    pub fn new(name: impl Into<Arc<str>>, kind: FieldType) -> Self {
         FieldSpec {
             name: name.into(),
             kind,
@@ -70,10 +73,10 @@ impl FieldSpec {
     /// Checks that `value` may be written to this field: writable, right type, in range.
     pub fn validate_write(&self, value: &Value) -> Result<(), AdapterError> {
         if !self.writable {
-            return Err(AdapterError::NotWritable(self.name.clone()));
+            return Err(AdapterError::NotWritable(self.name.to_string()));
         }
         let invalid = |reason: String| AdapterError::InvalidValue {
-            field: self.name.clone(),
+            field: self.name.to_string(),
             reason,
         };
         let type_ok = matches!(

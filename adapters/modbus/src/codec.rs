@@ -379,7 +379,7 @@ impl Point {
     /// writability, decimals of a double, and for integer types the range the register
     /// can hold (after scale and offset). The caller adds the unit and narrows the range
     /// with the field's own `min` / `max`.
-    pub fn field_spec(&self, name: impl Into<String>) -> FieldSpec {
+    pub fn field_spec(&self, name: impl Into<std::sync::Arc<str>>) -> FieldSpec {
         let kind = self.field_type();
         let mut spec = FieldSpec::new(name, kind);
         spec.writable = self.writable;

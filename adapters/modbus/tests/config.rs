@@ -501,7 +501,7 @@ fn field_specs_follow_the_modbus_type() {
         let s = spec(inline, false);
         assert_eq!(s.kind, kind, "{inline}");
         assert_eq!(s.min.zip(s.max), range, "{inline}");
-        assert_eq!(s.name, "f");
+        assert_eq!(&*s.name, "f");
         assert!(!s.writable);
     }
     let s = spec("address = 1, type = \"i16\", scale = 0.1", true);

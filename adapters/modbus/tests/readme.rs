@@ -95,7 +95,7 @@ fn check(block: &str) -> Vec<(String, usize, usize)> {
                         .resolve(&d.modbus, f.writable, f.decimals)
                         .unwrap_or_else(|e| panic!("{}.{}: {e}", d.id, f.name));
                     assert_eq!(p.field_type(), f.kind, "{}.{}", d.id, f.name);
-                    let spec = p.field_spec(&f.name);
+                    let spec = p.field_spec(f.name.as_str());
                     if let (Some(min), Some(lo)) = (f.min, spec.min) {
                         assert!(min >= lo, "{}.{}", d.id, f.name);
                     }

@@ -95,7 +95,7 @@ impl SimAdapter {
             Some(names) => {
                 let mut v = Vec::new();
                 for n in names {
-                    match self.fields.iter().find(|(s, _)| &s.name == n) {
+                    match self.fields.iter().find(|(s, _)| *s.name == **n) {
                         Some(f) => v.push(f),
                         None => out
                             .failures
@@ -108,11 +108,11 @@ impl SimAdapter {
         for (spec, sim) in wanted {
             if let Reachability::Unreachable(why) = &reach {
                 out.failures
-                    .push((spec.name.clone(), AdapterError::LinkDown(why.clone())));
+                    .push((spec.name.to_string(), AdapterError::LinkDown(why.clone())));
                 continue;
             }
             let value = overrides
-                .get(&spec.name)
+                .get(&*spec.name)
                 .cloned()
                 .unwrap_or_else(|| sim.value_at(spec, now));
             out.readings
@@ -134,12 +134,17 @@ impl SimAdapter {
             let (spec, _) = self
                 .fields
                 .iter()
-                .find(|(s, _)| &s.name == name)
+                .find(|(s, _)| *s.name == **name)
                 .ok_or_else(|| AdapterError::UnknownField(name.clone()))?;
             spec.validate_write(value)?;
         }
         for (name, value) in params {
-            let spec = &self.fields.iter().find(|(s, _)| s.name == name).unwrap().0;
+            let spec = &self
+                .fields
+                .iter()
+                .find(|(s, _)| *s.name == *name)
+                .unwrap()
+                .0;
             overrides.insert(name, coerce(spec.kind, value));
         }
         Ok(())
