@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
 import harness as h  # noqa: E402
+from benchlib import remove_or_keep, report  # noqa: E402
 
 
 def devices(n: int) -> list[dict]:
@@ -49,11 +49,6 @@ def cpu_ms(pid: int) -> float:
     ticks = int(fields[11]) + int(fields[12])  # utime + stime
     return 1000.0 * ticks / os.sysconf("SC_CLK_TCK")
 
-
-def report(name: str, value) -> None:
-    if isinstance(value, float):
-        value = f"{value:.3f}" if value < 100 else f"{value:.0f}"
-    print(f"{name}: {value}", flush=True)
 
 
 def main() -> int:
@@ -150,10 +145,7 @@ def main() -> int:
         if env is not None:
             env.close()
         h.loop_thread().close()
-        if args.keep:
-            print(f"# kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        remove_or_keep(root, args.keep)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
 import harness as h  # noqa: E402
+from benchlib import remove_or_keep, report  # noqa: E402
 
 DEVICE = "meter1"
 USER_PREFIX = "bench"
@@ -178,11 +179,6 @@ def fnum(d: dict[str, str], k: str) -> float:
     except (KeyError, ValueError):
         return float("nan")
 
-
-def report(name: str, value) -> None:
-    if isinstance(value, float):
-        value = f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
-    print(f"{name}: {value}", flush=True)
 
 
 def main() -> int:
@@ -342,10 +338,7 @@ def main() -> int:
             env.close()
         elif prosody is not None:
             prosody.close()
-        if args.keep:
-            print(f"# kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        remove_or_keep(root, args.keep)
 
 
 if __name__ == "__main__":

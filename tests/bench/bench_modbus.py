@@ -78,6 +78,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
 import harness as h  # noqa: E402
+from benchlib import remove_or_keep, report  # noqa: E402
 
 NS_CTL = "urn:xmpp:iot:control"
 MAX_READ = 125  # registers per Modbus read (FC03)
@@ -106,11 +107,6 @@ def cpu_pressure_us() -> int | None:
         return None
     return int(line.rsplit("total=", 1)[1])
 
-
-def report(name: str, value) -> None:
-    if isinstance(value, float):
-        value = f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
-    print(f"{name}: {value}", flush=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -536,10 +532,7 @@ def main() -> int:
         if env is not None:
             env.close()
         h.loop_thread().close()
-        if args.keep:
-            print(f"# kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        remove_or_keep(root, args.keep)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # shellcheck source=../e2e/deps.sh
 source tests/e2e/deps.sh
 
-fg_ensure_prosody
-fg_ensure_venv
-fg_ensure_rust
+fg_ensure_all
 
 fg_log "cargo build --release (gateway and sim_server)"
 cargo build --release -p fieldgate --bin fieldgate

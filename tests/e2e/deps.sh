@@ -120,3 +120,10 @@ fg_ensure_rust() {
         fi
     done
 }
+
+# Everything the demo and the benchmarks need: Prosody, the venv, cargo.
+fg_ensure_all() {
+    fg_ensure_prosody
+    fg_ensure_venv
+    fg_ensure_rust "$@"
+}
