@@ -1,6 +1,6 @@
-# syntax=docker/dockerfile:1
-#
-# fieldgate container image.
+# fieldgate container image. Needs BuildKit (the default since Docker 23; with Docker 20.10
+# set DOCKER_BUILDKIT=1) for the cache mounts below; no `# syntax` line, so the builder's
+# own Dockerfile frontend is used and nothing beyond the two base images is pulled.
 #
 #   docker build -t fieldgate .
 #   docker run -d --name fieldgate --network host \
@@ -45,8 +45,10 @@ COPY --from=build /out/fieldgate /usr/bin/fieldgate
 # The gateway's default state directory is $STATE_DIRECTORY (subscribers.json lives there).
 ENV STATE_DIRECTORY=/var/lib/fieldgate
 VOLUME ["/etc/fieldgate", "/var/lib/fieldgate"]
-# Numeric, so that runtimes can verify "non-root" without reading /etc/passwd.
-USER 10001:10001
+# Numeric, so that runtimes can verify "non-root" without reading /etc/passwd. The uid
+# alone, not uid:gid: with an explicit group Docker drops the supplementary groups, and
+# with them dialout (serial ports).
+USER 10001
 
 # SIGTERM: unavailable presence to every subscriber, stream closed, exit 0 within 5 s
 # (well inside `docker stop`'s default 10 s). The gateway handles its signals itself and
