@@ -424,6 +424,48 @@ def test_requester_limit_is_resource_constraint(m):
 # cache
 
 
+def test_cached_readout_reaches_the_client_in_one_read(m):
+    """A readout served from the cache leaves the gateway in one write, so the server reads
+    the iq result and the <fields> message together and passes them on together: they come
+    out of one read of the client's socket. Written apart, Prosody (Nagle's algorithm on, its
+    default) holds the second until the client ACKs the first: a delayed ACK, ~40 ms."""
+    c = m.client("erin", resource="wire")
+    dev = m.dev("meter1")
+    do_readout(c, dev, momentary=True)  # fills the cache, if it was not already
+    chunks: list[str] = []
+    proto = c.xmpp
+    received = proto.data_received
+
+    def spy(data):
+        chunks.append(data.decode() if isinstance(data, (bytes, bytearray)) else str(data))
+        received(data)
+
+    proto.data_received = spy
+    seqnrs, stamps = [], []
+    try:
+        for _ in range(20):
+            _r, payloads, _ = do_readout(c, dev, momentary=True)
+            seqnrs.append(int(payloads[-1].get("seqnr")))
+            stamps.append(all_fields(payloads)[0].timestamp)
+    finally:
+        proto.data_received = received
+    seq_attr = r"""seqnr=['"](\d+)['"]"""
+    together, apart = [], []
+    for n in seqnrs:
+        with_acc = {i for i, ch in enumerate(chunks)
+                    if str(n) in re.findall(r"<accepted[^>]*" + seq_attr, ch)}
+        with_fields = {i for i, ch in enumerate(chunks)
+                       if str(n) in re.findall(r"<fields[^>]*" + seq_attr, ch)}
+        assert with_acc and with_fields, f"readout {n} not seen on the wire: {chunks[-3:]}"
+        (together if with_acc & with_fields else apart).append(n)
+    # a readout that found its value past max_age reads the device; that one may arrive in
+    # two pieces (the read takes its time), so at most one per cache expiry
+    expiries = sum(1 for a, b in zip(stamps, stamps[1:]) if a != b)
+    assert len(apart) <= expiries, (
+        f"cached readouts arrived in two reads: {apart} (together: {together}, "
+        f"cache expiries: {expiries})")
+
+
 def test_cache_max_age(m):
     alice = m.client("alice")
     dev = m.dev("cachemeter")
