@@ -365,7 +365,11 @@ impl Adapter for ModbusAdapter {
                             Ok(()) => {
                                 failures = 0;
                                 dead_reason = None;
-                                next_poll = now + self.poll;
+                                // Fixed rate: one cycle per `poll` from the start of the
+                                // last, so "every second" means 1,000 values a second for
+                                // 1,000 fields, not a little less; a cycle that overran
+                                // delays the next one instead of starting a burst.
+                                next_poll = (next_poll + self.poll).max(now);
                                 Reachability::Reachable
                             }
                             Err(e) => {
