@@ -18,6 +18,14 @@ use crate::plan::{plan, ReadPlan, ReadRequest};
 /// Longest back-off of a unit that does not answer.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// When the cycle after one that was due at `scheduled` starts. Fixed rate, one cycle per
+/// `poll` from the start of the last, so "every second" means 1,000 values a second for
+/// 1,000 fields, not a little less; a cycle that overran starts the next one at once
+/// instead of a burst of the missed ones.
+fn next_cycle(scheduled: Instant, poll: Duration, now: Instant) -> Instant {
+    (scheduled + poll).max(now)
+}
+
 /// One Modbus device (one unit id on one connection).
 pub struct ModbusAdapter {
     device: DeviceId,
@@ -365,11 +373,7 @@ impl Adapter for ModbusAdapter {
                             Ok(()) => {
                                 failures = 0;
                                 dead_reason = None;
-                                // Fixed rate: one cycle per `poll` from the start of the
-                                // last, so "every second" means 1,000 values a second for
-                                // 1,000 fields, not a little less; a cycle that overran
-                                // delays the next one instead of starting a burst.
-                                next_poll = (next_poll + self.poll).max(now);
+                                next_poll = next_cycle(next_poll, self.poll, now);
                                 Reachability::Reachable
                             }
                             Err(e) => {
@@ -398,5 +402,26 @@ impl Adapter for ModbusAdapter {
             }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_keep_a_fixed_rate_and_never_burst() {
+        let t0 = Instant::now();
+        let poll = Duration::from_secs(1);
+        // a cycle that took 300 ms does not push the next one back
+        let done = t0 + Duration::from_millis(300);
+        assert_eq!(next_cycle(t0, poll, done), t0 + poll);
+        // one that overran by 1.5 periods is followed at once, not by the missed ones
+        let late = t0 + Duration::from_millis(2500);
+        assert_eq!(next_cycle(t0, poll, late), late);
+        assert_eq!(
+            next_cycle(late, poll, late + Duration::from_millis(10)),
+            late + poll
+        );
     }
 }
