@@ -122,11 +122,13 @@ impl Readout {
     fn fresh_cached(&self, started: SystemTime) -> HashMap<Arc<str>, Reading> {
         self.cached
             .iter()
-            .filter(|(_, r)| {
-                started.duration_since(r.timestamp).unwrap_or_default() <= self.max_age
-            })
+            .filter(|(_, r)| self.is_fresh(r, started))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect()
+    }
+
+    fn is_fresh(&self, r: &Reading, at: SystemTime) -> bool {
+        at.duration_since(r.timestamp).unwrap_or_default() <= self.max_age
     }
 
     /// The messages that complete the readout right away, when nothing has to be waited
@@ -137,11 +139,16 @@ impl Readout {
             return None;
         }
         let now = SystemTime::now();
-        let values = self.fresh_cached(now);
-        if self.wanted.iter().any(|n| !values.contains_key(n)) {
+        let fresh = |r: &Reading| self.is_fresh(r, now);
+        if !self
+            .wanted
+            .iter()
+            .all(|n| self.cached.get(n).is_some_and(fresh))
+        {
             return None;
         }
-        Some(self.finish(&values, self.unknown_failures(), now))
+        // Every wanted value is cached and fresh, and `cached` holds nothing else.
+        Some(self.finish(&self.cached, self.unknown_failures(), now))
     }
 
     fn unknown_failures(&self) -> Vec<(String, String)> {

@@ -136,6 +136,10 @@ pub trait BuilderExt {
 
 impl BuilderExt for tokio_xmpp::minidom::ElementBuilder {
     fn a(self, name: &str, value: impl tokio_xmpp::minidom::IntoAttributeValue) -> Self {
+        // An absent optional attribute costs nothing, not even checking its name.
+        let Some(value) = value.into_attribute_value() else {
+            return self;
+        };
         let name = tokio_xmpp::minidom::rxml::NcName::try_from(name)
             .expect("attribute names used by the gateway are valid XML names");
         self.attr(name, value)
