@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
 import harness as h  # noqa: E402
-from benchlib import remove_or_keep, report  # noqa: E402
+from benchlib import report, teardown  # noqa: E402
 
 
 def devices(n: int) -> list[dict]:
@@ -142,10 +142,7 @@ def main() -> int:
             print(env.gateway.log_tail(40), file=sys.stderr)
         raise
     finally:
-        if env is not None:
-            env.close()
-        h.loop_thread().close()
-        remove_or_keep(root, args.keep)
+        teardown(env, root, args.keep)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
 import harness as h  # noqa: E402
-from benchlib import remove_or_keep, report  # noqa: E402
+from benchlib import report, teardown  # noqa: E402
 
 NS_CTL = "urn:xmpp:iot:control"
 MAX_READ = 125  # registers per Modbus read (FC03)
@@ -540,10 +540,7 @@ def main() -> int:
             ok = run_layout(args, env, root, sim_bin, client, c, first=(i == 0)) and ok
         return 0 if ok else 1
     finally:
-        if env is not None:
-            env.close()
-        h.loop_thread().close()
-        remove_or_keep(root, args.keep)
+        teardown(env, root, args.keep)
 
 
 if __name__ == "__main__":

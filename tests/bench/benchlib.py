@@ -19,3 +19,14 @@ def remove_or_keep(root: Path, keep: bool) -> None:
         print(f"# kept {root}", flush=True)
     else:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def teardown(env, root: Path, keep: bool) -> None:
+    """Ends a benchmark run of the e2e harness: stops its processes (`env`, if it got that
+    far) and the client loop, then removes or keeps the temp dir."""
+    import harness as h
+
+    if env is not None:
+        env.close()
+    h.loop_thread().close()
+    remove_or_keep(root, keep)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fieldgate_api::HumanDuration;
 use fieldgate_api::{
     Adapter, AdapterContext, AdapterError, AdapterRequest, DeviceEvent, EventKind, EventSink,
-    Reachability, Value,
+    Reachability, ReadOutcome, Value,
 };
 use fieldgate_modbus::{
     ByteOrder, DataType, DeviceSettings, ModbusAdapter, ModbusConnection, ModbusDevice,
@@ -200,6 +200,20 @@ async fn reading(r: &mut Running, field: &str) -> Value {
     }
 }
 
+/// Asks `r` for every field of `device`; the answer comes on the returned channel.
+async fn ask_read_all(r: &Running, device: &str) -> oneshot::Receiver<ReadOutcome> {
+    let (reply, rx) = oneshot::channel();
+    r.requests
+        .send(AdapterRequest::Read {
+            device: device.into(),
+            fields: None,
+            reply,
+        })
+        .await
+        .unwrap();
+    rx
+}
+
 async fn listener() -> (TcpListener, u16) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -295,15 +309,7 @@ async fn silent_unit_does_not_stall_its_neighbour() {
         t0.elapsed()
     );
     // A readout of the dead unit fails at once while it is backed off.
-    let (reply, rx) = oneshot::channel();
-    dead.requests
-        .send(AdapterRequest::Read {
-            device: "u2".into(),
-            fields: None,
-            reply,
-        })
-        .await
-        .unwrap();
+    let rx = ask_read_all(&dead, "u2").await;
     let t0 = std::time::Instant::now();
     let out = rx.await.unwrap();
     assert!(
@@ -333,16 +339,7 @@ async fn exceptions_fail_fields_but_not_the_device() {
         100,
     );
     assert_eq!(next_reach(&mut r).await, Reachability::Reachable);
-    let (reply, rx) = oneshot::channel();
-    r.requests
-        .send(AdapterRequest::Read {
-            device: "u3".into(),
-            fields: None,
-            reply,
-        })
-        .await
-        .unwrap();
-    let out = rx.await.unwrap();
+    let out = ask_read_all(&r, "u3").await.await.unwrap();
     assert_eq!(out.readings.len(), 1);
     assert_eq!(out.failures.len(), 1);
     assert!(
