@@ -249,6 +249,18 @@ class quiet_plugin_iq_errors:
         return False
 
 
+def assert_accepted_first(c, mk, iq_id, seqnr) -> None:
+    """The iq result carrying <accepted> (iq `iq_id`) arrived before any message carrying
+    a payload of `seqnr` (readout values or events), among the stanzas since mark `mk`."""
+    order = []
+    for s in c.stanzas_since(mk):
+        if s.tag == q(NS_CLIENT, "iq") and s.get("id") == iq_id:
+            order.append("accepted")
+        elif s.tag == q(NS_CLIENT, "message") and any(p.get("seqnr") == str(seqnr) for p in s):
+            order.append("message")
+    assert order and order[0] == "accepted", f"{seqnr}: messages before the iq result: {order}"
+
+
 def brief(el: ET.Element) -> str:
     s = ET.tostring(el, encoding="unicode")
     return s if len(s) < 400 else s[:400] + "..."

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from harness import NS_CLIENT, NS_PING, sim_device, wait_for
-from iot import (NS_SD, ModuleEnv, brief, by_name, counter_at, expect_error, fields_of, parse_iso, q,
-                 set_iq, sine_at, subscribe_iq, unsubscribe_iq)
+from iot import (NS_SD, ModuleEnv, assert_accepted_first, brief, by_name, counter_at, expect_error,
+                 fields_of, parse_iso, q, set_iq, sine_at, subscribe_iq, unsubscribe_iq)
 
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 J = {u: f"{u}@example.test" for u in USERS}
@@ -110,15 +110,6 @@ def set_value(c, dev, name, value) -> None:
     assert r.ok, f"set {name}={value}: {r.condition} {r.text}"
 
 
-def assert_order_accepted_first(c, mk, iq_id, seqnr):
-    order = []
-    for s in c.stanzas_since(mk):
-        if s.tag == q(NS_CLIENT, "iq") and s.get("id") == iq_id:
-            order.append("accepted")
-        elif s.tag == q(NS_CLIENT, "message") and any(p.get("seqnr") == str(seqnr) for p in s):
-            order.append("event")
-    assert order and order[0] == "accepted", order
-
 
 # --------------------------------------------------------------------------------------
 # subscribe, req='true', unsubscribe
@@ -131,7 +122,7 @@ def test_req_true_sends_an_event_at_once(m):
     r, mk = subscribe(alice, PUMP, s, [{"name": "setpoint", "changedBy": 1}], momentary=True, req=True)
     try:
         ev = wait_events(alice, s, 1, mk, timeout=5, frm=PUMP)
-        assert_order_accepted_first(alice, mk, r.xml.get("id"), s)
+        assert_accepted_first(alice, mk, r.xml.get("id"), s)
         f = check_event(ev[0])
         assert [(x.name, x.tag, x.value) for x in f] == [("setpoint", "numeric", "12.5")], \
             "only the subscribed field, with its precision"
@@ -154,7 +145,7 @@ def test_max_interval_and_unsubscribe(m):
         timed = timed_events(alice, s, mk)[:3]
         arrivals = [t for t, _e in timed]
         evs = [e for _t, e in timed]
-        assert_order_accepted_first(alice, mk, r.xml.get("id"), s)
+        assert_accepted_first(alice, mk, r.xml.get("id"), s)
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
         assert all(0.5 <= g <= 2.5 for g in gaps), f"maxInterval PT1S: events {gaps} apart"
         stamps = []

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from harness import NS_CLIENT, NS_DISCO_INFO, parse_disco_info, sim_device
-from iot import (NS_CTL, NS_EV, NS_SD, ModuleEnv, all_fields, brief, by_name, cancel_iq, counter_at,
-                 expect_error, failure_texts, fields_of, iso, kinds, parse_iso, q, req_iq, sine_at,
+from iot import (NS_CTL, NS_EV, NS_SD, ModuleEnv, all_fields, assert_accepted_first, brief, by_name,
+                 cancel_iq, counter_at, expect_error, failure_texts, fields_of, iso, kinds, parse_iso, q, req_iq, sine_at,
                  subscribe_iq)
 
 ALICE, BOB, CAROL, DAVE, ERIN = (f"{u}@example.test" for u in ("alice", "bob", "carol", "dave", "erin"))
@@ -85,16 +85,6 @@ def do_readout(c, to, seqnr=None, timeout=10.0, **kw):
     assert_accepted_first(c, mk, r.xml.get("id"), seqnr)
     return r, payloads, mk
 
-
-def assert_accepted_first(c, mk, iq_id, seqnr) -> None:
-    """The iq result carrying <accepted> arrived before any message of the readout."""
-    order = []
-    for s in c.stanzas_since(mk):
-        if s.tag == q(NS_CLIENT, "iq") and s.get("id") == iq_id:
-            order.append("accepted")
-        elif s.tag == q(NS_CLIENT, "message") and any(p.get("seqnr") == str(seqnr) for p in s):
-            order.append("message")
-    assert order and order[0] == "accepted", f"readout {seqnr}: messages before the iq result: {order}"
 
 
 def message_payloads(c, seqnr, mk):
