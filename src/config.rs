@@ -1275,6 +1275,7 @@ modbus = {{ register = \"holding\", address = 0, type = \"u16\" }}
 [[device.field]]
 name = \"f{{n}}\"
 type = \"double\"
+unit = \"kW\"
 count = 3
 modbus = {{ register = \"holding\", address = 2000, type = \"f32\" }}
 [[device.field]]
@@ -1296,6 +1297,16 @@ modbus = {{ register = \"input\", address = 5, type = \"u16\" }}
         assert_eq!((addr(0), addr(999)), (0, 999));
         assert_eq!((addr(1000), addr(1001), addr(1002)), (2000, 2002, 2004));
         assert_eq!((addr(1003), addr(1004)), (5, 15));
+        // one name per field, shared by the catalogue and the Modbus point (and so by
+        // every reading): a register map of thousands of fields holds each name once
+        assert!(d
+            .fields
+            .iter()
+            .zip(m.points.iter())
+            .all(|(f, (name, _))| Arc::ptr_eq(&f.name, name)));
+        // and one unit for all copies of a repeated field
+        let unit = |i: usize| d.fields[i].unit.clone().unwrap();
+        assert!(Arc::ptr_eq(&unit(1000), &unit(1002)));
 
         let e = err(&text.replace("name = \"f{n}\"", "name = \"f\""));
         assert!(e.message.contains("{n}"), "{}", e.message);
