@@ -112,6 +112,13 @@ pub struct XmppConfig {
     pub reconnect_max: Duration,
     /// Resource of device full JIDs.
     pub resource: String,
+    /// Bound on every stanza the gateway sends, in bytes: readouts and events are split
+    /// into several messages below it, anything else above it is replaced by an error.
+    pub max_outbound_stanza_size: usize,
+    /// Bound on every stanza the gateway accepts, in bytes.
+    pub max_inbound_stanza_size: usize,
+    /// Bound on how deep elements may nest below an accepted stanza.
+    pub max_inbound_depth: usize,
 }
 
 impl fmt::Debug for XmppConfig {
@@ -126,6 +133,9 @@ impl fmt::Debug for XmppConfig {
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("resource", &self.resource)
+            .field("max_outbound_stanza_size", &self.max_outbound_stanza_size)
+            .field("max_inbound_stanza_size", &self.max_inbound_stanza_size)
+            .field("max_inbound_depth", &self.max_inbound_depth)
             .finish()
     }
 }
@@ -228,6 +238,11 @@ struct FieldConfig {
     copy: u32,
 }
 
+/// Range of the stanza size bounds, in bytes: below 4 KiB a JID-addressed error reply
+/// might not fit; above 16 MiB no server forwards a stanza.
+const MIN_STANZA_SIZE: i64 = 4096;
+const MAX_STANZA_SIZE: i64 = 16 * 1024 * 1024;
+
 // ---- raw schema, as written -------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -261,6 +276,9 @@ struct RawXmpp {
     reconnect_min: Option<Spanned<HumanDuration>>,
     reconnect_max: Option<Spanned<HumanDuration>>,
     resource: Option<Spanned<String>>,
+    max_outbound_stanza_size: Option<Spanned<i64>>,
+    max_inbound_stanza_size: Option<Spanned<i64>>,
+    max_inbound_depth: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -600,6 +618,22 @@ impl Ctx<'_> {
             }
             None => "gw".to_owned(),
         };
+        let max_outbound_stanza_size = self.count(
+            &x.max_outbound_stanza_size,
+            "xmpp.max_outbound_stanza_size",
+            64 * 1024,
+            MIN_STANZA_SIZE..=MAX_STANZA_SIZE,
+        )?;
+        let max_inbound_stanza_size = self.count(
+            &x.max_inbound_stanza_size,
+            "xmpp.max_inbound_stanza_size",
+            256 * 1024,
+            MIN_STANZA_SIZE..=MAX_STANZA_SIZE,
+        )?;
+        // Past a few hundred levels, code that walks a tree recursively (minidom's
+        // builder, `Drop`, serialiser) could exhaust a thread's stack.
+        let max_inbound_depth =
+            self.count(&x.max_inbound_depth, "xmpp.max_inbound_depth", 64, 8..=256)?;
 
         let access = self.lists(&raw.access, "access")?;
         let state_dir = raw
@@ -795,6 +829,9 @@ impl Ctx<'_> {
                 reconnect_min,
                 reconnect_max,
                 resource,
+                max_outbound_stanza_size,
+                max_inbound_stanza_size,
+                max_inbound_depth,
             },
             access,
             state_dir,

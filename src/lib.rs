@@ -8,5 +8,6 @@ pub mod access;
 pub mod config;
 pub mod devices;
 pub mod gateway;
+pub mod log_limit;
 pub mod state;
 pub mod xmpp;

@@ -28,8 +28,10 @@ use tokio::task::JoinSet;
 use crate::access::{self, Right};
 use crate::config::{Config, DeviceConfig};
 use crate::devices;
+use crate::log_limit::LogLimiter;
 use crate::state::{self, Commit, Subscribers};
 use crate::xmpp::disco::{domain_info, DeviceDisco};
+use crate::xmpp::guard::Refusal;
 use crate::xmpp::link::{self, LinkState, Outbound};
 use crate::xmpp::presence;
 use crate::xmpp::stanza::{Header, Kind};
@@ -124,6 +126,9 @@ struct Gateway {
     next_iq: u64,
     /// Shared bus connections.
     buses: devices::Buses,
+    /// Log lines about refused and unroutable stanzas, which anyone can cause.
+    refused_log: LogLimiter,
+    unroutable_log: LogLimiter,
 }
 
 /// Runs the gateway until `controls.shutdown` is cancelled, then withdraws every device's
@@ -173,6 +178,8 @@ pub async fn run(
         liveness: HashMap::new(),
         next_iq: 0,
         buses: devices::Buses::default(),
+        refused_log: LogLimiter::new(10, Duration::from_secs(60)),
+        unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
         cfg: cfg.clone(),
     };
     for d in &cfg.devices {
@@ -464,15 +471,25 @@ impl Gateway {
     // ---- inbound stanzas ----------------------------------------------------------------
 
     async fn handle(&mut self, el: Element) {
+        let refusal = Refusal::of(&el);
         let h = match Header::parse(&el) {
             Ok(h) => h,
             Err(e) => {
-                tracing::warn!(error = %e, stanza = el.name(), "unroutable stanza dropped");
+                if let Some(suppressed) = self.unroutable_log.allow(Instant::now()) {
+                    tracing::warn!(error = %e, stanza = el.name(), refused = refusal.map(|r| r.violation.as_str()),
+                        suppressed, "unroutable stanza dropped");
+                }
                 return;
             }
         };
         if h.to.domain().as_str() != self.domain() {
-            tracing::warn!(to = %h.to, "stanza for another domain dropped");
+            if let Some(suppressed) = self.unroutable_log.allow(Instant::now()) {
+                tracing::warn!(to = %h.to, suppressed, "stanza for another domain dropped");
+            }
+            return;
+        }
+        if let Some(r) = refusal {
+            self.on_refused(&h, r).await;
             return;
         }
         match h.kind {
@@ -480,6 +497,40 @@ impl Gateway {
             Kind::Iq => self.on_iq(&h, &el).await,
             Kind::Message => self.on_message(&h, &el).await,
         }
+    }
+
+    /// A stanza the guard refused for breaking a bound: only its routing header is left.
+    /// A request gets `policy-violation`; what only informs (presence, a bounce, an iq
+    /// response) is handled by its header alone, as it would have been whole.
+    async fn on_refused(&mut self, h: &Header, r: Refusal) {
+        if let Some(suppressed) = self.refused_log.allow(Instant::now()) {
+            tracing::warn!(from = %h.from, to = %h.to, stanza = ?h.kind, bytes = r.size,
+                bound = r.violation.as_str(), limit = r.limit, suppressed, "inbound stanza refused: {r}");
+        }
+        let request = match h.kind {
+            Kind::Iq => matches!(h.type_.as_deref(), Some("get" | "set")),
+            Kind::Message => h.type_.as_deref() != Some("error"),
+            Kind::Presence => false,
+        };
+        if !request {
+            match h.kind {
+                Kind::Presence => self.on_presence(h).await,
+                Kind::Message => self.forget_requester(&h.from.to_string(), "message bounced"),
+                Kind::Iq => self.on_iq_response(h),
+            }
+            return;
+        }
+        if h.kind == Kind::Iq && h.id.is_none() {
+            return;
+        }
+        let text = format!("stanza refused: {r}");
+        self.send(h.error(
+            ErrorType::Modify,
+            DefinedCondition::PolicyViolation,
+            &text,
+            None,
+        ))
+        .await;
     }
 
     /// The device a stanza is for, if it exists and the sender may see it.

@@ -15,14 +15,15 @@ use futures::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
 use tokio_xmpp::minidom::Element;
-use tokio_xmpp::xmlstream::{ReadError, Timeouts, XmlStream};
+use tokio_xmpp::xmlstream::{initiate_stream, ReadError, StreamHeader, Timeouts, XmlStream};
 use xmpp_parsers::component::Handshake;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::ns;
 
 use crate::config::XmppConfig;
+use crate::xmpp::guard::io::{GuardStats, Guarded};
+use crate::xmpp::guard::Limits;
 use crate::xmpp::stanza::BuilderExt;
 
 /// Link state, published to the gateway through a `watch` channel so a state change can
@@ -45,6 +46,8 @@ pub struct LinkStats {
     pub outbound_discarded: AtomicU64,
     /// Successful connections.
     pub connects: AtomicU64,
+    /// Inbound stanzas refused for breaking a bound.
+    pub guard: Arc<GuardStats>,
 }
 
 /// What the gateway hands the link: one stanza, or several that must leave in the same
@@ -146,7 +149,7 @@ pub fn spawn(
     )
 }
 
-type Stream = XmlStream<tokio::io::BufStream<tokio::net::TcpStream>, Element>;
+type Stream = XmlStream<tokio::io::BufStream<Guarded<tokio::net::TcpStream>>, Element>;
 
 /// Why a connection ended.
 enum End {
@@ -173,7 +176,7 @@ async fn run(
         let config = settings.borrow_and_update().clone();
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&config)) => {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&config, &stats.guard)) => {
                 r.unwrap_or_else(|_| Err(format!("no answer within {CONNECT_TIMEOUT:?}")))
             }
         };
@@ -241,34 +244,45 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     base.mul_f64(jitter)
 }
 
-async fn connect(config: &XmppConfig) -> Result<Stream, String> {
-    // tokio-xmpp's plain-TCP connector takes a socket address; resolve names here so
-    // `server = "xmpp.local:5347"` works without pulling in a DNS resolver crate.
+async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<Stream, String> {
+    // Resolve names here so `server = "xmpp.local:5347"` works without pulling in a DNS
+    // resolver crate.
     let mut addrs = tokio::net::lookup_host(&config.server)
         .await
         .map_err(|e| format!("cannot resolve {}: {e}", config.server))?;
     let addr = addrs
         .next()
         .ok_or_else(|| format!("{} resolves to no address", config.server))?;
-    let connector = TcpServerConnector::from(DnsConfig::addr(&addr.to_string()));
     let jid: Jid = BareJid::new(&config.domain)
         .map_err(|e| format!("bad domain: {e}"))?
         .into();
-    let (mut pending, _) = connector
-        .connect(&jid, ns::COMPONENT, timeouts(config.keepalive))
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    // A readout answers with an iq result and then a message; with Nagle's algorithm the
+    // second small write waits for the server's delayed ACK (~40 ms on Linux).
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot disable Nagle's algorithm on the component link");
+    }
+    // Every byte from the server is bounded before tokio-xmpp's parser sees it: the
+    // parser cannot be configured, and a stanza beyond its limits would end the stream
+    // or, nested deep enough, the process (see `guard`).
+    let limits = Limits::new(config.max_inbound_stanza_size, config.max_inbound_depth);
+    let io = tokio::io::BufStream::new(Guarded::new(tcp, limits, guard.clone()));
+    let header = StreamHeader {
+        to: Some(jid.domain().as_str().into()),
+        from: None,
+        id: None,
+    };
+    let mut pending = initiate_stream(io, ns::COMPONENT, header, timeouts(config.keepalive))
+        .await
+        .map_err(|e| format!("no stream from {addr}: {e}"))?;
     let header = pending.take_header();
     let id = header
         .id
         .ok_or("the server sent no stream id")?
         .into_owned();
     let mut stream: Stream = pending.skip_features();
-    // A readout answers with an iq result and then a message; with Nagle's algorithm the
-    // second small write waits for the server's delayed ACK (~40 ms on Linux).
-    if let Err(e) = stream.get_stream().get_ref().set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot disable Nagle's algorithm on the component link");
-    }
     let handshake = Handshake::from_stream_id_and_password(id, &config.secret);
     stream
         .send(&handshake)

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod disco;
 pub mod events;
+pub mod guard;
 pub mod iot;
 pub mod link;
 pub mod presence;
