@@ -47,6 +47,11 @@ impl Cache {
     }
 
     /// The last reading of field `name`.
+    /// Whether the catalogue has a field `name` (whether or not it was read yet).
+    pub(super) fn knows(&self, name: &str) -> bool {
+        self.position(name).is_some()
+    }
+
     pub(super) fn get(&self, name: &str) -> Option<&Reading> {
         self.slots[self.position(name)?].as_ref()
     }

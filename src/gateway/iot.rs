@@ -1,7 +1,7 @@
 //! The gateway's XEP-0323 readouts, XEP-0325 control and change events: request
 //! handling in the actor, the slow parts (device I/O) in tasks it owns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +24,7 @@ use crate::xmpp::iot::sensordata::{Accepted, Cancel, Cancelled, Field, FieldValu
 use crate::xmpp::iot::xsd::XsDateTime;
 use crate::xmpp::iot::{control as ctl_ns, events as ev_ns, sensordata as sd_ns};
 use crate::xmpp::readout::{self, to_field, Readout};
-use crate::xmpp::stanza::Header;
+use crate::xmpp::stanza::{clip, Header};
 
 /// How often the events engine looks for due subscriptions and devices to sample.
 pub(super) const EVENTS_TICK: Duration = Duration::from_millis(100);
@@ -226,10 +226,10 @@ impl Gateway {
         }
         let dev = &self.devices[id];
         let types = req.requested_types();
-        let known = |n: &String| {
-            dev.specs.iter().any(|s| *s.name == **n) || EXTRA_NAMES.contains(&n.as_str())
-        };
-        let named = |n: &str| req.fields.is_empty() || req.fields.iter().any(|f| f == n);
+        // Sets and the catalogue's index: a request may name thousands of fields.
+        let known = |n: &String| dev.cache.knows(n) || EXTRA_NAMES.contains(&n.as_str());
+        let filter: HashSet<&str> = req.fields.iter().map(String::as_str).collect();
+        let named = |n: &str| filter.is_empty() || filter.contains(n);
         let wanted: Vec<Arc<str>> = if types.momentary {
             dev.specs
                 .iter()
@@ -263,11 +263,19 @@ impl Gateway {
             specs: dev.specs.clone(),
             wanted,
             cached,
-            unknown: req.fields.iter().filter(|n| !known(n)).cloned().collect(),
+            unknown: {
+                let mut seen = HashSet::new();
+                req.fields
+                    .iter()
+                    .filter(|n| !known(n) && seen.insert(n.as_str()))
+                    .cloned()
+                    .collect()
+            },
             extra,
             adapter: dev.adapter.as_ref().map(|a| a.requests.clone()),
             timeout: self.cfg.readout.timeout,
             max_age: dev.max_age,
+            max_stanza: self.cfg.xmpp.max_outbound_stanza_size,
         };
         let accepted = h.result(Some(
             Accepted {
@@ -579,10 +587,12 @@ impl Gateway {
             return not_found(h, "no such node on this device", vec![]);
         }
         let dev = &self.devices[id];
-        if let Some(f) = req.fields.iter().find(|f| {
-            !dev.specs.iter().any(|s| *s.name == *f.name) && !EXTRA_NAMES.contains(&f.name.as_str())
-        }) {
-            return not_found(h, &format!("no field named {:?}", f.name), vec![]);
+        if let Some(f) = req
+            .fields
+            .iter()
+            .find(|f| !dev.cache.knows(&f.name) && !EXTRA_NAMES.contains(&f.name.as_str()))
+        {
+            return not_found(h, &format!("no field named {:?}", clip(&f.name)), vec![]);
         }
         let requester = h.from.to_string();
         let key = (requester.clone(), req.seqnr);
@@ -812,17 +822,19 @@ impl Gateway {
         let node = NodeRef::new(dev.cfg.id.to_string());
         let payload = Fields {
             seqnr: sub.seqnr,
-            done: true,
+            done: false,
             nodes: readout::node_data(&node, fields).into_iter().collect(),
         };
-        let msg = readout::message(&dev.full, &key.0, payload.into());
+        let limit = self.cfg.xmpp.max_outbound_stanza_size;
+        let mut msgs = readout::messages_within(&dev.full, &key.0, payload.into(), 3, limit);
+        readout::mark_done(&mut msgs);
         let values = dev
             .cache
             .subset(sub.conditions.iter().map(|c| c.name.as_str()));
         if let Some(sub) = self.subscriptions.get_mut(key) {
             sub.sent(&values, now);
         }
-        self.send(msg).await;
+        let _ = self.out.send(msgs.into()).await;
     }
 
     /// Drops subscriptions whose holder lost the right to read (after a reload).

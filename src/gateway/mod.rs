@@ -30,11 +30,11 @@ use crate::config::{Config, DeviceConfig};
 use crate::devices;
 use crate::log_limit::LogLimiter;
 use crate::state::{self, Commit, Subscribers};
-use crate::xmpp::disco::{domain_info, DeviceDisco};
+use crate::xmpp::disco::{self, domain_info, DeviceDisco};
 use crate::xmpp::guard::Refusal;
 use crate::xmpp::link::{self, LinkState, Outbound};
 use crate::xmpp::presence;
-use crate::xmpp::stanza::{Header, Kind};
+use crate::xmpp::stanza::{clip, Header, Kind};
 
 const EVENT_QUEUE: usize = 8192;
 const COMMIT_QUEUE: usize = 1024;
@@ -764,22 +764,27 @@ impl Gateway {
                     Some(_) => vec![],
                     None => self.visible_items(&h.from.to_bare()),
                 };
-                h.result(Some(
-                    DiscoItemsResult {
-                        node: None,
-                        items,
-                        rsm: None,
-                    }
-                    .into(),
-                ))
+                // Room for the iq around the items and the <set/> after them.
+                let budget = self.cfg.xmpp.max_outbound_stanza_size.saturating_sub(2048);
+                match disco::page(items, q.rsm.as_ref(), budget) {
+                    Ok((items, rsm)) => h.result(Some(
+                        DiscoItemsResult {
+                            node: None,
+                            items,
+                            rsm,
+                        }
+                        .into(),
+                    )),
+                    Err(e) => not_found(&e.to_string()),
+                }
             }
             _ => h.error(
                 ErrorType::Cancel,
                 DefinedCondition::ServiceUnavailable,
                 &format!(
                     "unsupported payload <{} xmlns='{}'/>",
-                    payload.name(),
-                    payload.ns()
+                    clip(payload.name()),
+                    clip(&payload.ns())
                 ),
                 None,
             ),

@@ -7,6 +7,7 @@ use crate::xmpp::iot::control::{
     ControlForm, FormOption, FormParam, ParamKind, ParameterValue, ResponseCode, Set,
 };
 use crate::xmpp::iot::xsd::format_double;
+use crate::xmpp::stanza::clip;
 
 /// Why one parameter was refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,8 +114,10 @@ pub fn validate(specs: &[FieldSpec], set: &Set) -> Result<Vec<(String, Value)>, 
     let find = |name: &str| specs.iter().find(|s| &*s.name == name);
     let mut check = |name: &str, value: Result<Value, String>| {
         let Some(spec) = find(name) else {
+            // Not one of ours: repeat no more of it than needed to recognise it.
+            let name = clip(name);
             failures.push(fail(
-                name,
+                &name,
                 format!("no parameter named {name:?}"),
                 FailureKind::Unknown,
             ));
@@ -144,7 +147,7 @@ pub fn validate(specs: &[FieldSpec], set: &Set) -> Result<Vec<(String, Value)>, 
     for (name, text) in set.form_values() {
         let value = find(&name).map_or(Err(String::new()), |spec| {
             ParameterValue::parse(param_kind(spec.kind), &text)
-                .map_err(|e| format!("{text:?}: {e}"))
+                .map_err(|e| format!("{:?}: {e}", clip(&text)))
                 .and_then(|p| to_value(spec, &p))
         });
         check(&name, value);

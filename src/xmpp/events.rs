@@ -6,7 +6,7 @@
 //! event; never sooner than `minInterval` after it. A subscription without thresholds
 //! reports on `maxInterval` only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ pub struct Subscription {
     /// Field types to report.
     pub types: FieldTypes,
     /// Fields to report (empty: every field).
-    pub fields: Vec<String>,
+    pub fields: HashSet<String>,
     /// Thresholds.
     pub conditions: Vec<Condition>,
     /// Least time between events.
@@ -157,7 +157,7 @@ impl Subscription {
 
     /// Whether the subscription reports field `name`.
     pub fn wants(&self, name: &str) -> bool {
-        self.fields.is_empty() || self.fields.iter().any(|f| f == name)
+        self.fields.is_empty() || self.fields.contains(name)
     }
 }
 

@@ -22,8 +22,10 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::ns;
 
 use crate::config::XmppConfig;
+use crate::log_limit::LogLimiter;
 use crate::xmpp::guard::io::{GuardStats, Guarded};
 use crate::xmpp::guard::Limits;
+use crate::xmpp::size::encoded_len;
 use crate::xmpp::stanza::BuilderExt;
 
 /// Link state, published to the gateway through a `watch` channel so a state change can
@@ -48,6 +50,10 @@ pub struct LinkStats {
     pub connects: AtomicU64,
     /// Inbound stanzas refused for breaking a bound.
     pub guard: Arc<GuardStats>,
+    /// Outbound stanzas over the size bound, not sent.
+    pub outbound_oversized: AtomicU64,
+    /// Outbound stanzas that could not be serialised, not sent.
+    pub outbound_unencodable: AtomicU64,
 }
 
 /// What the gateway hands the link: one stanza, or several that must leave in the same
@@ -337,6 +343,11 @@ async fn serve(
     keepalive.tick().await;
     let mut ping_seq: u64 = 0;
     let mut last_heard = Instant::now();
+    let mut writer = Writer {
+        limit: config.max_outbound_stanza_size,
+        stats,
+        log: LogLimiter::new(10, Duration::from_secs(60)),
+    };
     loop {
         tokio::select! {
             biased;
@@ -352,13 +363,13 @@ async fn serve(
                 };
                 // Batch whatever else is queued into one flush: a presence burst for a
                 // thousand devices goes out in a few writes, not a thousand.
-                if let Err(e) = feed(&mut stream, out).await {
+                if let Err(e) = writer.feed(&mut stream, out).await {
                     return End::Lost(format!("write failed: {e}"));
                 }
                 let mut closed = false;
                 for _ in 0..256 {
                     match outbound.try_recv() {
-                        Ok(out) => if let Err(e) = feed(&mut stream, out).await {
+                        Ok(out) => if let Err(e) = writer.feed(&mut stream, out).await {
                             return End::Lost(format!("write failed: {e}"));
                         },
                         Err(mpsc::error::TryRecvError::Empty) => break,
@@ -429,18 +440,92 @@ async fn changed(settings: &mut watch::Receiver<XmppConfig>) {
     }
 }
 
-/// Queues `out` on the stream; the caller flushes. The stream is buffered (`BufStream`), so
-/// what is fed before one flush leaves in one write.
-async fn feed(stream: &mut Stream, out: Outbound) -> std::io::Result<()> {
-    match out {
-        Outbound::One(el) => stream.feed(&el).await,
-        Outbound::Batch(els) => {
-            for el in &els {
-                stream.feed(el).await?;
+/// The last line of defence on the way out: no stanza over the size bound reaches the
+/// server (it would close the stream), and none that cannot be written as XML ends the
+/// link.
+struct Writer<'a> {
+    limit: usize,
+    stats: &'a LinkStats,
+    log: LogLimiter,
+}
+
+impl Writer<'_> {
+    /// Queues `out` on the stream; the caller flushes. The stream is buffered
+    /// (`BufStream`), so what is fed before one flush leaves in one write.
+    async fn feed(&mut self, stream: &mut Stream, out: Outbound) -> std::io::Result<()> {
+        match out {
+            Outbound::One(el) => self.feed_one(stream, el).await,
+            Outbound::Batch(els) => {
+                for el in els {
+                    self.feed_one(stream, el).await?;
+                }
+                Ok(())
             }
-            Ok(())
         }
     }
+
+    async fn feed_one(&mut self, stream: &mut Stream, el: Element) -> std::io::Result<()> {
+        let size = encoded_len(&el);
+        if size > self.limit {
+            self.stats
+                .outbound_oversized
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.log.allow(Instant::now()) {
+                tracing::error!(
+                    stanza = el.name(),
+                    to = el.attr("to"),
+                    bytes = size,
+                    limit = self.limit,
+                    suppressed,
+                    "outbound stanza over max_outbound_stanza_size not sent"
+                );
+            }
+            return match too_large(&el, size, self.limit) {
+                Some(error) => stream.feed(&error).await,
+                None => Ok(()),
+            };
+        }
+        match stream.feed(&el).await {
+            // The element could not be serialised (a character XML does not allow, say,
+            // from a device's string register); tokio-xmpp rewound its buffer, so the
+            // stream is intact: lose this stanza, not the link.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                self.stats
+                    .outbound_unencodable
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.log.allow(Instant::now()) {
+                    tracing::error!(stanza = el.name(), to = el.attr("to"), error = %e, suppressed,
+                        "outbound stanza cannot be written as XML: not sent");
+                }
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
+/// What replaces an iq answer too large to send: an error saying so, from and to the
+/// same JIDs, so the requester is not left waiting. Anything else is dropped.
+fn too_large(el: &Element, size: usize, limit: usize) -> Option<Element> {
+    if el.name() != "iq" || !matches!(el.attr("type"), Some("result" | "error")) {
+        return None;
+    }
+    let text = format!("the answer is {size} bytes, more than the {limit} this gateway sends");
+    let err = xmpp_parsers::stanza_error::StanzaError::new(
+        xmpp_parsers::stanza_error::ErrorType::Wait,
+        xmpp_parsers::stanza_error::DefinedCondition::ResourceConstraint,
+        "en",
+        text,
+    );
+    Some(
+        Element::builder("iq", ns::COMPONENT)
+            .a("type", "error")
+            .a("from", el.attr("from"))
+            .a("to", el.attr("to"))
+            .a("id", el.attr("id"))
+            .append(Element::from(err))
+            .build(),
+    )
 }
 
 async fn close(stream: &mut Stream) {
@@ -497,5 +582,30 @@ mod tests {
             .parse()
             .unwrap();
         assert!(!is_keepalive_reply(&other));
+    }
+
+    #[test]
+    fn an_oversized_iq_answer_becomes_a_small_error() {
+        let result: Element = "<iq xmlns='jabber:component:accept' type='result' id='q7' \
+             from='gw.example.org' to='a@b/c'><query xmlns='urn:x'/></iq>"
+            .parse()
+            .unwrap();
+        let err = too_large(&result, 700_000, 65_536).unwrap();
+        assert_eq!(err.attr("type"), Some("error"));
+        assert_eq!(err.attr("id"), Some("q7"));
+        assert_eq!(err.attr("to"), Some("a@b/c"));
+        assert_eq!(err.attr("from"), Some("gw.example.org"));
+        let e = err.get_child("error", ns::COMPONENT).unwrap();
+        assert!(e.has_child("resource-constraint", ns::XMPP_STANZAS));
+        assert!(encoded_len(&err) < 1024);
+        // a message or a request is dropped, not answered
+        let msg: Element = "<message xmlns='jabber:component:accept' to='a@b'/>"
+            .parse()
+            .unwrap();
+        assert!(too_large(&msg, 700_000, 65_536).is_none());
+        let get: Element = "<iq xmlns='jabber:component:accept' type='get' id='1'/>"
+            .parse()
+            .unwrap();
+        assert!(too_large(&get, 700_000, 65_536).is_none());
     }
 }

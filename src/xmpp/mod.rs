@@ -9,4 +9,5 @@ pub mod iot;
 pub mod link;
 pub mod presence;
 pub mod readout;
+pub mod size;
 pub mod stanza;

@@ -1,7 +1,7 @@
 //! XEP-0323 readouts: turning the device model's readings into `<fields>` and running
 //! one readout (scheduled start, cache or fresh read, timeout, failures last).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +17,8 @@ use crate::xmpp::iot::sensordata::{
 };
 use crate::xmpp::iot::xsd::XsDateTime;
 use crate::xmpp::link::Outbound;
-use crate::xmpp::stanza::BuilderExt;
+use crate::xmpp::size;
+use crate::xmpp::stanza::{clip, BuilderExt};
 
 /// Digits kept for a double whose field configures no `decimals`.
 const MAX_DECIMALS: usize = 15;
@@ -100,7 +101,12 @@ pub struct Readout {
     pub adapter: Option<mpsc::Sender<AdapterRequest>>,
     /// How long to wait for the device.
     pub timeout: Duration,
+    /// Bound on each message sent, in bytes (`max_outbound_stanza_size`).
+    pub max_stanza: usize,
 }
+
+/// Unknown fields a failure names one by one; the rest are counted in one more error.
+const LISTED_UNKNOWN: usize = 10;
 
 /// A `<message>` from a device carrying one IoT payload.
 pub fn message(from: &str, to: &str, payload: Element) -> Element {
@@ -109,6 +115,39 @@ pub fn message(from: &str, to: &str, payload: Element) -> Element {
         .a("to", to)
         .append(payload)
         .build()
+}
+
+/// `payload` (a `<fields>` or `<failure>`) in as many messages from `from` to `to` as
+/// keep each within `limit` bytes; `levels` is how deep its units sit (3 for the fields
+/// of `<fields>`, 1 for the errors of `<failure>`). See [`size::split`].
+pub fn messages_within(
+    from: &str,
+    to: &str,
+    payload: Element,
+    levels: usize,
+    limit: usize,
+) -> Vec<Element> {
+    let empty = Element::builder("message", ns::COMPONENT)
+        .a("from", from)
+        .a("to", to)
+        .build();
+    // `<message …/>` becomes `<message …>` + payload + `</message>`.
+    let wrapper = size::encoded_len(&empty) + "message".len() + 2;
+    size::split(payload, levels, limit.saturating_sub(wrapper))
+        .into_iter()
+        .map(|p| message(from, to, p))
+        .collect()
+}
+
+/// Flags the payload of the last message `done='true'`: it ends the readout (or event).
+pub fn mark_done(messages: &mut [Element]) {
+    if let Some(payload) = messages.last_mut().and_then(|m| m.children_mut().next()) {
+        payload.set_attr(
+            tokio_xmpp::minidom::rxml::Namespace::NONE,
+            tokio_xmpp::minidom::rxml::xml_ncname!("done").to_owned(),
+            "true",
+        );
+    }
 }
 
 impl Readout {
@@ -151,11 +190,24 @@ impl Readout {
         Some(self.finish(&self.cached, self.unknown_failures(), now))
     }
 
+    /// The requester's misnamed fields: the first few by name (clipped), the rest
+    /// counted, so that thousands of unknown filters cannot make a reply thousands of
+    /// errors long.
     fn unknown_failures(&self) -> Vec<(String, String)> {
-        self.unknown
+        let mut v: Vec<(String, String)> = self
+            .unknown
             .iter()
-            .map(|n| (n.clone(), format!("unknown field {n:?}")))
-            .collect()
+            .take(LISTED_UNKNOWN)
+            .map(|n| (clip(n).into_owned(), "unknown field".to_owned()))
+            .collect();
+        if self.unknown.len() > LISTED_UNKNOWN {
+            let more = self.unknown.len() - LISTED_UNKNOWN;
+            v.push((
+                format!("{more} more"),
+                "unknown fields, not listed".to_owned(),
+            ));
+        }
+        v
     }
 
     /// Runs the readout: waits for `when`, reads what the cache cannot serve, sends
@@ -179,6 +231,7 @@ impl Readout {
         }
         let mut values = self.fresh_cached(SystemTime::now());
         let mut failures = self.unknown_failures();
+        let misnamed = failures.len();
         let to_read: Vec<String> = self
             .wanted
             .iter()
@@ -205,26 +258,26 @@ impl Readout {
             }
         }
         // A field the requester misnamed is its mistake, not the device's last error.
-        let first_error = failures
-            .get(self.unknown.len())
-            .map(|(n, why)| format!("{n}: {why}"));
+        let first_error = failures.get(misnamed).map(|(n, why)| format!("{n}: {why}"));
         let messages = self.finish(&values, failures, SystemTime::now());
         let _ = out.send(messages.into()).await;
         (fresh, first_error)
     }
 
-    /// The `<fields>` message with `values` (wanted fields, catalogue order) and the extra
-    /// fields, then a `<failure>` message for `failures`; the last one is flagged `done`.
+    /// The `<fields>` messages with `values` (wanted fields, catalogue order) and the
+    /// extra fields, then `<failure>` messages for `failures`, each within `max_stanza`;
+    /// the last one is flagged `done`.
     fn finish(
         &self,
         values: &HashMap<Arc<str>, Reading>,
         failures: Vec<(String, String)>,
         now: SystemTime,
     ) -> Vec<Element> {
+        let wanted: HashSet<&str> = self.wanted.iter().map(|n| &**n).collect();
         let mut stamped: Vec<(SystemTime, Field)> = Vec::new();
         for spec in self.specs.iter() {
             if let Some(r) = values.get(&spec.name) {
-                if self.wanted.contains(&spec.name) {
+                if wanted.contains(&*spec.name) {
                     let f = to_field(spec, &r.value, r.quality, FieldTypes::MOMENTARY);
                     stamped.push((r.timestamp, f));
                 }
@@ -234,19 +287,22 @@ impl Readout {
         let node = NodeRef::new(self.node.clone());
         let fields = Fields {
             seqnr: self.seqnr,
-            done: failures.is_empty(),
+            done: false,
             nodes: node_data(&node, stamped).into_iter().collect(),
+        };
+        let within = |payload: Element, levels| {
+            messages_within(&self.from, &self.to, payload, levels, self.max_stanza)
         };
         let mut messages = Vec::with_capacity(2);
         // slixmpp's plugin stops at the first <failure>, so values go first, failures last.
         if !fields.nodes.is_empty() || failures.is_empty() {
-            messages.push(self.message(fields.into()));
+            messages.extend(within(fields.into(), 3));
         }
         if !failures.is_empty() {
             let ts = XsDateTime::from_system_time(now);
             let failure = Failure {
                 seqnr: self.seqnr,
-                done: true,
+                done: false,
                 errors: failures
                     .into_iter()
                     .map(|(name, why)| {
@@ -254,8 +310,9 @@ impl Readout {
                     })
                     .collect(),
             };
-            messages.push(self.message(failure.into()));
+            messages.extend(within(failure.into(), 1));
         }
+        mark_done(&mut messages);
         messages
     }
 }
@@ -386,6 +443,7 @@ mod tests {
             adapter: None,
             timeout: Duration::from_millis(50),
             max_age: Duration::from_secs(60),
+            max_stanza: 64 * 1024,
         }
     }
 
@@ -444,5 +502,73 @@ mod tests {
             .unwrap()
             .text()
             .contains("unknown field"));
+    }
+
+    #[test]
+    fn a_large_readout_is_split_under_the_bound_with_done_on_the_last() {
+        let n = 6000;
+        let specs: Arc<[FieldSpec]> = (0..n)
+            .map(|i| FieldSpec::new(format!("register{i:04}"), FieldType::Int))
+            .collect::<Vec<_>>()
+            .into();
+        let now = SystemTime::now();
+        let cached: HashMap<Arc<str>, Reading> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                (
+                    s.name.clone(),
+                    Reading::new(&*s.name, Value::Int(i as i32), now),
+                )
+            })
+            .collect();
+        let mut r = readout(now, &[]);
+        r.wanted = specs.iter().map(|s| s.name.clone()).collect();
+        r.specs = specs;
+        r.cached = cached;
+        let limit = 16 * 1024;
+        r.max_stanza = limit;
+        let msgs = r.complete_from_cache().unwrap();
+        assert!(msgs.len() >= 10, "{} messages", msgs.len());
+        let mut seen = 0;
+        for (i, m) in msgs.iter().enumerate() {
+            assert!(size::encoded_len(m) <= limit);
+            let fields = m
+                .get_child("fields", crate::xmpp::iot::sensordata::NS)
+                .unwrap();
+            let done = fields.attr("done") == Some("true");
+            assert_eq!(done, i == msgs.len() - 1);
+            let parsed = Fields::try_from(fields).unwrap();
+            seen += parsed.nodes[0]
+                .timestamps
+                .iter()
+                .map(|t| t.fields.len())
+                .sum::<usize>();
+        }
+        assert_eq!(seen, n);
+    }
+
+    #[test]
+    fn thousands_of_unknown_fields_collapse_into_a_few_errors() {
+        let names: Vec<String> = (0..11_500).map(|i| format!("nosuch{i}")).collect();
+        let mut r = readout(SystemTime::now(), &[]);
+        r.unknown = names;
+        r.unknown[0] = "x".repeat(5000);
+        let msgs = r.complete_from_cache().unwrap();
+        assert_eq!(msgs.len(), 2);
+        let failure = Failure::try_from(
+            msgs[1]
+                .get_child("failure", crate::xmpp::iot::sensordata::NS)
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(failure.done);
+        assert_eq!(failure.errors.len(), LISTED_UNKNOWN + 1);
+        assert!(failure.errors[0].message.len() < 100, "the name is clipped");
+        assert_eq!(
+            failure.errors[LISTED_UNKNOWN].message,
+            "11490 more: unknown fields, not listed"
+        );
+        assert!(size::encoded_len(&msgs[1]) < 4096);
     }
 }

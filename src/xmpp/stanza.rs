@@ -128,6 +128,23 @@ impl Header {
     }
 }
 
+/// How much of a requester's own text (a field or parameter name) an error repeats.
+pub const ECHO_MAX: usize = 64;
+
+/// `s` as an error text may repeat it: at most [`ECHO_MAX`] bytes, cut at a character
+/// boundary and marked with `…`. An error reply never carries more than a bounded part
+/// of the request.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= ECHO_MAX {
+        return s.into();
+    }
+    let mut end = ECHO_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
+}
+
 /// `ElementBuilder::attr` takes an `NcName`; our attribute names are fixed literals.
 pub trait BuilderExt {
     /// Sets attribute `name` (a valid XML name) to `value`.
@@ -175,6 +192,14 @@ mod tests {
         let res = h.result(None);
         assert_eq!(res.attr("type"), Some("result"));
         assert_eq!(res.attr("to"), Some("alice@example.org/app"));
+    }
+
+    #[test]
+    fn echoed_text_is_clipped_at_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(40); // 80 bytes
+        let c = clip(&long);
+        assert_eq!(c, format!("{}…", "é".repeat(32)));
     }
 
     #[test]

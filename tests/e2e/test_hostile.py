@@ -251,3 +251,139 @@ def test_legitimate_oversized_values_get_a_clear_error(env, served):
     assert r.ok, (r.condition, r.text)
     alice.wait_message(lambda el: el.find(f"{{{NS_SD}}}fields[@seqnr='3']") is not None, m)
     assert_link_kept(proxy, gw, pid)
+
+
+# --------------------------------------------------------------------------------------
+# Replies the gateway sends: never over the bound, however large the honest answer.
+
+OUT_LIMIT = 65536  # max_outbound_stanza_size's default
+
+
+def big_device_env(env):
+    from iot import IotClient
+
+    proxy = env.proxy()
+    gw = env.new_gateway()
+    big = sim_device("big", name="Register map", fields=[
+        {"name": "register{n}", "type": "int", "count": 6000,
+         "sim": {"kind": "counter", "start": 0, "step": 1, "every": "1s"}},
+    ])
+    gw.write_config(standard_devices() + [big], access={"read": ["alice@example.test"]},
+                    xmpp={"server": f"127.0.0.1:{proxy.port}"})
+    gw.start()
+    alice = IotClient(env.prosody, "alice")
+    env.clients.append(alice)
+    alice.connect()
+    return proxy, gw, alice
+
+
+def wire_len(el: ET.Element) -> int:
+    """Bytes of `el` as the gateway wrote it on the component stream: Prosody forwards the
+    same content; slixmpp writes it back with default namespaces, as the gateway does, but
+    declares the stanza's own namespace and puts a space before each "/>"."""
+    from slixmpp.xmlstream.tostring import tostring
+
+    text = tostring(el)
+    return len(text.encode()) - len(' xmlns="jabber:client"') - text.count(" />")
+
+
+def test_a_readout_of_6000_fields_arrives_in_messages_under_the_limit(env):
+    """A sim device of 6,000 fields: one <fields> of ~600 KB would exceed Prosody's
+    component limit (512 KiB) and reset the link on every full readout."""
+    from iot import all_fields, req_iq
+
+    proxy, gw, alice = big_device_env(env)
+    pid = gw.pid
+    for seqnr in (1, 2):  # twice: the first reads the device, the second is served from the cache
+        mk = alice.mark_stanzas()
+        r = alice.iq(req_iq(env.dev("big"), seqnr, momentary="true"))
+        assert r.ok, (r.condition, r.text)
+        payloads = alice.wait_readout_end(seqnr, mk, timeout=30)
+        messages = [s for s in alice.stanzas_since(mk) if any(p.get("seqnr") == str(seqnr) for p in s)]
+        sizes = [wire_len(m) for m in messages if m.tag.endswith("message")]
+        fields = all_fields(payloads)
+        print(f"readout {seqnr}: {len(fields)} fields in {len(sizes)} messages, largest {max(sizes)} bytes")
+        assert len(fields) == 6000
+        assert sorted(f.name for f in fields) == sorted(f"register{n}" for n in range(6000))
+        assert len(sizes) >= 8 and max(sizes) <= OUT_LIMIT
+        done = [p.get("done") == "true" for p in payloads]
+        assert done[-1] and not any(done[:-1]), "done='true' on the last message only"
+    assert_link_kept(proxy, gw, pid)
+
+
+def test_an_event_of_6000_fields_is_split_too(env):
+    from iot import all_fields, subscribe_iq
+
+    proxy, gw, alice = big_device_env(env)
+    pid = gw.pid
+    mk = alice.mark_stanzas()
+    r = alice.iq(subscribe_iq(env.dev("big"), 5, req="true", maxInterval="PT1H"))
+    assert r.ok, (r.condition, r.text)
+    payloads = alice.wait_readout_end(5, mk, timeout=30)
+    names = {f.name for f in all_fields(payloads)}
+    sizes = [wire_len(s) for s in alice.stanzas_since(mk) if s.tag.endswith("message")]
+    assert {f"register{n}" for n in range(6000)} <= names
+    assert len(sizes) >= 8 and max(sizes) <= OUT_LIMIT
+    assert_link_kept(proxy, gw, pid)
+
+
+def test_thousands_of_unknown_filters_get_a_short_failure(env):
+    """11,000 unknown <field name> filters (about 250 KB, under the c2s limit): the failure
+    names the first ten and counts the rest, instead of a reply five times the request."""
+    from iot import failure_texts
+
+    proxy, gw, alice = big_device_env(env)
+    pid = gw.pid
+    filters = "".join(f"<field name='n{i:05}'/>" for i in range(11_000))
+    mk = alice.mark_stanzas()
+    # sent as written (the harness' iq() would add a prefix to every element)
+    alice.send_raw(f"<iq type='get' id='many' to='{env.dev('pump1')}'>"
+                   f"<req xmlns='{NS_SD}' seqnr='7' momentary='true'>{filters}</req></iq>")
+    wait_for(lambda: "many" in alice.iq_replies, 20, "the readout to be accepted")
+    assert alice.iq_replies["many"].get("type") == "result"
+    payloads = alice.wait_readout_end(7, mk, timeout=20)
+    texts = failure_texts(payloads)
+    assert len(texts) == 11, texts[:3]
+    assert texts[0].startswith("n00000") and "10990 more" in texts[-1], texts[-1][:200]
+    assert max(wire_len(s) for s in alice.stanzas_since(mk)) < 8192
+    assert_link_kept(proxy, gw, pid)
+
+
+def test_disco_items_of_many_devices_come_in_pages_under_the_limit(env):
+    """1,500 devices: the domain's disco#items would be ~130 KB; it comes in pages (XEP-0059
+    result set management) that each stay under the bound, and walking them with <after/>
+    lists every device once."""
+    n = 1500
+    gw = env.new_gateway()
+    gw.write_config([sim_device(f"sensor{i:04}", name=f"Temperature sensor {i:04} in hall B") for i in range(n)],
+                    access={"read": ["alice@example.test"]})
+    gw.start()
+    alice = env.client("alice")
+    r = alice.disco_items(env.domain)
+    assert r.ok, (r.condition, r.text)
+    seen: list[str] = []
+    pages = 0
+    while True:
+        q = r.xml.find("{http://jabber.org/protocol/disco#items}query")
+        assert wire_len(r.xml) <= OUT_LIMIT
+        items = [i.get("jid") for i in q.findall("{http://jabber.org/protocol/disco#items}item")]
+        rsm = q.find("{http://jabber.org/protocol/rsm}set")
+        assert rsm is not None, "a partial list must say so"
+        assert rsm.findtext("{http://jabber.org/protocol/rsm}count") == str(n)
+        if not items:
+            break
+        first = rsm.find("{http://jabber.org/protocol/rsm}first")
+        assert first.text == items[0] and first.get("index") == str(len(seen))
+        seen += items
+        pages += 1
+        last = rsm.findtext("{http://jabber.org/protocol/rsm}last")
+        r = alice.iq(f"<iq type='get' to='{env.domain}'><query xmlns='http://jabber.org/protocol/disco#items'>"
+                     f"<set xmlns='http://jabber.org/protocol/rsm'><after>{last}</after></set></query></iq>")
+        assert r.ok, (r.condition, r.text)
+    print(f"{n} devices in {pages} pages")
+    assert pages >= 2
+    assert seen == [env.dev(f"sensor{i:04}") for i in range(n)]
+    # a page size the client chooses
+    r = alice.iq(f"<iq type='get' to='{env.domain}'><query xmlns='http://jabber.org/protocol/disco#items'>"
+                 f"<set xmlns='http://jabber.org/protocol/rsm'><max>10</max></set></query></iq>")
+    assert len(r.xml.findall(".//{http://jabber.org/protocol/disco#items}item")) == 10

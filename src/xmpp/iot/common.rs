@@ -77,8 +77,9 @@ pub enum ParseError {
         /// The missing attribute.
         attribute: &'static str,
     },
-    /// An attribute is present but its value is not of the required type.
-    #[error("<{element}/> has an invalid {attribute}='{value}': {reason}")]
+    /// An attribute is present but its value is not of the required type. (The message
+    /// repeats only the first bytes of the value: it goes back to the sender.)
+    #[error("<{element}/> has an invalid {attribute}='{}': {reason}", crate::xmpp::stanza::clip(.value))]
     InvalidAttribute {
         /// The element carrying it.
         element: &'static str,
