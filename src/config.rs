@@ -1251,6 +1251,40 @@ secret = "s"
     }
 
     #[test]
+    fn stanza_bounds_have_defaults_and_ranges() {
+        let c = parse(Path::new("t.toml"), BASE).unwrap();
+        assert_eq!(c.xmpp.max_outbound_stanza_size, 65536);
+        assert_eq!(c.xmpp.max_inbound_stanza_size, 262144);
+        assert_eq!(c.xmpp.max_inbound_depth, 64);
+        let c = parse(
+            Path::new("t.toml"),
+            &BASE.replace(
+                "secret = \"s\"",
+                "secret = \"s\"\nmax_outbound_stanza_size = 4096\nmax_inbound_depth = 256",
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.xmpp.max_outbound_stanza_size, 4096);
+        assert_eq!(c.xmpp.max_inbound_depth, 256);
+        let e = err(&BASE.replace(
+            "secret = \"s\"",
+            "secret = \"s\"\nmax_inbound_depth = 100000",
+        ));
+        assert_eq!((e.line, e.column), (6, 21));
+        assert_eq!(e.key.as_deref(), Some("xmpp.max_inbound_depth"));
+        assert!(
+            e.message.contains("out of range (8 to 256)"),
+            "{}",
+            e.message
+        );
+        let e = err(&BASE.replace(
+            "secret = \"s\"",
+            "secret = \"s\"\nmax_inbound_stanza_size = 100",
+        ));
+        assert_eq!(e.key.as_deref(), Some("xmpp.max_inbound_stanza_size"));
+    }
+
+    #[test]
     fn missing_secret_and_unset_env_are_refused() {
         let e = err(&BASE.replace("secret = \"s\"", ""));
         assert!(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fieldgate hostile-input benchmark:  bash tests/bench/run_hostile.sh [--count N] [--flood-seconds S] [--keep]
+# fieldgate hostile-input benchmark:  bash tests/bench/run_hostile.sh [--count N] [--flood-seconds S] [--flood-rate R] [--keep]
 #
 # Installs what is missing (like tests/run.sh), builds the release binary and runs
 # tests/bench/bench_hostile.py against a private Prosody on free loopback ports. Prints
