@@ -268,13 +268,29 @@ def big_device_env(env):
         {"name": "register{n}", "type": "int", "count": 6000,
          "sim": {"kind": "counter", "start": 0, "step": 1, "every": "1s"}},
     ])
-    gw.write_config(standard_devices() + [big], access={"read": ["alice@example.test"]},
+    gw.write_config(standard_devices() + [big], access={"read": ["alice@example.test", "bob@example.test"]},
                     xmpp={"server": f"127.0.0.1:{proxy.port}"})
     gw.start()
     alice = IotClient(env.prosody, "alice")
     env.clients.append(alice)
     alice.connect()
-    return proxy, gw, alice
+    # a second user whose pings must keep being answered throughout
+    pinger = Pinger(env.client("bob"), env.dev("pump1"))
+    env.extras.append(_Stopper(pinger))
+    return proxy, gw, alice, pinger
+
+
+class _Stopper:
+    def __init__(self, pinger: Pinger):
+        self.pinger = pinger
+
+    def close(self) -> None:
+        self.pinger.stop()
+
+
+def assert_pings_answered(pinger: Pinger) -> None:
+    results = pinger.stop()
+    assert results and all(ok for _, ok in results), f"another user's pings went unanswered: {results}"
 
 
 def wire_len(el: ET.Element) -> int:
@@ -292,7 +308,7 @@ def test_a_readout_of_6000_fields_arrives_in_messages_under_the_limit(env):
     component limit (512 KiB) and reset the link on every full readout."""
     from iot import all_fields, req_iq
 
-    proxy, gw, alice = big_device_env(env)
+    proxy, gw, alice, pinger = big_device_env(env)
     pid = gw.pid
     for seqnr in (1, 2):  # twice: the first reads the device, the second is served from the cache
         mk = alice.mark_stanzas()
@@ -308,13 +324,14 @@ def test_a_readout_of_6000_fields_arrives_in_messages_under_the_limit(env):
         assert len(sizes) >= 8 and max(sizes) <= OUT_LIMIT
         done = [p.get("done") == "true" for p in payloads]
         assert done[-1] and not any(done[:-1]), "done='true' on the last message only"
+    assert_pings_answered(pinger)
     assert_link_kept(proxy, gw, pid)
 
 
 def test_an_event_of_6000_fields_is_split_too(env):
     from iot import all_fields, subscribe_iq
 
-    proxy, gw, alice = big_device_env(env)
+    proxy, gw, alice, pinger = big_device_env(env)
     pid = gw.pid
     mk = alice.mark_stanzas()
     r = alice.iq(subscribe_iq(env.dev("big"), 5, req="true", maxInterval="PT1H"))
@@ -324,6 +341,7 @@ def test_an_event_of_6000_fields_is_split_too(env):
     sizes = [wire_len(s) for s in alice.stanzas_since(mk) if s.tag.endswith("message")]
     assert {f"register{n}" for n in range(6000)} <= names
     assert len(sizes) >= 8 and max(sizes) <= OUT_LIMIT
+    assert_pings_answered(pinger)
     assert_link_kept(proxy, gw, pid)
 
 
@@ -332,7 +350,7 @@ def test_thousands_of_unknown_filters_get_a_short_failure(env):
     names the first ten and counts the rest, instead of a reply five times the request."""
     from iot import failure_texts
 
-    proxy, gw, alice = big_device_env(env)
+    proxy, gw, alice, pinger = big_device_env(env)
     pid = gw.pid
     filters = "".join(f"<field name='n{i:05}'/>" for i in range(11_000))
     mk = alice.mark_stanzas()
@@ -346,6 +364,7 @@ def test_thousands_of_unknown_filters_get_a_short_failure(env):
     assert len(texts) == 11, texts[:3]
     assert texts[0].startswith("n00000") and "10990 more" in texts[-1], texts[-1][:200]
     assert max(wire_len(s) for s in alice.stanzas_since(mk)) < 8192
+    assert_pings_answered(pinger)
     assert_link_kept(proxy, gw, pid)
 
 
