@@ -1,16 +1,16 @@
-//! Starting a device's adapter: the one place where the core picks a bus driver.
+//! Running a device's adapter: built by its kind's runtime (found through the registry),
+//! started in a task of its own with the device's span.
 
 use std::collections::HashMap;
 
-use fieldgate_api::{Adapter, AdapterContext, AdapterRequest, EventSink};
-use fieldgate_modbus::{Bus, DeviceSettings, ModbusAdapter, ModbusConnection};
-use fieldgate_sim::SimAdapter;
+use fieldgate_api::{AdapterContext, AdapterRequest, DeviceSetup, EventSink, KindRuntime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{AdapterConfig, DeviceConfig};
+use crate::adapters;
+use crate::config::DeviceConfig;
 
 /// Requests queued per device before the core waits: reads and writes are short.
 const REQUEST_QUEUE: usize = 64;
@@ -18,7 +18,6 @@ const REQUEST_QUEUE: usize = 64;
 /// A running adapter.
 pub struct Running {
     /// Where read and write requests go.
-    #[allow(dead_code)] // consumed by the sensor-data and control handlers
     pub requests: mpsc::Sender<AdapterRequest>,
     /// Cancels this adapter alone.
     pub cancel: CancellationToken,
@@ -26,96 +25,67 @@ pub struct Running {
     pub task: JoinHandle<()>,
 }
 
-/// The running bus connections (Modbus), shared by the devices behind them.
+/// The runtime of each adapter kind in use: what its devices share (connections,
+/// sessions, sockets), kept across reloads.
 #[derive(Default)]
-pub struct Buses {
-    running: HashMap<String, (ModbusConnection, Bus)>,
-    tasks: Vec<JoinHandle<()>>,
+pub struct Runtimes {
+    by_kind: HashMap<&'static str, Box<dyn KindRuntime>>,
 }
 
-impl Buses {
-    /// The bus for `config`, started if it is not running with exactly this config.
-    fn get(&mut self, config: &ModbusConnection, parent: &CancellationToken) -> Bus {
-        if let Some((running, bus)) = self.running.get(&config.name) {
-            if running == config {
-                return bus.clone();
-            }
+impl Runtimes {
+    /// Builds the adapter of `device` and starts it in a task with the device's span.
+    /// `root` parents the tasks of shared resources; the device gets a child token of
+    /// its own.
+    pub fn start(
+        &mut self,
+        device: &DeviceConfig,
+        events: EventSink,
+        root: &CancellationToken,
+    ) -> Result<Running, String> {
+        let kind = adapters::find(device.kind)
+            .and_then(|r| r.kind)
+            .ok_or_else(|| format!("adapter {:?} is not compiled in", device.kind))?;
+        let runtime = self
+            .by_kind
+            .entry(kind.name())
+            .or_insert_with(|| kind.runtime());
+        let adapter = runtime.build(&device.id, &device.fields, &*device.setup, root)?;
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let cancel = root.child_token();
+        let span = tracing::info_span!("device", id = %device.id, adapter = adapter.kind());
+        let task = tokio::spawn(
+            adapter
+                .run(AdapterContext {
+                    events,
+                    requests: rx,
+                    shutdown: cancel.clone(),
+                })
+                .instrument(span),
+        );
+        Ok(Running {
+            requests: tx,
+            cancel,
+            task,
+        })
+    }
+
+    /// After a reload: lets each kind drop the shared resources that no configured
+    /// device uses any more.
+    pub fn retain<'a>(&mut self, devices: impl Iterator<Item = &'a DeviceConfig>) {
+        let mut setups: HashMap<&str, Vec<&dyn DeviceSetup>> = HashMap::new();
+        for d in devices {
+            setups.entry(d.kind).or_default().push(&*d.setup);
         }
-        let (bus, task) = Bus::spawn(config.clone(), parent.child_token());
-        self.tasks.retain(|t| !t.is_finished());
-        self.tasks.push(task);
-        self.running
-            .insert(config.name.clone(), (config.clone(), bus.clone()));
-        bus
+        for (kind, runtime) in &mut self.by_kind {
+            runtime.retain(setups.get(kind).map_or(&[], Vec::as_slice));
+        }
     }
 
-    /// Forgets connections no configured device uses (any more, or in this version):
-    /// their tasks end once the last device holding them has stopped.
-    pub fn retain_used<'a>(&mut self, used: impl Iterator<Item = &'a ModbusConnection>) {
-        let used: Vec<&ModbusConnection> = used.collect();
-        self.running
-            .retain(|_, (cfg, _)| used.iter().any(|u| *u == cfg));
-    }
-
-    /// Waits for every connection task (after the adapters were cancelled).
+    /// Waits for every kind's shared tasks (after the adapters were cancelled), until
+    /// `deadline` at most.
     pub async fn join(self, deadline: tokio::time::Instant) {
-        drop(self.running);
-        for t in self.tasks {
-            let _ = tokio::time::timeout_at(deadline, t).await;
+        for (_, runtime) in self.by_kind {
+            let _ = tokio::time::timeout_at(deadline, runtime.join()).await;
         }
     }
-}
-
-/// Builds the adapter of `device` and starts it in a task with the device's span.
-pub fn start(
-    device: &DeviceConfig,
-    events: EventSink,
-    parent: &CancellationToken,
-    buses: &mut Buses,
-) -> Result<Running, String> {
-    let adapter: Box<dyn Adapter> = match &device.adapter {
-        AdapterConfig::Sim(sim) => Box::new(SimAdapter::new(
-            device.id.clone(),
-            sim.device.clone(),
-            device
-                .fields
-                .iter()
-                .cloned()
-                .zip(sim.generators.iter().cloned())
-                .collect(),
-        )?),
-        AdapterConfig::Modbus(m) => {
-            let bus = buses.get(&m.connection, parent);
-            let settings = DeviceSettings {
-                unit: m.device.unit,
-                poll: m.device.poll.into(),
-                read_back: m.device.read_back,
-                write_multiple: m.device.write_multiple,
-                limits: m.device.limits(),
-            };
-            Box::new(ModbusAdapter::new(
-                device.id.clone(),
-                settings,
-                m.points.clone(),
-                bus,
-            )?)
-        }
-    };
-    let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-    let cancel = parent.child_token();
-    let span = tracing::info_span!("device", id = %device.id, adapter = adapter.kind());
-    let task = tokio::spawn(
-        adapter
-            .run(AdapterContext {
-                events,
-                requests: rx,
-                shutdown: cancel.clone(),
-            })
-            .instrument(span),
-    );
-    Ok(Running {
-        requests: tx,
-        cancel,
-        task,
-    })
 }

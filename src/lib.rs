@@ -5,6 +5,7 @@
 //! registry and its adapters ([`devices`], [`gateway`]) and the XMPP side ([`xmpp`]).
 
 pub mod access;
+pub mod adapters;
 pub mod config;
 pub mod devices;
 pub mod gateway;

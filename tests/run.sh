@@ -2,8 +2,9 @@
 # THE test command of fieldgate:  bash tests/run.sh [extra pytest arguments]
 #
 # Installs what is missing (Prosody from Debian, a Python venv at .venv with slixmpp and
-# pytest), then runs: cargo fmt --check, cargo clippy -D warnings, cargo test, cargo build,
-# and the end-to-end tests in tests/e2e against a real Prosody with slixmpp as client.
+# pytest), then runs: cargo fmt --check, cargo clippy -D warnings, cargo test, the core's
+# tests built with the Modbus adapter alone, cargo build, and the end-to-end tests in
+# tests/e2e against a real Prosody with slixmpp as client.
 # Every step runs even when an earlier one failed (except the e2e tests, which need the
 # build); the exit status is non-zero if any step failed.
 #
@@ -35,6 +36,8 @@ step() {
 step "fmt" cargo fmt --all -- --check || true
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings || true
 step "unit tests" cargo test --workspace || true
+# A box that needs one bus builds with one adapter: the core must not need the others.
+step "one adapter (modbus)" cargo test -p fieldgate --no-default-features --features modbus || true
 if step "build" cargo build; then
     step "systemd unit" env FIELDGATE_BIN=target/debug/fieldgate bash tests/packaging/verify_unit.sh || true
     # The harness' own waits all time out; this bounds the whole run regardless.

@@ -124,8 +124,8 @@ struct Gateway {
     liveness: HashMap<String, iot::Liveness>,
     /// Counter for the ids of the gateway's own iq requests.
     next_iq: u64,
-    /// Shared bus connections.
-    buses: devices::Buses,
+    /// What each adapter kind's devices share.
+    runtimes: devices::Runtimes,
     /// Log lines about refused and unroutable stanzas, which anyone can cause.
     refused_log: LogLimiter,
     unroutable_log: LogLimiter,
@@ -177,7 +177,7 @@ pub async fn run(
         subscriptions: HashMap::new(),
         liveness: HashMap::new(),
         next_iq: 0,
-        buses: devices::Buses::default(),
+        runtimes: devices::Runtimes::default(),
         refused_log: LogLimiter::new(10, Duration::from_secs(60)),
         unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
         cfg: cfg.clone(),
@@ -246,7 +246,7 @@ pub async fn run(
         .into_values()
         .filter_map(|d| d.adapter.map(|a| a.task))
         .collect();
-    let buses = std::mem::take(&mut gw.buses);
+    let runtimes = std::mem::take(&mut gw.runtimes);
     // Dropping the gateway drops the last senders: the persister writes what is queued
     // and ends, then the link flushes, sends the stream footer and ends.
     drop(gw);
@@ -259,7 +259,7 @@ pub async fn run(
     for t in tasks {
         let _ = tokio::time::timeout_at(deadline, t).await;
     }
-    buses.join(deadline).await;
+    runtimes.join(deadline).await;
     tracing::info!(
         connects = link_stats.connects.load(Ordering::Relaxed),
         inbound_dropped = link_stats.inbound_dropped.load(Ordering::Relaxed),
@@ -315,12 +315,9 @@ impl Gateway {
         let full = format!("{bare}/{}", self.cfg.xmpp.resource);
         let disco = DeviceDisco::new(&cfg.name, &iot::features(&cfg));
         let caps: Element = disco.caps.clone().into();
-        let started = devices::start(
-            &cfg,
-            self.events.clone(),
-            &self.adapters_root,
-            &mut self.buses,
-        );
+        let started = self
+            .runtimes
+            .start(&cfg, self.events.clone(), &self.adapters_root);
         let (adapter, reach) = match started {
             Ok(r) => (Some(r), None),
             Err(e) => {
@@ -870,6 +867,12 @@ impl Gateway {
             }
         }
         self.cfg.access = new.access.clone();
+        self.cfg.readout = new.readout.clone();
+        self.cfg.events = new.events.clone();
+        // A device without a max_age of its own follows [readout].max_age.
+        for dev in self.devices.values_mut() {
+            dev.max_age = dev.cfg.max_age.unwrap_or(self.cfg.readout.max_age);
+        }
         self.cfg.devices = new.devices.clone();
         for d in &new.devices {
             if !self.devices.contains_key(&d.id) {
@@ -881,11 +884,7 @@ impl Gateway {
         }
         // Keep disco#items in file order.
         self.order = new.devices.iter().map(|d| d.id.clone()).collect();
-        self.buses
-            .retain_used(self.devices.values().filter_map(|d| match &d.cfg.adapter {
-                crate::config::AdapterConfig::Modbus(m) => Some(&m.connection),
-                _ => None,
-            }));
+        self.runtimes.retain(self.devices.values().map(|d| &d.cfg));
         for t in stopping {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }

@@ -1,20 +1,25 @@
 //! The protocol-neutral model shared by the fieldgate core and its bus adapters.
 //!
 //! Adapters know their bus and nothing of XMPP; the core knows XMPP and nothing of any
-//! bus. They meet here: a [`Value`], a [`Reading`], a [`Command`], a device's field
-//! catalogue ([`FieldSpec`]) and the [`Adapter`] trait through which the core starts a
-//! bus driver and talks to it.
+//! bus. They meet here: a [`Value`], a [`Reading`], an [`AdapterRequest`] (read, or
+//! write parameters in order), a device's field catalogue ([`FieldSpec`]), the
+//! [`Adapter`] trait through which the core talks to a running bus driver, and the
+//! [`AdapterKind`] trait through which a bus plugs in: it reads its own part of the
+//! configuration ([`config`]) and builds and runs its devices.
 
 mod adapter;
+pub mod config;
 mod duration;
 mod events;
 mod field;
+mod kind;
 mod value;
 
 pub use adapter::{Adapter, AdapterContext, AdapterRequest, ReadOutcome};
 pub use duration::HumanDuration;
 pub use events::{DeviceEvent, EventKind, EventSink, Reachability};
 pub use field::{FieldSpec, FieldType};
+pub use kind::{wrong_setup, AdapterKind, DeviceInput, DeviceSetup, FieldInput, KindRuntime};
 pub use value::{Quality, Reading, Value};
 
 /// A device's identifier: its JID localpart, unique within one gateway.

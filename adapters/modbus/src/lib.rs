@@ -1,7 +1,7 @@
 //! Modbus adapter: TCP, RTU and RTU over TCP devices as fieldgate devices, with merged
 //! reads and isolated failures.
 //!
-//! This crate holds the adapter's pure, I/O-free core:
+//! [`ModbusKind`] plugs it into the gateway's registry. The crate holds:
 //!
 //! - configuration: [`ModbusConnection`] (`[[modbus.connection]]`), [`ModbusDevice`]
 //!   (`[device.modbus]`) and [`ModbusField`] (a field's `modbus = { ... }`), each with
@@ -11,7 +11,9 @@
 //!   [`Value`](fieldgate_api::Value) and encodes a value into a [`WriteOp`], applying
 //!   [`ByteOrder`], scale, offset, decimals and [`ValueMap`] both ways;
 //! - [`plan`] merges a device's fields into the fewest read requests the protocol, the
-//!   device's limits and the gap rule allow ([`ReadPlan::requests_per_cycle`]).
+//!   device's limits and the gap rule allow ([`ReadPlan::requests_per_cycle`]);
+//! - [`Bus`]: one task per connection serialising requests, with reconnect and back-off;
+//!   [`ModbusAdapter`] polls a device through it and applies writes.
 //!
 //! The vocabulary follows Telegraf's Modbus input where it can (`register`, `address`,
 //! `byte_order` letters, `scale`); `README.md` maps Telegraf's and Home Assistant's names.
@@ -22,6 +24,7 @@ mod adapter;
 mod bus;
 mod codec;
 mod config;
+mod kind;
 mod plan;
 mod types;
 
@@ -32,6 +35,7 @@ pub use config::{
     ConfigError, Endpoint, ModbusConnection, ModbusDevice, ModbusField, Parity, SerialSettings,
     Transport, DEFAULT_TCP_PORT,
 };
+pub use kind::{ModbusKind, ModbusSetup};
 pub use plan::{
     naive_request_count, plan, PlanError, PlanLimits, ReadPlan, ReadRequest, Slot, Span,
 };

@@ -6,6 +6,7 @@
 //! can recompute what a device must have reported from the reading's timestamp.
 
 mod config;
+mod kind;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,6 +19,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 pub use config::{SimConst, SimDevice, SimField};
+pub use kind::{SimKind, SimSetup};
 
 /// One simulated device.
 #[derive(Debug)]

@@ -1,0 +1,155 @@
+//! How a bus driver plugs into the gateway: an [`AdapterKind`] reads its part of the
+//! configuration into a [`DeviceSetup`] per device, and its [`KindRuntime`] builds the
+//! running [`Adapter`]s, owning what several devices share (a Modbus connection, an
+//! MQTT broker session, a CoAP socket) across configuration reloads.
+//!
+//! The core keeps a registry of the kinds compiled in (one line per kind) and never names
+//! a bus anywhere else; an adapter knows nothing of XMPP. Modelled on Vector's
+//! `SourceConfig::build` and Telegraf's `inputs.Add`.
+
+use std::any::Any;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigIssue, ConfigNode};
+use crate::{Adapter, DeviceId, FieldSpec};
+
+/// A kind of bus driver, as the core's registry knows it.
+pub trait AdapterKind: Send + Sync + 'static {
+    /// The name in `adapter = "..."`, and of the kind's sections: the top-level
+    /// `[<name>]`, a device's `[device.<name>]` and a field's `<name> = { ... }`.
+    fn name(&self) -> &'static str;
+
+    /// Validates this kind's part of the configuration: its top-level section, if
+    /// written, and every device that uses it, in file order. Returns one setup per
+    /// device, in the same order. It may refine a device's field catalogue
+    /// (`FieldInput::spec`) where the bus knows more: enum labels from a register's value
+    /// map, the range a register can hold.
+    fn configure(
+        &self,
+        section: Option<ConfigNode<'_>>,
+        devices: &mut [DeviceInput<'_>],
+    ) -> Result<Vec<Arc<dyn DeviceSetup>>, ConfigIssue>;
+
+    /// The kind's run-time half, made once when the gateway starts and kept across
+    /// reloads.
+    fn runtime(&self) -> Box<dyn KindRuntime>;
+}
+
+/// One device handed to [`AdapterKind::configure`].
+#[derive(Debug)]
+pub struct DeviceInput<'a> {
+    /// The device id.
+    pub id: DeviceId,
+    /// The device's key path (`device[3]`).
+    pub path: String,
+    /// `[device.<kind>]`, if written.
+    pub options: Option<ConfigNode<'a>>,
+    /// Where the device is written, for issues about something it lacks.
+    pub span: Option<Range<usize>>,
+    /// Its fields in catalogue order, repeated fields expanded.
+    pub fields: Vec<FieldInput<'a>>,
+}
+
+impl DeviceInput<'_> {
+    /// The path of `key` below the device (`device[3].modbus`).
+    pub fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+}
+
+/// One field handed to [`AdapterKind::configure`].
+#[derive(Debug)]
+pub struct FieldInput<'a> {
+    /// The catalogue entry as configured; the adapter may refine it.
+    pub spec: FieldSpec,
+    /// The field's `<kind> = { ... }`, if written.
+    pub options: Option<ConfigNode<'a>>,
+    /// The key path of the `[[device.field]]` it comes from (`device[3].field[1]`).
+    pub path: String,
+    /// Which repetition of a repeated field (`count`) this is: 0 for the first or only.
+    pub copy: u32,
+    /// The field's `stride` (the address step between repetitions), with its span.
+    pub stride: Option<(u32, Range<usize>)>,
+    /// Where the field's `name` is written, for issues about the field as a whole.
+    pub name_span: Option<Range<usize>>,
+}
+
+impl FieldInput<'_> {
+    /// The path of `key` below the field (`device[3].field[1].modbus`).
+    pub fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+}
+
+/// A device's validated adapter configuration. The core compares setups across reloads
+/// (a device whose setup changed is restarted, the others keep running) and hands them
+/// to the kind's runtime to start the device.
+pub trait DeviceSetup: fmt::Debug + Send + Sync + 'static {
+    /// Whether `other` is the same configuration.
+    fn same_as(&self, other: &dyn DeviceSetup) -> bool;
+
+    /// For the kind's runtime to get its own type back.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: PartialEq + fmt::Debug + Send + Sync + 'static> DeviceSetup for T {
+    fn same_as(&self, other: &dyn DeviceSetup) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The run-time half of a kind: builds the adapters of its devices and owns what they
+/// share.
+pub trait KindRuntime: Send {
+    /// Builds the adapter of `device` from its setup (made by this kind's `configure`),
+    /// starting shared resources on first use. Tasks it starts stop when `shutdown` is
+    /// cancelled.
+    fn build(
+        &mut self,
+        device: &DeviceId,
+        fields: &Arc<[FieldSpec]>,
+        setup: &dyn DeviceSetup,
+        shutdown: &CancellationToken,
+    ) -> Result<Box<dyn Adapter>, String>;
+
+    /// After a reload: the setups of every device of this kind now configured. Shared
+    /// resources none of them uses are let go (their tasks end once the devices that
+    /// held them have stopped).
+    fn retain(&mut self, setups: &[&dyn DeviceSetup]);
+
+    /// Waits for the shared tasks to end, once every device has stopped.
+    fn join(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// A `setup` of the wrong type: a bug in the core (setups go to the kind that made them).
+pub fn wrong_setup(kind: &str, setup: &dyn DeviceSetup) -> String {
+    format!("internal error: a {kind} device was handed the setup {setup:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct A(u32);
+    #[derive(Debug, PartialEq)]
+    struct B(u32);
+
+    #[test]
+    fn setups_compare_by_type_and_value() {
+        let a1: Arc<dyn DeviceSetup> = Arc::new(A(1));
+        assert!(a1.same_as(&A(1)));
+        assert!(!a1.same_as(&A(2)));
+        assert!(!a1.same_as(&B(1)));
+        assert_eq!(a1.as_any().downcast_ref::<A>(), Some(&A(1)));
+    }
+}

@@ -1,0 +1,431 @@
+//! The TOML configuration: what the gateway runs with ([`Config`]), read and validated
+//! with file, line, column and key path in every error. The file's schema
+//! ([`schema`]), locating errors ([`location`]), the walk over adapters' parts and
+//! unknown keys ([`keys`]) and validation ([`validate`]) each have their module; every
+//! adapter validates its own parts through the registry ([`crate::adapters`]).
+
+mod keys;
+mod location;
+mod schema;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldgate_api::{DeviceId, DeviceSetup, FieldSpec};
+
+use crate::access::{Entry, Lists};
+
+pub use location::{ConfigError, Located};
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from (SIGHUP re-reads it).
+    pub path: PathBuf,
+    /// The component link.
+    pub xmpp: XmppConfig,
+    /// Gateway-wide access lists.
+    pub access: Lists,
+    /// Directory of persistent state.
+    pub state_dir: PathBuf,
+    /// Sensor-data readouts.
+    pub readout: ReadoutConfig,
+    /// Change-event subscriptions.
+    pub events: EventsConfig,
+    /// The devices, in file order.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// `[xmpp]`: how to reach the server and who we are there.
+#[derive(Clone, PartialEq)]
+pub struct XmppConfig {
+    /// `host:port` of the server's component port.
+    pub server: String,
+    /// The component domain; devices are `<id>@<domain>`.
+    pub domain: String,
+    /// The shared component secret, resolved from whichever source was configured.
+    pub secret: String,
+    /// Interval of keep-alive pings.
+    pub keepalive: Duration,
+    /// Where keep-alive pings go.
+    pub ping_target: String,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Cap of the reconnect back-off.
+    pub reconnect_max: Duration,
+    /// Resource of device full JIDs.
+    pub resource: String,
+    /// Bound on every stanza the gateway sends, in bytes: readouts and events are split
+    /// into several messages below it, anything else above it is replaced by an error.
+    pub max_outbound_stanza_size: usize,
+    /// Bound on every stanza the gateway accepts, in bytes.
+    pub max_inbound_stanza_size: usize,
+    /// Bound on how deep elements may nest below an accepted stanza.
+    pub max_inbound_depth: usize,
+}
+
+impl fmt::Debug for XmppConfig {
+    // The secret must never reach a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XmppConfig")
+            .field("server", &self.server)
+            .field("domain", &self.domain)
+            .field("secret", &"<redacted>")
+            .field("keepalive", &self.keepalive)
+            .field("ping_target", &self.ping_target)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("resource", &self.resource)
+            .field("max_outbound_stanza_size", &self.max_outbound_stanza_size)
+            .field("max_inbound_stanza_size", &self.max_inbound_stanza_size)
+            .field("max_inbound_depth", &self.max_inbound_depth)
+            .finish()
+    }
+}
+
+/// `[readout]`: XEP-0323 readouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadoutConfig {
+    /// A momentary value younger than this is served from the last reading instead of
+    /// asking the device again (per-device `max_age` overrides it).
+    pub max_age: Duration,
+    /// How long a readout waits for the device before reporting the fields as failed.
+    pub timeout: Duration,
+    /// Readouts one requester (full JID) may have running at once.
+    pub max_per_requester: usize,
+    /// Parameters one control `set` may carry.
+    pub max_set_params: usize,
+}
+
+/// `[events]`: change-event subscriptions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsConfig {
+    /// Subscriptions one requester (full JID) may hold at once.
+    pub max_per_requester: usize,
+    /// How often a device with subscriptions is sampled when the subscription asks for
+    /// no `minInterval` (and the lower bound of any `minInterval`).
+    pub sample_interval: Duration,
+}
+
+/// One `[[device]]`.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// JID localpart.
+    pub id: DeviceId,
+    /// Human name.
+    pub name: String,
+    /// Optional identity: model.
+    pub model: Option<String>,
+    /// Optional identity: serial number.
+    pub serial: Option<String>,
+    /// Optional identity: vendor.
+    pub vendor: Option<String>,
+    /// Per-device access overrides.
+    pub access: Lists,
+    /// Per-device override of `[readout].max_age`.
+    pub max_age: Option<Duration>,
+    /// The adapter kind (`adapter = "..."`).
+    pub kind: &'static str,
+    /// What the adapter kind made of the device's options, for its runtime.
+    pub setup: Arc<dyn DeviceSetup>,
+    /// The field catalogue, shared (not copied) with the running device.
+    pub fields: Arc<[FieldSpec]>,
+}
+
+impl PartialEq for DeviceConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.name == other.name
+            && self.model == other.model
+            && self.serial == other.serial
+            && self.vendor == other.vendor
+            && self.access == other.access
+            && self.max_age == other.max_age
+            && self.kind == other.kind
+            && self.setup.same_as(&*other.setup)
+            && self.fields == other.fields
+    }
+}
+
+// ---- loading ----------------------------------------------------------------------------
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validates configuration text; `path` is used in messages and to resolve `secret_file`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let ctx = location::Ctx { path, text };
+    let raw: schema::RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        ctx.error(
+            span.clone(),
+            location::key_at(text, &span),
+            e.message().trim_end().to_owned(),
+        )
+    })?;
+    // The same text parsed once more, keeping every position, for the adapters' parts
+    // (it parsed above, so it parses here).
+    let doc = toml_edit::ImDocument::parse(text)
+        .map_err(|e| ctx.error(e.span().unwrap_or(0..0), None, e.message().to_owned()))?;
+    keys::check(&ctx, &doc, &raw)?;
+    ctx.validate(raw, &doc)
+}
+
+impl Config {
+    /// A human summary for `fieldgate check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "config {} is valid", self.path.display());
+        let _ = writeln!(
+            s,
+            "xmpp: component {} via {} (keep-alive {}, ping {}, reconnect {}..{})",
+            self.xmpp.domain,
+            self.xmpp.server,
+            humantime::format_duration(self.xmpp.keepalive),
+            self.xmpp.ping_target,
+            humantime::format_duration(self.xmpp.reconnect_min),
+            humantime::format_duration(self.xmpp.reconnect_max),
+        );
+        let n = |l: &Option<Vec<Entry>>| l.as_ref().map_or(0, Vec::len);
+        let _ = writeln!(
+            s,
+            "access: subscribe {} entries, read {}, control {}",
+            n(&self.access.subscribe),
+            n(&self.access.read),
+            n(&self.access.control)
+        );
+        let _ = writeln!(s, "state: {}", self.state_dir.display());
+        let _ = writeln!(s, "devices: {}", self.devices.len());
+        for d in &self.devices {
+            let writable = d.fields.iter().filter(|f| f.writable).count();
+            let _ = writeln!(
+                s,
+                "  {}@{} ({}) adapter={} fields={} writable={}",
+                d.id,
+                self.xmpp.domain,
+                d.name,
+                d.kind,
+                d.fields.len(),
+                writable
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[xmpp]
+server = "127.0.0.1:5347"
+domain = "gw.example.org"
+secret = "s"
+"#;
+
+    fn err(text: &str) -> Located {
+        match parse(Path::new("t.toml"), text) {
+            Err(ConfigError::Invalid(l)) => *l,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_has_sensible_defaults() {
+        let c = parse(Path::new("t.toml"), BASE).unwrap();
+        assert_eq!(c.xmpp.keepalive, Duration::from_secs(30));
+        assert_eq!(c.xmpp.ping_target, "example.org");
+        assert_eq!(c.xmpp.resource, "gw");
+        assert_eq!(c.access, Lists::default());
+        assert!(c.devices.is_empty());
+        assert!(!format!("{:?}", c.xmpp).contains("\"s\""));
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = err(&format!("{BASE}keepalvie = \"3s\"\n"));
+        assert_eq!((e.line, e.column), (6, 1));
+        assert_eq!(e.key.as_deref(), Some("xmpp.keepalvie"));
+        assert!(e.message.contains("keepalvie"), "{}", e.message);
+        assert!(e.to_string().starts_with("t.toml:6:1: "), "{e}");
+    }
+
+    #[test]
+    #[cfg(feature = "sim")]
+    fn bad_localpart_duplicate_and_range_are_located() {
+        let dev = |id: &str| format!("\n[[device]]\nid = \"{id}\"\nadapter = \"sim\"\n");
+        let e = err(&format!("{BASE}{}", dev("Pump 3")));
+        assert_eq!((e.line, e.column), (8, 6));
+        assert_eq!(e.key.as_deref(), Some("device[0].id"));
+        let e = err(&format!("{BASE}{}", dev("Pump3")));
+        assert!(e.message.contains("\"pump3\""), "{}", e.message);
+        let e = err(&format!("{BASE}{}{}", dev("a"), dev("a")));
+        assert_eq!(e.line, 12);
+        assert!(e.message.contains("duplicate"));
+        let e = err(&BASE.replace("secret = \"s\"", "secret = \"s\"\nkeepalive = \"0s\""));
+        assert_eq!((e.line, e.key.as_deref()), (6, Some("xmpp.keepalive")));
+        let e = err(&BASE.replace("secret = \"s\"", "keepalive = \"3 parsecs\""));
+        assert_eq!(e.line, 5);
+        assert_eq!(e.key.as_deref(), Some("xmpp.keepalive"));
+        assert!(e.message.contains("invalid duration"), "{}", e.message);
+    }
+
+    #[test]
+    fn stanza_bounds_have_defaults_and_ranges() {
+        let c = parse(Path::new("t.toml"), BASE).unwrap();
+        assert_eq!(c.xmpp.max_outbound_stanza_size, 65536);
+        assert_eq!(c.xmpp.max_inbound_stanza_size, 262144);
+        assert_eq!(c.xmpp.max_inbound_depth, 64);
+        let c = parse(
+            Path::new("t.toml"),
+            &BASE.replace(
+                "secret = \"s\"",
+                "secret = \"s\"\nmax_outbound_stanza_size = 4096\nmax_inbound_depth = 256",
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.xmpp.max_outbound_stanza_size, 4096);
+        assert_eq!(c.xmpp.max_inbound_depth, 256);
+        let e = err(&BASE.replace(
+            "secret = \"s\"",
+            "secret = \"s\"\nmax_inbound_depth = 100000",
+        ));
+        assert_eq!((e.line, e.column), (6, 21));
+        assert_eq!(e.key.as_deref(), Some("xmpp.max_inbound_depth"));
+        assert!(
+            e.message.contains("out of range (8 to 256)"),
+            "{}",
+            e.message
+        );
+        let e = err(&BASE.replace(
+            "secret = \"s\"",
+            "secret = \"s\"\nmax_inbound_stanza_size = 100",
+        ));
+        assert_eq!(e.key.as_deref(), Some("xmpp.max_inbound_stanza_size"));
+    }
+
+    #[test]
+    fn missing_secret_and_unset_env_are_refused() {
+        let e = err(&BASE.replace("secret = \"s\"", ""));
+        assert!(
+            e.message.contains("missing component secret"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.line, 2);
+        let e = err(&BASE.replace(
+            "secret = \"s\"",
+            "secret_env = \"FIELDGATE_TEST_SURELY_UNSET\"",
+        ));
+        assert!(e.message.contains("FIELDGATE_TEST_SURELY_UNSET"));
+    }
+
+    #[test]
+    #[cfg(feature = "sim")]
+    fn fields_are_validated() {
+        let text = format!(
+            "{BASE}\n[[device]]\nid = \"b\"\nadapter = \"sim\"\n[[device.field]]\nname = \"t\"\ntype = \"bool\"\nmin = 1.0\n"
+        );
+        let e = err(&text);
+        assert_eq!(e.key.as_deref(), Some("device[0].field[0].min"));
+        let text = format!(
+            "{BASE}\n[[device]]\nid = \"b\"\nadapter = \"sim\"\n[[device.field]]\nname = \"t\"\ntype = \"double\"\nsim = {{ kind = \"constant\", value = \"x\" }}\n"
+        );
+        let e = err(&text);
+        assert!(e.message.contains("does not fit"), "{}", e.message);
+        let text = format!("{BASE}\n[[device]]\nid = \"b\"\nadapter = \"opcua\"\n");
+        let e = err(&text);
+        assert_eq!(e.line, 9);
+        assert_eq!(e.key.as_deref(), Some("device[0].adapter"));
+        assert!(e.message.contains("opcua"), "{}", e.message);
+        let text = format!(
+            "{BASE}\n[[device]]\nid = \"b\"\nadapter = \"sim\"\n[[device.field]]\nname = \"t\"\ntype = \"double\"\nsim = {{ kind = \"square\" }}\n"
+        );
+        let e = err(&text);
+        assert_eq!(e.key.as_deref(), Some("device[0].field[0].sim.kind"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_where_written() {
+        let e = err(&format!("{BASE}\n[acess]\nread = []\n"));
+        assert_eq!((e.line, e.column), (7, 2));
+        assert!(e.message.contains("unknown key `acess`"), "{}", e.message);
+        let Some(kind) = crate::adapters::compiled_names().first().copied() else {
+            return;
+        };
+        let dev = format!("\n[[device]]\nid = \"d\"\nadapter = \"{kind}\"\ncolour = \"red\"\n");
+        let e = err(&format!("{BASE}{dev}"));
+        assert_eq!((e.line, e.column), (10, 1));
+        assert_eq!(e.key.as_deref(), Some("device[0].colour"));
+    }
+
+    #[test]
+    fn an_unknown_adapter_is_refused_with_the_kinds_available() {
+        let e = err(&format!(
+            "{BASE}\n[[device]]\nid = \"d\"\nadapter = \"opcua\"\n"
+        ));
+        assert_eq!((e.line, e.key.as_deref()), (9, Some("device[0].adapter")));
+        let kinds = crate::adapters::compiled_names().join(", ");
+        assert!(
+            e.message.ends_with(&format!("this build has: {kinds}")),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    #[cfg(all(feature = "sim", feature = "modbus"))]
+    fn options_of_another_bus_are_refused_by_one_rule() {
+        let dev =
+            |extra: &str| format!("{BASE}\n[[device]]\nid = \"d\"\nadapter = \"sim\"\n{extra}");
+        let e = err(&dev("[device.modbus]\nconnection = \"x\"\n"));
+        assert_eq!(e.key.as_deref(), Some("device[0].modbus"));
+        assert_eq!(e.message, "modbus options on a sim device");
+        let e = err(&dev(
+            "[[device.field]]\nname = \"f\"\ntype = \"int\"\nmodbus = { address = 1 }\n",
+        ));
+        assert_eq!(e.key.as_deref(), Some("device[0].field[0].modbus"));
+        assert_eq!(e.line, 13);
+        assert_eq!(e.message, "modbus options on a field of a sim device");
+    }
+
+    #[test]
+    #[cfg(not(feature = "sim"))]
+    fn a_kind_not_compiled_in_is_refused_with_its_feature() {
+        let e = err(&format!(
+            "{BASE}\n[[device]]\nid = \"d\"\nadapter = \"sim\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("device[0].adapter"));
+        assert!(e.message.contains("Cargo feature \"sim\""), "{}", e.message);
+    }
+
+    #[test]
+    #[cfg(not(feature = "modbus"))]
+    fn a_section_of_a_kind_not_compiled_in_is_refused() {
+        let e = err(&format!("{BASE}\n[[modbus.connection]]\nname = \"x\"\n"));
+        assert!(
+            e.message.contains("Cargo feature \"modbus\""),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn access_entries_are_checked() {
+        let e = err(&format!(
+            "{BASE}[access]\nread = [\"ok@example.org\", \"a/b\"]\n"
+        ));
+        assert_eq!((e.line, e.column), (7, 27));
+        assert_eq!(e.key.as_deref(), Some("access.read"));
+    }
+}

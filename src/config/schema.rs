@@ -1,0 +1,114 @@
+//! The file's schema as serde reads it, before validation: every value that can be wrong
+//! keeps its source span.
+
+use std::path::PathBuf;
+
+use fieldgate_api::{FieldType, HumanDuration};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file as written. Unknown keys are not refused by serde here but by
+/// [`super::keys`]: the top level, a device and a field also hold adapters' parts, which
+/// only the registry can tell from typos.
+#[derive(Deserialize)]
+pub(super) struct RawConfig {
+    pub(super) xmpp: Spanned<RawXmpp>,
+    #[serde(default)]
+    pub(super) access: RawAccess,
+    #[serde(default)]
+    pub(super) state: RawState,
+    #[serde(default)]
+    pub(super) readout: RawReadout,
+    #[serde(default)]
+    pub(super) events: RawEvents,
+    #[serde(default, rename = "device")]
+    pub(super) devices: Vec<Spanned<RawDevice>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawXmpp {
+    pub(super) server: Spanned<String>,
+    pub(super) domain: Spanned<String>,
+    pub(super) secret: Option<Spanned<String>>,
+    pub(super) secret_file: Option<Spanned<PathBuf>>,
+    pub(super) secret_env: Option<Spanned<String>>,
+    pub(super) keepalive: Option<Spanned<HumanDuration>>,
+    pub(super) ping_target: Option<Spanned<String>>,
+    pub(super) reconnect_min: Option<Spanned<HumanDuration>>,
+    pub(super) reconnect_max: Option<Spanned<HumanDuration>>,
+    pub(super) resource: Option<Spanned<String>>,
+    pub(super) max_outbound_stanza_size: Option<Spanned<i64>>,
+    pub(super) max_inbound_stanza_size: Option<Spanned<i64>>,
+    pub(super) max_inbound_depth: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccess {
+    pub(super) subscribe: Option<Vec<Spanned<String>>>,
+    pub(super) read: Option<Vec<Spanned<String>>>,
+    pub(super) control: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub(super) dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReadout {
+    pub(super) max_age: Option<Spanned<HumanDuration>>,
+    pub(super) timeout: Option<Spanned<HumanDuration>>,
+    pub(super) max_per_requester: Option<Spanned<i64>>,
+    pub(super) max_set_params: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEvents {
+    pub(super) max_per_requester: Option<Spanned<i64>>,
+    pub(super) sample_interval: Option<Spanned<HumanDuration>>,
+}
+
+/// One `[[device]]` (its adapter's table aside).
+#[derive(Deserialize)]
+pub(super) struct RawDevice {
+    pub(super) id: Spanned<String>,
+    pub(super) name: Option<String>,
+    pub(super) adapter: Spanned<String>,
+    pub(super) model: Option<String>,
+    pub(super) serial: Option<String>,
+    pub(super) vendor: Option<String>,
+    #[serde(default)]
+    pub(super) access: RawAccess,
+    pub(super) max_age: Option<Spanned<HumanDuration>>,
+    #[serde(default, rename = "field")]
+    pub(super) fields: Vec<Spanned<RawField>>,
+}
+
+/// One `[[device.field]]` (its adapter's options aside).
+#[derive(Deserialize)]
+pub(super) struct RawField {
+    pub(super) name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub(super) kind: FieldType,
+    pub(super) unit: Option<String>,
+    pub(super) decimals: Option<Spanned<u8>>,
+    #[serde(default)]
+    pub(super) writable: bool,
+    pub(super) min: Option<f64>,
+    pub(super) max: Option<f64>,
+    #[serde(default)]
+    pub(super) values: Vec<String>,
+    /// Repeat the field this many times; `{n}` in the name becomes 0, 1, 2, ...
+    pub(super) count: Option<Spanned<u32>>,
+    /// Address step between repetitions, for adapters whose fields have addresses
+    /// (default: the adapter's, e.g. the registers one value takes).
+    pub(super) stride: Option<Spanned<u32>>,
+}
+
+/// Most repetitions one `count` may ask for.
+pub(super) const MAX_COUNT: u32 = 65_536;

@@ -1,0 +1,610 @@
+//! Validation: from the file as written ([`RawConfig`]) to the [`Config`] the gateway
+//! runs, the adapters' parts handed to their kinds through the registry.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldgate_api::config::ConfigNode;
+use fieldgate_api::{AdapterKind, DeviceInput, FieldInput, FieldSpec, FieldType, HumanDuration};
+use toml::Spanned;
+use toml_edit::ImDocument;
+use xmpp_parsers::jid::BareJid;
+
+use super::keys::{entries, kind_part};
+use super::location::{span_of, Ctx};
+use super::schema::{RawAccess, RawConfig, RawDevice, RawXmpp, MAX_COUNT};
+use super::{Config, ConfigError, DeviceConfig, EventsConfig, ReadoutConfig, XmppConfig};
+use crate::access::{Entry, Lists};
+use crate::adapters;
+
+/// Range of the stanza size bounds, in bytes: below 4 KiB a JID-addressed error reply
+/// might not fit; above 16 MiB no server forwards a stanza.
+const MIN_STANZA_SIZE: i64 = 4096;
+const MAX_STANZA_SIZE: i64 = 16 * 1024 * 1024;
+
+/// One field of the catalogue during validation, with where it was written.
+struct FieldConfig {
+    spec: FieldSpec,
+    /// The `[[device.field]]` it comes from, and which repetition of it.
+    origin: usize,
+    copy: u32,
+    /// The `stride` written, with its span.
+    stride: Option<(u32, Range<usize>)>,
+}
+
+/// A device validated by the core, waiting for its adapter kind.
+struct Pending {
+    index: usize,
+    span: Range<usize>,
+    kind: &'static dyn AdapterKind,
+    fields: Vec<FieldConfig>,
+    device: DeviceConfig,
+}
+
+impl Ctx<'_> {
+    /// Checks `raw` (read from `doc`) and builds the configuration the gateway runs.
+    pub(super) fn validate(
+        &self,
+        raw: RawConfig,
+        doc: &ImDocument<&str>,
+    ) -> Result<Config, ConfigError> {
+        let xmpp_span = raw.xmpp.span();
+        let x = raw.xmpp.into_inner();
+
+        let server = x.server.get_ref().trim();
+        match server.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => {
+                return Err(self.at(
+                    &x.server,
+                    "xmpp.server",
+                    format!("{server:?} is not host:port (e.g. \"127.0.0.1:5347\")"),
+                ))
+            }
+        }
+        let domain = match BareJid::new(x.domain.get_ref()) {
+            Ok(j) if j.node().is_none() => j.domain().as_str().to_owned(),
+            _ => {
+                return Err(self.at(
+                    &x.domain,
+                    "xmpp.domain",
+                    format!("{:?} is not a valid domain", x.domain.get_ref()),
+                ))
+            }
+        };
+
+        let secret = self.secret(&x, xmpp_span)?;
+
+        let dur = |v: &Option<Spanned<HumanDuration>>,
+                   key: &str,
+                   default: Duration,
+                   min: Duration,
+                   max: Duration|
+         -> Result<Duration, ConfigError> {
+            let Some(s) = v else { return Ok(default) };
+            let d = s.get_ref().0;
+            if d < min || d > max {
+                return Err(self.at(
+                    s,
+                    key,
+                    format!(
+                        "{} is out of range ({} to {})",
+                        s.get_ref(),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+            Ok(d)
+        };
+        let keepalive = dur(
+            &x.keepalive,
+            "xmpp.keepalive",
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
+        let reconnect_min = dur(
+            &x.reconnect_min,
+            "xmpp.reconnect_min",
+            Duration::from_millis(250),
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        )?;
+        let reconnect_max = dur(
+            &x.reconnect_max,
+            "xmpp.reconnect_max",
+            Duration::from_secs(3),
+            reconnect_min,
+            Duration::from_secs(600),
+        )?;
+
+        let ping_target = match &x.ping_target {
+            Some(t) => match BareJid::new(t.get_ref()) {
+                Ok(j) => j.to_string(),
+                Err(e) => return Err(self.at(t, "xmpp.ping_target", format!("not a JID: {e}"))),
+            },
+            None => domain
+                .split_once('.')
+                .map(|(_, parent)| parent)
+                .filter(|p| p.contains('.') || *p == "localhost")
+                .unwrap_or(&domain)
+                .to_owned(),
+        };
+        let resource = match &x.resource {
+            Some(r) => {
+                if BareJid::new(&domain)
+                    .and_then(|b| b.with_resource_str(r.get_ref()))
+                    .is_err()
+                {
+                    return Err(self.at(r, "xmpp.resource", "not a valid JID resource"));
+                }
+                r.get_ref().clone()
+            }
+            None => "gw".to_owned(),
+        };
+        let max_outbound_stanza_size = self.count(
+            &x.max_outbound_stanza_size,
+            "xmpp.max_outbound_stanza_size",
+            64 * 1024,
+            MIN_STANZA_SIZE..=MAX_STANZA_SIZE,
+        )?;
+        let max_inbound_stanza_size = self.count(
+            &x.max_inbound_stanza_size,
+            "xmpp.max_inbound_stanza_size",
+            256 * 1024,
+            MIN_STANZA_SIZE..=MAX_STANZA_SIZE,
+        )?;
+        // Past a few hundred levels, code that walks a tree recursively (minidom's
+        // builder, `Drop`, serialiser) could exhaust a thread's stack.
+        let max_inbound_depth =
+            self.count(&x.max_inbound_depth, "xmpp.max_inbound_depth", 64, 8..=256)?;
+
+        let access = self.lists(&raw.access, "access")?;
+        let state_dir = raw
+            .state
+            .dir
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/fieldgate"));
+
+        let readout = ReadoutConfig {
+            max_age: dur(
+                &raw.readout.max_age,
+                "readout.max_age",
+                Duration::from_secs(1),
+                Duration::ZERO,
+                Duration::from_secs(86_400),
+            )?,
+            timeout: dur(
+                &raw.readout.timeout,
+                "readout.timeout",
+                Duration::from_secs(5),
+                Duration::from_millis(10),
+                Duration::from_secs(600),
+            )?,
+            max_per_requester: self.count(
+                &raw.readout.max_per_requester,
+                "readout.max_per_requester",
+                64,
+                1..=100_000,
+            )?,
+            max_set_params: self.count(
+                &raw.readout.max_set_params,
+                "readout.max_set_params",
+                256,
+                1..=100_000,
+            )?,
+        };
+        let events = EventsConfig {
+            max_per_requester: self.count(
+                &raw.events.max_per_requester,
+                "events.max_per_requester",
+                16,
+                1..=10_000,
+            )?,
+            sample_interval: dur(
+                &raw.events.sample_interval,
+                "events.sample_interval",
+                Duration::from_secs(1),
+                Duration::from_millis(50),
+                Duration::from_secs(3600),
+            )?,
+        };
+
+        let mut seen = HashSet::new();
+        let mut pending = Vec::with_capacity(raw.devices.len());
+        for (i, d) in raw.devices.into_iter().enumerate() {
+            let span = d.span();
+            let d = d.into_inner();
+            let key = |k: &str| format!("device[{i}].{k}");
+            let id = d.id.get_ref();
+            match BareJid::new(&format!("{id}@{domain}")) {
+                Ok(j) if j.node().map(|n| n.as_str()) == Some(id.as_str()) => {}
+                Ok(j) => {
+                    return Err(self.at(
+                        &d.id,
+                        &key("id"),
+                        format!(
+                            "{id:?} is not in normalised JID localpart form; write {:?}",
+                            j.node().map(|n| n.as_str()).unwrap_or_default()
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Err(self.at(
+                        &d.id,
+                        &key("id"),
+                        format!(
+                            "{id:?} is not a valid JID localpart ({e}); use lowercase letters, \
+                             digits, '-', '_' or '.'"
+                        ),
+                    ))
+                }
+            }
+            if !seen.insert(id.clone()) {
+                return Err(self.at(&d.id, &key("id"), format!("duplicate device id {id:?}")));
+            }
+            let fields = self.fields(&d, i)?;
+            let kind = self.kind(&d, i)?;
+            pending.push(Pending {
+                index: i,
+                span,
+                kind,
+                fields,
+                device: DeviceConfig {
+                    id: id.as_str().into(),
+                    name: d.name.clone().unwrap_or_else(|| id.clone()),
+                    model: d.model.clone(),
+                    serial: d.serial.clone(),
+                    vendor: d.vendor.clone(),
+                    access: self.lists(&d.access, &key("access"))?,
+                    max_age: match &d.max_age {
+                        Some(m) => Some(dur(
+                            &Some(m.clone()),
+                            &key("max_age"),
+                            Duration::ZERO,
+                            Duration::ZERO,
+                            Duration::from_secs(86_400),
+                        )?),
+                        None => None,
+                    },
+                    kind: kind.name(),
+                    setup: Arc::new(()),
+                    fields: Arc::from([]),
+                },
+            });
+        }
+        let devices = self.configure_adapters(doc, pending)?;
+
+        Ok(Config {
+            path: self.path.to_owned(),
+            xmpp: XmppConfig {
+                server: server.to_owned(),
+                domain,
+                secret,
+                keepalive,
+                ping_target,
+                reconnect_min,
+                reconnect_max,
+                resource,
+                max_outbound_stanza_size,
+                max_inbound_stanza_size,
+                max_inbound_depth,
+            },
+            access,
+            state_dir,
+            readout,
+            events,
+            devices,
+        })
+    }
+
+    /// The compiled-in kind of `d`'s `adapter = "..."`.
+    fn kind(&self, d: &RawDevice, i: usize) -> Result<&'static dyn AdapterKind, ConfigError> {
+        let name = d.adapter.get_ref();
+        match adapters::find(name) {
+            Some(r) => r.kind.ok_or_else(|| {
+                self.at(
+                    &d.adapter,
+                    &format!("device[{i}].adapter"),
+                    format!(
+                        "the {name:?} adapter is not compiled into this build \
+                         (rebuild with the Cargo feature \"{}\")",
+                        r.feature
+                    ),
+                )
+            }),
+            None => Err(self.at(
+                &d.adapter,
+                &format!("device[{i}].adapter"),
+                format!(
+                    "unknown adapter {name:?}; this build has: {}",
+                    adapters::compiled_names().join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// Hands every compiled-in kind its part of the file: its top-level section and its
+    /// devices (a kind with neither is not asked). Returns the devices in file order,
+    /// each with its setup and its catalogue as the adapter refined it.
+    fn configure_adapters(
+        &self,
+        doc: &ImDocument<&str>,
+        pending: Vec<Pending>,
+    ) -> Result<Vec<DeviceConfig>, ConfigError> {
+        let root = doc.as_table();
+        let devices = doc.get("device").map(entries).unwrap_or_default();
+        let mut done: Vec<Option<DeviceConfig>> = vec![None; pending.len()];
+        for kind in adapters::compiled() {
+            let name = kind.name();
+            let section = root.get(name).map(|s| ConfigNode::new(s, name));
+            let mine: Vec<(usize, &Pending)> = pending
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.kind.name() == name)
+                .collect();
+            if section.is_none() && mine.is_empty() {
+                continue;
+            }
+            let mut inputs: Vec<DeviceInput<'_>> = mine
+                .iter()
+                .map(|(_, p)| {
+                    let i = p.index;
+                    let table = devices.get(i).copied();
+                    let field_tables = table
+                        .and_then(|t| t.get("field"))
+                        .map(entries)
+                        .unwrap_or_default();
+                    DeviceInput {
+                        id: p.device.id.clone(),
+                        path: format!("device[{i}]"),
+                        options: table
+                            .and_then(|t| t.get(name))
+                            .map(|o| ConfigNode::new(o, format!("device[{i}].{name}"))),
+                        span: Some(p.span.clone()),
+                        fields: p
+                            .fields
+                            .iter()
+                            .map(|f| {
+                                let j = f.origin;
+                                let ft = field_tables.get(j).copied();
+                                FieldInput {
+                                    spec: f.spec.clone(),
+                                    options: kind_part(
+                                        ft,
+                                        name,
+                                        &format!("device[{i}].field[{j}]"),
+                                    ),
+                                    path: format!("device[{i}].field[{j}]"),
+                                    copy: f.copy,
+                                    stride: f.stride.clone(),
+                                    name_span: ft
+                                        .and_then(|t| t.get("name"))
+                                        .and_then(|n| n.span()),
+                                }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            let setups = kind
+                .configure(section, &mut inputs)
+                .map_err(|issue| self.issue(issue))?;
+            for (((slot, p), input), setup) in mine.iter().zip(inputs).zip(setups) {
+                let mut device = p.device.clone();
+                let fields: Vec<FieldSpec> = input.fields.into_iter().map(|f| f.spec).collect();
+                // An enum's labels may come from the device (a register's value map).
+                if let Some((k, f)) = fields
+                    .iter()
+                    .enumerate()
+                    .find(|(_, f)| f.kind == FieldType::Enum && f.values.is_empty())
+                {
+                    let field = format!("device[{}].field[{}]", p.index, p.fields[k].origin);
+                    let span = span_of(self.text, &field).unwrap_or(0..0);
+                    return Err(self.error(
+                        span,
+                        Some(format!("{field}.values")),
+                        format!("an enum field lists its values ({:?} has none)", f.name),
+                    ));
+                }
+                device.setup = setup;
+                device.fields = fields.into();
+                done[*slot] = Some(device);
+            }
+        }
+        Ok(done.into_iter().flatten().collect())
+    }
+
+    fn count(
+        &self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        default: usize,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<usize, ConfigError> {
+        let Some(s) = v else { return Ok(default) };
+        if !range.contains(s.get_ref()) {
+            return Err(self.at(
+                s,
+                key,
+                format!(
+                    "{} is out of range ({} to {})",
+                    s.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        Ok(*s.get_ref() as usize)
+    }
+
+    fn secret(&self, x: &RawXmpp, xmpp_span: Range<usize>) -> Result<String, ConfigError> {
+        let given = [
+            x.secret.is_some(),
+            x.secret_file.is_some(),
+            x.secret_env.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
+                return Err(self.error(
+                    xmpp_span,
+                    Some("xmpp".into()),
+                    "missing component secret: set one of secret, secret_file or secret_env".into(),
+                ))
+            }
+            1 => {}
+            _ => {
+                return Err(self.error(
+                    xmpp_span,
+                    Some("xmpp".into()),
+                    "set only one of secret, secret_file and secret_env".into(),
+                ))
+            }
+        }
+        let secret = if let Some(s) = &x.secret {
+            s.get_ref().clone()
+        } else if let Some(f) = &x.secret_file {
+            let p = self
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(f.get_ref());
+            std::fs::read_to_string(&p)
+                .map_err(|e| {
+                    self.at(
+                        f,
+                        "xmpp.secret_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned()
+        } else if let Some(v) = &x.secret_env {
+            std::env::var(v.get_ref()).map_err(|_| {
+                self.at(
+                    v,
+                    "xmpp.secret_env",
+                    format!("environment variable {} is not set", v.get_ref()),
+                )
+            })?
+        } else {
+            unreachable!("one source was counted above")
+        };
+        if secret.is_empty() {
+            return Err(self.error(xmpp_span, Some("xmpp".into()), "the secret is empty".into()));
+        }
+        Ok(secret)
+    }
+
+    fn lists(&self, raw: &RawAccess, scope: &str) -> Result<Lists, ConfigError> {
+        let one = |l: &Option<Vec<Spanned<String>>>, right: &str| {
+            l.as_ref()
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .map(|e| {
+                            Entry::parse(e.get_ref())
+                                .map_err(|m| self.at(e, &format!("{scope}.{right}"), m))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+        };
+        Ok(Lists {
+            subscribe: one(&raw.subscribe, "subscribe")?,
+            read: one(&raw.read, "read")?,
+            control: one(&raw.control, "control")?,
+        })
+    }
+
+    fn fields(&self, d: &RawDevice, i: usize) -> Result<Vec<FieldConfig>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut out = Vec::with_capacity(d.fields.len());
+        for (j, f) in d.fields.iter().enumerate() {
+            let span = f.span();
+            let f = f.get_ref();
+            let key = |k: &str| format!("device[{i}].field[{j}].{k}");
+            let name = f.name.get_ref();
+            if name.trim().is_empty() {
+                return Err(self.at(&f.name, &key("name"), "a field needs a name"));
+            }
+            let count = match &f.count {
+                None => 1,
+                Some(c) if (1..=MAX_COUNT).contains(c.get_ref()) => *c.get_ref(),
+                Some(c) => {
+                    return Err(self.at(
+                        c,
+                        &key("count"),
+                        format!("count must be 1 to {MAX_COUNT}"),
+                    ))
+                }
+            };
+            if count > 1 && !name.contains("{n}") {
+                return Err(self.at(
+                    &f.name,
+                    &key("name"),
+                    "a repeated field (count > 1) needs {n} in its name, e.g. \"reg{n}\"",
+                ));
+            }
+            let expanded: Vec<String> = (0..count)
+                .map(|k| name.replace("{n}", &k.to_string()))
+                .collect();
+            for n in &expanded {
+                if !names.insert(n.clone()) {
+                    return Err(self.at(
+                        &f.name,
+                        &key("name"),
+                        format!("duplicate field name {n:?}"),
+                    ));
+                }
+            }
+            let err = |k: &str, m: String| Err(self.error(span.clone(), Some(key(k)), m));
+            if let Some(dec) = &f.decimals {
+                if f.kind != FieldType::Double {
+                    return Err(self.at(dec, &key("decimals"), "decimals apply to double fields"));
+                }
+                if *dec.get_ref() > 15 {
+                    return Err(self.at(dec, &key("decimals"), "at most 15 decimals"));
+                }
+            }
+            if (f.min.is_some() || f.max.is_some()) && !f.kind.is_numeric() {
+                return err(
+                    "min",
+                    format!("min/max apply to numeric fields, not {:?}", f.kind),
+                );
+            }
+            if let (Some(lo), Some(hi)) = (f.min, f.max) {
+                if lo > hi {
+                    return err("min", format!("min {lo} is above max {hi}"));
+                }
+            }
+            if f.kind != FieldType::Enum && !f.values.is_empty() {
+                return err("values", "values apply to enum fields".into());
+            }
+            // One unit string for all copies of a repeated field.
+            let unit: Option<Arc<str>> = f.unit.as_deref().map(Arc::from);
+            for (k, name) in expanded.into_iter().enumerate() {
+                out.push(FieldConfig {
+                    spec: FieldSpec {
+                        name: name.into(),
+                        kind: f.kind,
+                        unit: unit.clone(),
+                        decimals: f.decimals.as_ref().map(|d| *d.get_ref()),
+                        writable: f.writable,
+                        min: f.min,
+                        max: f.max,
+                        values: f.values.clone(),
+                    },
+                    origin: j,
+                    copy: k as u32,
+                    stride: f.stride.as_ref().map(|s| (*s.get_ref(), s.span())),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
