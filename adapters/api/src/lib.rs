@@ -6,12 +6,14 @@
 //! bus driver and talks to it.
 
 mod adapter;
+mod backoff;
 mod duration;
 mod events;
 mod field;
 mod value;
 
 pub use adapter::{Adapter, AdapterContext, AdapterRequest, ReadOutcome};
+pub use backoff::backoff;
 pub use duration::HumanDuration;
 pub use events::{DeviceEvent, EventKind, EventSink, Reachability};
 pub use field::{FieldSpec, FieldType};
