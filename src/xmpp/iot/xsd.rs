@@ -246,6 +246,10 @@ impl fmt::Display for XsTime {
 /// durations (`-PT1S`) and non-zero years or months (`P1M`, whose length varies; `P0Y` is
 /// fine). Digits beyond nanoseconds are dropped.
 pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
+    // Hand-written: chrono has no duration parser, `humantime` reads its own "1m 30s"
+    // form, and the `iso8601` crate keeps only milliseconds in u32 fields, takes week
+    // durations (`P1W`) that XSD lacks, and reports a bare message where we name the bad
+    // part.
     let b = s.trim().as_bytes();
     let err = ValueError::Duration;
     if b.first() == Some(&b'-') {
