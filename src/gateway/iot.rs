@@ -230,7 +230,7 @@ impl Gateway {
         let known = |n: &String| dev.cache.knows(n) || EXTRA_NAMES.contains(&n.as_str());
         let filter: HashSet<&str> = req.fields.iter().map(String::as_str).collect();
         let named = |n: &str| filter.is_empty() || filter.contains(n);
-        let wanted: Vec<Arc<str>> = if types.momentary {
+        let wanted: Vec<Arc<str>> = if types.contains(FieldTypes::MOMENTARY) {
             dev.specs
                 .iter()
                 .filter(|s| named(&s.name))
@@ -802,7 +802,7 @@ impl Gateway {
             return;
         }
         let mut fields: Vec<(SystemTime, Field)> = Vec::new();
-        if sub.types.momentary {
+        if sub.types.contains(FieldTypes::MOMENTARY) {
             for spec in dev.specs.iter().filter(|s| sub.wants(&s.name)) {
                 if let Some(r) = dev.cache.get(&spec.name) {
                     fields.push((
@@ -969,7 +969,7 @@ const EXTRA_NAMES: &[&str] = &[
 fn extra_fields(dev: &Device, types: &FieldTypes) -> Vec<Field> {
     let mut out = Vec::new();
     let flags = |t: FieldTypes| t;
-    if types.status {
+    if types.contains(FieldTypes::STATUS) {
         let reachable = matches!(dev.reach, Some(Reachability::Reachable));
         out.push(
             Field::new("reachable", FieldValue::Boolean(reachable))
@@ -984,7 +984,7 @@ fn extra_fields(dev: &Device, types: &FieldTypes) -> Vec<Field> {
             );
         }
     }
-    if types.identity {
+    if types.contains(FieldTypes::IDENTITY) {
         let c = &dev.cfg;
         for (name, value) in [
             ("name", Some(&c.name)),

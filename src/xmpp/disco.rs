@@ -42,8 +42,8 @@ impl DeviceDisco {
         };
         let hash =
             hash_caps(&compute_disco(&info), Algo::Sha_1).expect("SHA-1 is always available");
+        let caps_node = format!("{CAPS_NODE}#{}", hash.to_base64());
         let caps = Caps::new(CAPS_NODE, hash);
-        let caps_node = format!("{CAPS_NODE}#{}", base64_ver(&caps.ver));
         DeviceDisco {
             info,
             caps,
@@ -162,27 +162,6 @@ pub fn page(
     Ok((page, Some(set)))
 }
 
-fn base64_ver(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,7 +187,7 @@ mod tests {
         let mut info = info;
         info.identities[0].lang = None;
         let hash = hash_caps(&compute_disco(&info), Algo::Sha_1).unwrap();
-        assert_eq!(base64_ver(&hash.hash), "QgayPKawpkPSDYmwT/WM94uAlu0=");
+        assert_eq!(hash.to_base64(), "QgayPKawpkPSDYmwT/WM94uAlu0=");
     }
 
     #[test]
@@ -225,6 +204,11 @@ mod tests {
         let caps: Element = d.caps.clone().into();
         assert_eq!(caps.attr("hash"), Some("sha-1"));
         assert_eq!(caps.attr("node"), Some(CAPS_NODE));
+        // The node a caps-driven query names carries the ver that presence advertises.
+        assert_eq!(
+            d.caps_node,
+            format!("{CAPS_NODE}#{}", caps.attr("ver").unwrap())
+        );
     }
 
     fn items(n: usize) -> Vec<Item> {

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fieldgate_api::backoff;
 use futures::{SinkExt, StreamExt};
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_xmpp::minidom::Element;
@@ -240,14 +240,6 @@ async fn run(
             }
         }
     }
-}
-
-/// Capped exponential back-off with ±20 % jitter, so a fleet of gateways does not
-/// reconnect in lock-step after a server restart.
-pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
-    let base = min.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let jitter = rand::thread_rng().gen_range(0.8..=1.2);
-    base.mul_f64(jitter)
 }
 
 async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<Stream, String> {

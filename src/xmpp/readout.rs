@@ -46,14 +46,8 @@ pub fn to_field(spec: &FieldSpec, value: &Value, quality: Quality, types: FieldT
     };
     let qos = match quality {
         Quality::Good => FieldQos::AUTOMATIC_READOUT,
-        Quality::Stale => FieldQos {
-            automatic_estimate: true,
-            ..FieldQos::NONE
-        },
-        Quality::Bad => FieldQos {
-            error: true,
-            ..FieldQos::NONE
-        },
+        Quality::Stale => FieldQos::AUTOMATIC_ESTIMATE,
+        Quality::Bad => FieldQos::ERROR,
     };
     let mut f = Field::new(spec.name.to_string(), fv)
         .with_types(types)

@@ -8,6 +8,7 @@
 //! configuration ([`config`]) and builds and runs its devices.
 
 mod adapter;
+mod backoff;
 pub mod config;
 mod duration;
 mod events;
@@ -16,6 +17,7 @@ mod kind;
 mod value;
 
 pub use adapter::{Adapter, AdapterContext, AdapterRequest, ReadOutcome};
+pub use backoff::backoff;
 pub use duration::HumanDuration;
 pub use events::{DeviceEvent, EventKind, EventSink, Reachability};
 pub use field::{FieldSpec, FieldType};

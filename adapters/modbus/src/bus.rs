@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use fieldgate_api::backoff;
 use tokio::sync::{mpsc, oneshot};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, Slave, SlaveContext};
@@ -351,10 +352,6 @@ fn transport_error(e: &std::io::Error) -> String {
         (K::WouldBlock, _) | (_, Some(0 | 11 | 115)) => "the peer closed the connection".into(),
         _ => e.to_string(),
     }
-}
-
-fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
-    min.saturating_mul(1u32 << attempt.min(16)).min(max)
 }
 
 async fn connect(endpoint: &Endpoint) -> Result<Context, String> {

@@ -247,194 +247,85 @@ pub(crate) fn put_flag(b: ElementBuilder, attribute: &str, on: bool) -> ElementB
     }
 }
 
-/// The XEP-0323 field types (the `fieldTypes` attribute group), as carried by fields, by
-/// `<req/>` and by the events `<subscribe/>`. In a request several types are a union; on a
-/// field they are an intersection (a historical status value is both).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct FieldTypes {
-    /// `momentary`: measured at the time of the read-out.
-    pub momentary: bool,
-    /// `peak`: a maximum or minimum over a period.
-    pub peak: bool,
-    /// `status`: status information (health, runtime, signal strength, ...).
-    pub status: bool,
-    /// `computed`: computed rather than measured.
-    pub computed: bool,
-    /// `identity`: identifies the device (serial number, meter ID, ...). Read from either
-    /// `identity` or `identification` (one example of XEP-0323 uses the latter); written as
-    /// `identity`.
-    pub identity: bool,
-    /// `historicalSecond`.
-    pub historical_second: bool,
-    /// `historicalMinute`.
-    pub historical_minute: bool,
-    /// `historicalHour`.
-    pub historical_hour: bool,
-    /// `historicalDay`.
-    pub historical_day: bool,
-    /// `historicalWeek`.
-    pub historical_week: bool,
-    /// `historicalMonth`.
-    pub historical_month: bool,
-    /// `historicalQuarter`.
-    pub historical_quarter: bool,
-    /// `historicalYear`.
-    pub historical_year: bool,
-    /// `historicalOther`: historical, period not important.
-    pub historical_other: bool,
+bitflags::bitflags! {
+    /// The XEP-0323 field types (the `fieldTypes` attribute group), as carried by fields, by
+    /// `<req/>` and by the events `<subscribe/>`. In a request several types are a union; on
+    /// a field they are an intersection (a historical status value is both).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+    pub struct FieldTypes: u16 {
+        /// `momentary`: measured at the time of the read-out.
+        const MOMENTARY = 1;
+        /// `peak`: a maximum or minimum over a period.
+        const PEAK = 1 << 1;
+        /// `status`: status information (health, runtime, signal strength, ...).
+        const STATUS = 1 << 2;
+        /// `computed`: computed rather than measured.
+        const COMPUTED = 1 << 3;
+        /// `identity`: identifies the device (serial number, meter ID, ...). Read from
+        /// either `identity` or `identification` (one example of XEP-0323 uses the latter);
+        /// written as `identity`.
+        const IDENTITY = 1 << 4;
+        /// `historicalSecond`.
+        const HISTORICAL_SECOND = 1 << 5;
+        /// `historicalMinute`.
+        const HISTORICAL_MINUTE = 1 << 6;
+        /// `historicalHour`.
+        const HISTORICAL_HOUR = 1 << 7;
+        /// `historicalDay`.
+        const HISTORICAL_DAY = 1 << 8;
+        /// `historicalWeek`.
+        const HISTORICAL_WEEK = 1 << 9;
+        /// `historicalMonth`.
+        const HISTORICAL_MONTH = 1 << 10;
+        /// `historicalQuarter`.
+        const HISTORICAL_QUARTER = 1 << 11;
+        /// `historicalYear`.
+        const HISTORICAL_YEAR = 1 << 12;
+        /// `historicalOther`: historical, period not important.
+        const HISTORICAL_OTHER = 1 << 13;
+    }
 }
 
 impl FieldTypes {
-    /// The attribute names, in the order of [`FieldTypes::flags`].
-    pub const NAMES: [&'static str; 14] = [
-        "momentary",
-        "peak",
-        "status",
-        "computed",
-        "identity",
-        "historicalSecond",
-        "historicalMinute",
-        "historicalHour",
-        "historicalDay",
-        "historicalWeek",
-        "historicalMonth",
-        "historicalQuarter",
-        "historicalYear",
-        "historicalOther",
+    /// Each type with its attribute name.
+    pub const ATTRIBUTES: [(&'static str, FieldTypes); 14] = [
+        ("momentary", FieldTypes::MOMENTARY),
+        ("peak", FieldTypes::PEAK),
+        ("status", FieldTypes::STATUS),
+        ("computed", FieldTypes::COMPUTED),
+        ("identity", FieldTypes::IDENTITY),
+        ("historicalSecond", FieldTypes::HISTORICAL_SECOND),
+        ("historicalMinute", FieldTypes::HISTORICAL_MINUTE),
+        ("historicalHour", FieldTypes::HISTORICAL_HOUR),
+        ("historicalDay", FieldTypes::HISTORICAL_DAY),
+        ("historicalWeek", FieldTypes::HISTORICAL_WEEK),
+        ("historicalMonth", FieldTypes::HISTORICAL_MONTH),
+        ("historicalQuarter", FieldTypes::HISTORICAL_QUARTER),
+        ("historicalYear", FieldTypes::HISTORICAL_YEAR),
+        ("historicalOther", FieldTypes::HISTORICAL_OTHER),
     ];
 
-    /// No type set.
-    pub const NONE: FieldTypes = FieldTypes {
-        momentary: false,
-        peak: false,
-        status: false,
-        computed: false,
-        identity: false,
-        historical_second: false,
-        historical_minute: false,
-        historical_hour: false,
-        historical_day: false,
-        historical_week: false,
-        historical_month: false,
-        historical_quarter: false,
-        historical_year: false,
-        historical_other: false,
-    };
-
-    /// Every type set (what `all='true'` in a request means).
-    pub const ALL: FieldTypes = FieldTypes {
-        momentary: true,
-        peak: true,
-        status: true,
-        computed: true,
-        identity: true,
-        ..FieldTypes::HISTORICAL
-    };
-
     /// Every `historical*` type set (what `historical='true'` in a request means).
-    pub const HISTORICAL: FieldTypes = FieldTypes {
-        historical_second: true,
-        historical_minute: true,
-        historical_hour: true,
-        historical_day: true,
-        historical_week: true,
-        historical_month: true,
-        historical_quarter: true,
-        historical_year: true,
-        historical_other: true,
-        ..FieldTypes::NONE
-    };
+    pub const HISTORICAL: FieldTypes = FieldTypes::HISTORICAL_SECOND
+        .union(FieldTypes::HISTORICAL_MINUTE)
+        .union(FieldTypes::HISTORICAL_HOUR)
+        .union(FieldTypes::HISTORICAL_DAY)
+        .union(FieldTypes::HISTORICAL_WEEK)
+        .union(FieldTypes::HISTORICAL_MONTH)
+        .union(FieldTypes::HISTORICAL_QUARTER)
+        .union(FieldTypes::HISTORICAL_YEAR)
+        .union(FieldTypes::HISTORICAL_OTHER);
 
-    /// Only `momentary`.
-    pub const MOMENTARY: FieldTypes = FieldTypes {
-        momentary: true,
-        ..FieldTypes::NONE
-    };
-
-    /// Only `status`.
-    pub const STATUS: FieldTypes = FieldTypes {
-        status: true,
-        ..FieldTypes::NONE
-    };
-
-    /// Only `identity`.
-    pub const IDENTITY: FieldTypes = FieldTypes {
-        identity: true,
-        ..FieldTypes::NONE
-    };
-
-    /// The flags in the order of [`FieldTypes::NAMES`].
-    pub fn flags(&self) -> [bool; 14] {
-        [
-            self.momentary,
-            self.peak,
-            self.status,
-            self.computed,
-            self.identity,
-            self.historical_second,
-            self.historical_minute,
-            self.historical_hour,
-            self.historical_day,
-            self.historical_week,
-            self.historical_month,
-            self.historical_quarter,
-            self.historical_year,
-            self.historical_other,
-        ]
-    }
-
-    fn flags_mut(&mut self) -> [&mut bool; 14] {
-        [
-            &mut self.momentary,
-            &mut self.peak,
-            &mut self.status,
-            &mut self.computed,
-            &mut self.identity,
-            &mut self.historical_second,
-            &mut self.historical_minute,
-            &mut self.historical_hour,
-            &mut self.historical_day,
-            &mut self.historical_week,
-            &mut self.historical_month,
-            &mut self.historical_quarter,
-            &mut self.historical_year,
-            &mut self.historical_other,
-        ]
-    }
-
-    /// True when no type is set.
-    pub fn is_empty(&self) -> bool {
-        !self.flags().contains(&true)
-    }
-
-    /// Types set in either.
-    pub fn union(&self, other: &FieldTypes) -> FieldTypes {
-        let mut out = *self;
-        for (o, t) in out.flags_mut().into_iter().zip(other.flags()) {
-            *o |= t;
-        }
-        out
-    }
-
-    /// True when at least one type is set in both (a field matches a request when its types
-    /// intersect the requested ones).
-    pub fn intersects(&self, other: &FieldTypes) -> bool {
-        self.flags().iter().zip(other.flags()).any(|(&a, b)| a && b)
-    }
-
-    /// The union a request asks for, expanding the request-only `all` and `historical`
-    /// attributes. A request that names no type at all is read as a request for all types
+    /// The union a request asks for, expanding the request-only `all` (every type) and
+    /// `historical` attributes. A request that names no type at all is read as a request for all types
     /// (the flags are only hints, and XEP-0323 leaves this case open).
-    pub fn requested(&self, all: bool, historical: bool) -> FieldTypes {
-        let mut out = *self;
-        if all {
-            out = FieldTypes::ALL;
-        }
+    pub fn requested(self, all: bool, historical: bool) -> FieldTypes {
+        let mut out = if all { FieldTypes::all() } else { self };
         if historical {
-            out = out.union(&FieldTypes::HISTORICAL);
+            out |= FieldTypes::HISTORICAL;
         }
         if out.is_empty() {
-            FieldTypes::ALL
+            FieldTypes::all()
         } else {
             out
         }
@@ -442,157 +333,93 @@ impl FieldTypes {
 
     /// Reads the type attributes of `el` (`identification` counts as `identity`).
     pub(crate) fn parse(el: &Element, element: &'static str) -> Result<FieldTypes, ParseError> {
-        let mut types = FieldTypes::NONE;
-        for (name, slot) in FieldTypes::NAMES.iter().zip(types.flags_mut()) {
-            *slot = flag(el, element, name)?;
+        let mut types = FieldTypes::empty();
+        for (name, t) in FieldTypes::ATTRIBUTES {
+            types.set(t, flag(el, element, name)?);
         }
-        types.identity |= flag(el, element, "identification")?;
+        if flag(el, element, "identification")? {
+            types |= FieldTypes::IDENTITY;
+        }
         Ok(types)
     }
 
     /// Writes the set types as `name='true'`.
-    pub(crate) fn write(&self, mut b: ElementBuilder) -> ElementBuilder {
-        for (name, on) in FieldTypes::NAMES.iter().zip(self.flags()) {
-            b = put_flag(b, name, on);
+    pub(crate) fn write(self, mut b: ElementBuilder) -> ElementBuilder {
+        for (name, t) in FieldTypes::ATTRIBUTES {
+            b = put_flag(b, name, self.contains(t));
         }
         b
     }
 }
 
-/// The XEP-0323 quality-of-service flags of a field (`fieldQoS` attribute group). A field
-/// without any flag is to be read as `automaticReadout`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct FieldQos {
-    /// `missing`: the value is missing.
-    pub missing: bool,
-    /// `inProgress`: being measured or calculated; not final.
-    pub in_progress: bool,
-    /// `automaticEstimate`.
-    pub automatic_estimate: bool,
-    /// `manualEstimate`.
-    pub manual_estimate: bool,
-    /// `manualReadout`.
-    pub manual_readout: bool,
-    /// `automaticReadout`: read automatically (the usual case).
-    pub automatic_readout: bool,
-    /// `timeOffset`: the clock was corrected during the measurement period.
-    pub time_offset: bool,
-    /// `warning`: a warning was logged during the measurement period.
-    pub warning: bool,
-    /// `error`: an error was logged during the measurement period.
-    pub error: bool,
-    /// `signed`: signed by an operator.
-    pub signed: bool,
-    /// `invoiced`.
-    pub invoiced: bool,
-    /// `endOfSeries`.
-    pub end_of_series: bool,
-    /// `powerFailure`: a power failure was recorded during the measurement period.
-    pub power_failure: bool,
-    /// `invoiceConfirmed`.
-    pub invoice_confirmed: bool,
+bitflags::bitflags! {
+    /// The XEP-0323 quality-of-service flags of a field (`fieldQoS` attribute group). A
+    /// field without any flag is to be read as `automaticReadout`.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+    pub struct FieldQos: u16 {
+        /// `missing`: the value is missing.
+        const MISSING = 1;
+        /// `inProgress`: being measured or calculated; not final.
+        const IN_PROGRESS = 1 << 1;
+        /// `automaticEstimate`.
+        const AUTOMATIC_ESTIMATE = 1 << 2;
+        /// `manualEstimate`.
+        const MANUAL_ESTIMATE = 1 << 3;
+        /// `manualReadout`.
+        const MANUAL_READOUT = 1 << 4;
+        /// `automaticReadout`: read automatically (the usual case).
+        const AUTOMATIC_READOUT = 1 << 5;
+        /// `timeOffset`: the clock was corrected during the measurement period.
+        const TIME_OFFSET = 1 << 6;
+        /// `warning`: a warning was logged during the measurement period.
+        const WARNING = 1 << 7;
+        /// `error`: an error was logged during the measurement period.
+        const ERROR = 1 << 8;
+        /// `signed`: signed by an operator.
+        const SIGNED = 1 << 9;
+        /// `invoiced`.
+        const INVOICED = 1 << 10;
+        /// `endOfSeries`.
+        const END_OF_SERIES = 1 << 11;
+        /// `powerFailure`: a power failure was recorded during the measurement period.
+        const POWER_FAILURE = 1 << 12;
+        /// `invoiceConfirmed`.
+        const INVOICE_CONFIRMED = 1 << 13;
+    }
 }
 
 impl FieldQos {
-    /// The attribute names, in the order of [`FieldQos::flags`].
-    pub const NAMES: [&'static str; 14] = [
-        "missing",
-        "inProgress",
-        "automaticEstimate",
-        "manualEstimate",
-        "manualReadout",
-        "automaticReadout",
-        "timeOffset",
-        "warning",
-        "error",
-        "signed",
-        "invoiced",
-        "endOfSeries",
-        "powerFailure",
-        "invoiceConfirmed",
+    /// Each flag with its attribute name.
+    pub const ATTRIBUTES: [(&'static str, FieldQos); 14] = [
+        ("missing", FieldQos::MISSING),
+        ("inProgress", FieldQos::IN_PROGRESS),
+        ("automaticEstimate", FieldQos::AUTOMATIC_ESTIMATE),
+        ("manualEstimate", FieldQos::MANUAL_ESTIMATE),
+        ("manualReadout", FieldQos::MANUAL_READOUT),
+        ("automaticReadout", FieldQos::AUTOMATIC_READOUT),
+        ("timeOffset", FieldQos::TIME_OFFSET),
+        ("warning", FieldQos::WARNING),
+        ("error", FieldQos::ERROR),
+        ("signed", FieldQos::SIGNED),
+        ("invoiced", FieldQos::INVOICED),
+        ("endOfSeries", FieldQos::END_OF_SERIES),
+        ("powerFailure", FieldQos::POWER_FAILURE),
+        ("invoiceConfirmed", FieldQos::INVOICE_CONFIRMED),
     ];
-
-    /// No flag set.
-    pub const NONE: FieldQos = FieldQos {
-        missing: false,
-        in_progress: false,
-        automatic_estimate: false,
-        manual_estimate: false,
-        manual_readout: false,
-        automatic_readout: false,
-        time_offset: false,
-        warning: false,
-        error: false,
-        signed: false,
-        invoiced: false,
-        end_of_series: false,
-        power_failure: false,
-        invoice_confirmed: false,
-    };
-
-    /// Only `automaticReadout`, the flag of a normal reading.
-    pub const AUTOMATIC_READOUT: FieldQos = FieldQos {
-        automatic_readout: true,
-        ..FieldQos::NONE
-    };
-
-    /// The flags in the order of [`FieldQos::NAMES`].
-    pub fn flags(&self) -> [bool; 14] {
-        [
-            self.missing,
-            self.in_progress,
-            self.automatic_estimate,
-            self.manual_estimate,
-            self.manual_readout,
-            self.automatic_readout,
-            self.time_offset,
-            self.warning,
-            self.error,
-            self.signed,
-            self.invoiced,
-            self.end_of_series,
-            self.power_failure,
-            self.invoice_confirmed,
-        ]
-    }
-
-    fn flags_mut(&mut self) -> [&mut bool; 14] {
-        [
-            &mut self.missing,
-            &mut self.in_progress,
-            &mut self.automatic_estimate,
-            &mut self.manual_estimate,
-            &mut self.manual_readout,
-            &mut self.automatic_readout,
-            &mut self.time_offset,
-            &mut self.warning,
-            &mut self.error,
-            &mut self.signed,
-            &mut self.invoiced,
-            &mut self.end_of_series,
-            &mut self.power_failure,
-            &mut self.invoice_confirmed,
-        ]
-    }
-
-    /// True when no flag is set (which readers take as `automaticReadout`).
-    pub fn is_empty(&self) -> bool {
-        !self.flags().contains(&true)
-    }
 
     /// Reads the QoS attributes of `el`.
     pub(crate) fn parse(el: &Element, element: &'static str) -> Result<FieldQos, ParseError> {
-        let mut qos = FieldQos::NONE;
-        for (name, slot) in FieldQos::NAMES.iter().zip(qos.flags_mut()) {
-            *slot = flag(el, element, name)?;
+        let mut qos = FieldQos::empty();
+        for (name, q) in FieldQos::ATTRIBUTES {
+            qos.set(q, flag(el, element, name)?);
         }
         Ok(qos)
     }
 
     /// Writes the set flags as `name='true'`.
-    pub(crate) fn write(&self, mut b: ElementBuilder) -> ElementBuilder {
-        for (name, on) in FieldQos::NAMES.iter().zip(self.flags()) {
-            b = put_flag(b, name, on);
+    pub(crate) fn write(self, mut b: ElementBuilder) -> ElementBuilder {
+        for (name, q) in FieldQos::ATTRIBUTES {
+            b = put_flag(b, name, self.contains(q));
         }
         b
     }
@@ -708,19 +535,42 @@ mod tests {
     fn type_flags_parse_alias_and_expand() {
         let e = el("<x xmlns='u' momentary='1' identification='true' historicalDay='false'/>");
         let t = FieldTypes::parse(&e, "x").unwrap();
-        assert!(t.momentary && t.identity && !t.historical_day);
+        assert!(
+            t.contains(FieldTypes::MOMENTARY)
+                && t.contains(FieldTypes::IDENTITY)
+                && !t.contains(FieldTypes::HISTORICAL_DAY)
+        );
         let written = t.write(Element::builder("x", "u")).build();
         assert_eq!(
             written,
             el("<x xmlns='u' momentary='true' identity='true'/>")
         );
-        assert_eq!(FieldTypes::NONE.requested(false, false), FieldTypes::ALL);
-        assert_eq!(FieldTypes::NONE.requested(true, false), FieldTypes::ALL);
+        assert_eq!(
+            FieldTypes::empty().requested(false, false),
+            FieldTypes::all()
+        );
+        assert_eq!(
+            FieldTypes::empty().requested(true, false),
+            FieldTypes::all()
+        );
         let h = FieldTypes::MOMENTARY.requested(false, true);
-        assert!(h.momentary && h.historical_year && !h.peak);
-        assert!(FieldTypes::MOMENTARY.intersects(&h));
-        assert!(!FieldTypes::STATUS.intersects(&h));
-        assert!(FieldTypes::ALL.flags().iter().all(|&f| f));
+        assert!(
+            h.contains(FieldTypes::MOMENTARY)
+                && h.contains(FieldTypes::HISTORICAL_YEAR)
+                && !h.contains(FieldTypes::PEAK)
+        );
+        assert_eq!(
+            FieldTypes::HISTORICAL_DAY.requested(false, false),
+            FieldTypes::HISTORICAL_DAY
+        );
+        assert!(FieldTypes::MOMENTARY.intersects(h));
+        assert!(!FieldTypes::STATUS.intersects(h));
+        // Every type has its attribute, and all() sets every one of them.
+        let named = FieldTypes::ATTRIBUTES
+            .iter()
+            .fold(FieldTypes::empty(), |acc, (_, t)| acc | *t);
+        assert_eq!(named, FieldTypes::all());
+        assert_eq!(FieldTypes::all().iter().count(), 14);
     }
 
     #[test]

@@ -306,7 +306,7 @@ mod tests {
             </subscribe>")
         .unwrap();
         assert!(s.all);
-        assert_eq!(s.requested_types(), FieldTypes::ALL);
+        assert_eq!(s.requested_types(), FieldTypes::all());
         assert_eq!(s.max_age, mins(5));
         assert_eq!(s.fields[2].thresholds(), (Some(1.0), None));
 

@@ -395,7 +395,7 @@ impl Field {
         Field {
             name: name.into(),
             value,
-            types: FieldTypes::NONE,
+            types: FieldTypes::empty(),
             qos: FieldQos::AUTOMATIC_READOUT,
             writable: None,
             module: None,
@@ -780,7 +780,7 @@ mod tests {
         .unwrap();
         assert!(r.all && r.types.is_empty());
         assert_eq!(r.when, Some(dt("2013-03-07T19:00:00")));
-        assert_eq!(r.requested_types(), FieldTypes::ALL);
+        assert_eq!(r.requested_types(), FieldTypes::all());
 
         // §3.6 specific nodes and fields, with whitespace between children.
         let r = Req::try_from(el(
@@ -823,7 +823,7 @@ mod tests {
             "<req xmlns='urn:xmpp:iot:sensordata' seqnr='2' identification='true'/>",
         ))
         .unwrap();
-        assert!(r.types.identity);
+        assert!(r.types.contains(FieldTypes::IDENTITY));
         assert_eq!(
             Element::from(r),
             el("<req xmlns='urn:xmpp:iot:sensordata' seqnr='2' identity='true'/>")
@@ -833,7 +833,7 @@ mod tests {
              automaticReadout='true' value='Device01'/>",
         ))
         .unwrap();
-        assert!(f.types.identity);
+        assert!(f.types.contains(FieldTypes::IDENTITY));
         assert_eq!(Element::from(f).attr("identity"), Some("true"));
     }
 
@@ -1015,7 +1015,9 @@ mod tests {
         .unwrap();
         let stamps = &f.nodes[0].timestamps;
         assert_eq!(stamps.len(), 2);
-        assert!(stamps[1].fields[0].types.historical_day);
+        assert!(stamps[1].fields[0]
+            .types
+            .contains(FieldTypes::HISTORICAL_DAY));
 
         // §7.2 localised field names.
         let f = Fields::try_from(el(
@@ -1070,7 +1072,7 @@ mod tests {
         assert_eq!(fields[8].value, FieldValue::Long(500_000_000_000_000));
         assert_eq!(fields[9].localization_seed.as_deref(), Some("A1"));
         let all_qos = f.nodes[0].timestamps[1].fields[0].qos;
-        assert!(all_qos.flags().iter().filter(|&&q| q).count() == 13 && !all_qos.automatic_readout);
+        assert!(all_qos.iter().count() == 13 && !all_qos.contains(FieldQos::AUTOMATIC_READOUT));
         assert!(f.nodes[1].timestamps.is_empty());
     }
 
@@ -1114,10 +1116,7 @@ mod tests {
                     FieldValue::Duration(Duration::from_millis(90_500)),
                 )
                 .with_types(FieldTypes::STATUS)
-                .with_qos(FieldQos {
-                    warning: true,
-                    ..FieldQos::AUTOMATIC_READOUT
-                }),
+                .with_qos(FieldQos::AUTOMATIC_READOUT | FieldQos::WARNING),
                 Field::new(
                     "Mode",
                     FieldValue::Enum {

@@ -1,5 +1,12 @@
 //! The XML Schema (XSD 1.0) datatypes the IoT payloads carry: xs:dateTime, xs:date,
-//! xs:time, xs:duration and xs:double, parsed and written without any date library.
+//! xs:time, xs:duration and xs:double.
+//!
+//! Dates and times are held, checked, converted and written as chrono's `NaiveDate`,
+//! `NaiveTime` and `FixedOffset`. Their lexical forms are still read here, by a small
+//! scanner: chrono's parser says only what kind of error it met, where we tell the sender
+//! which part is wrong, and it accepts what XSD does not (`2013-5-1`, spaces before a
+//! number, years of five digits and more, offsets without a colon). The scanner looks at
+//! each byte once, so even an 8 KB attribute value costs no more than its length.
 //!
 //! Written forms are canonical: `Z` for a zero offset, fractional seconds with 3, 6 or 9
 //! digits (clients such as Python's `fromisoformat` accept only those), durations as
@@ -9,102 +16,71 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{
+    DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, TimeDelta, Timelike,
+};
+
 use super::common::ValueError;
 
 /// An xs:dateTime: a calendar date and a time of day, with an optional time-zone offset.
 ///
 /// Years 0001 to 9999 are supported. Without an offset the time is local to the sender
 /// ("undefined" time zone in XEP-0323); [`XsDateTime::to_system_time`] reads it as UTC.
-/// Equality is field by field: the same instant written with two offsets is not equal.
+/// Equality compares the written date, time and offset: the same instant written with two
+/// offsets is not equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct XsDateTime {
-    /// Year, 1 to 9999.
-    pub year: u16,
-    /// Month, 1 to 12.
-    pub month: u8,
-    /// Day of the month, 1 to 31.
-    pub day: u8,
-    /// Hour, 0 to 23.
-    pub hour: u8,
-    /// Minute, 0 to 59.
-    pub minute: u8,
-    /// Second, 0 to 59.
-    pub second: u8,
-    /// Fraction of the second in nanoseconds (digits beyond the ninth are dropped).
-    pub nanosecond: u32,
-    /// Offset from UTC in minutes (`Some(0)` is `Z`); `None` when no time zone was given.
-    pub offset_minutes: Option<i16>,
+    datetime: NaiveDateTime,
+    offset: Option<FixedOffset>,
 }
 
 /// An xs:date with an optional time-zone offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct XsDate {
-    /// Year, 1 to 9999.
-    pub year: u16,
-    /// Month, 1 to 12.
-    pub month: u8,
-    /// Day of the month, 1 to 31.
-    pub day: u8,
-    /// Offset from UTC in minutes (`Some(0)` is `Z`); `None` when no time zone was given.
-    pub offset_minutes: Option<i16>,
+    date: NaiveDate,
+    offset: Option<FixedOffset>,
 }
 
 /// An xs:time (a time of day) with an optional time-zone offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct XsTime {
-    /// Hour, 0 to 23.
-    pub hour: u8,
-    /// Minute, 0 to 59.
-    pub minute: u8,
-    /// Second, 0 to 59.
-    pub second: u8,
-    /// Fraction of the second in nanoseconds.
-    pub nanosecond: u32,
-    /// Offset from UTC in minutes (`Some(0)` is `Z`); `None` when no time zone was given.
-    pub offset_minutes: Option<i16>,
+    time: NaiveTime,
+    offset: Option<FixedOffset>,
 }
+
+/// The zero offset, written `Z`.
+const UTC: FixedOffset = FixedOffset::east_opt(0).expect("zero is a valid offset");
+
+/// 0001-01-01T00:00:00 and 9999-12-31T23:59:59.999, the bounds of the instants we stamp.
+const FIRST: NaiveDateTime = NaiveDate::from_ymd_opt(1, 1, 1)
+    .expect("a valid date")
+    .and_time(NaiveTime::MIN);
+const LAST: NaiveDateTime = NaiveDate::from_ymd_opt(9999, 12, 31)
+    .expect("a valid date")
+    .and_time(NaiveTime::from_hms_milli_opt(23, 59, 59, 999).expect("a valid time"));
 
 impl XsDateTime {
     /// The instant `t` in UTC (`Z`), truncated to whole milliseconds. Instants outside the
     /// years 0001–9999 are clamped to those bounds.
     pub fn from_system_time(t: SystemTime) -> XsDateTime {
-        let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => (i128::from(d.as_secs()), d.subsec_nanos()),
-            Err(e) => {
-                let d = e.duration();
-                let mut secs = -i128::from(d.as_secs());
-                let mut nanos = d.subsec_nanos();
-                if nanos > 0 {
-                    secs -= 1;
-                    nanos = 1_000_000_000 - nanos;
-                }
-                (secs, nanos)
-            }
+        // Not chrono's `From<SystemTime>`: it panics on instants beyond its range, which a
+        // `SystemTime` can hold.
+        let utc = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeDelta::from_std(d)
+                .ok()
+                .and_then(|d| DateTime::UNIX_EPOCH.checked_add_signed(d)),
+            Err(e) => TimeDelta::from_std(e.duration())
+                .ok()
+                .and_then(|d| DateTime::UNIX_EPOCH.checked_sub_signed(d)),
         };
-        // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z as Unix seconds.
-        const MIN: i128 = -62_135_596_800;
-        const MAX: i128 = 253_402_300_799;
-        let (secs, nanos) = if secs < MIN {
-            (MIN, 0)
-        } else if secs > MAX {
-            (MAX, 999_000_000)
-        } else {
-            (secs, nanos - nanos % 1_000_000)
+        let datetime = match utc {
+            Some(utc) => utc.naive_utc().clamp(FIRST, LAST),
+            None if t < UNIX_EPOCH => FIRST,
+            None => LAST,
         };
-        // In range, so the narrowing below is exact.
-        let secs = secs as i64;
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
         XsDateTime {
-            year: year as u16,
-            month,
-            day,
-            hour: (rem / 3600) as u8,
-            minute: (rem % 3600 / 60) as u8,
-            second: (rem % 60) as u8,
-            nanosecond: nanos,
-            offset_minutes: Some(0),
+            datetime: datetime.trunc_subsecs(3),
+            offset: Some(UTC),
         }
     }
 
@@ -113,21 +89,28 @@ impl XsDateTime {
         XsDateTime::from_system_time(SystemTime::now())
     }
 
+    /// The date and time of day as written, in the sender's offset.
+    pub fn naive(&self) -> NaiveDateTime {
+        self.datetime
+    }
+
+    /// The time-zone offset (zero for `Z`); `None` when no time zone was given.
+    pub fn offset(&self) -> Option<FixedOffset> {
+        self.offset
+    }
+
     /// Seconds since the Unix epoch (negative before 1970) and the nanosecond fraction.
     /// A value without time zone is read as UTC.
     pub fn unix_time(&self) -> (i64, u32) {
-        let days = days_from_civil(i64::from(self.year), self.month, self.day);
-        let secs = days * 86_400
-            + i64::from(self.hour) * 3600
-            + i64::from(self.minute) * 60
-            + i64::from(self.second)
-            - i64::from(self.offset_minutes.unwrap_or(0)) * 60;
-        (secs, self.nanosecond.min(999_999_999))
+        let offset = self.offset.map_or(0, |o| o.local_minus_utc());
+        let secs = self.datetime.and_utc().timestamp() - i64::from(offset);
+        (secs, self.datetime.nanosecond())
     }
 
     /// The instant this denotes; a value without time zone is read as UTC. `None` if the
     /// platform's `SystemTime` cannot hold it.
     pub fn to_system_time(&self) -> Option<SystemTime> {
+        // Not chrono's `From<DateTime>`: it panics where `SystemTime` cannot hold the year.
         let (secs, nanos) = self.unix_time();
         if secs >= 0 {
             UNIX_EPOCH.checked_add(Duration::new(secs.unsigned_abs(), nanos))
@@ -141,22 +124,41 @@ impl XsDateTime {
     /// The date part.
     pub fn date(&self) -> XsDate {
         XsDate {
-            year: self.year,
-            month: self.month,
-            day: self.day,
-            offset_minutes: self.offset_minutes,
+            date: self.datetime.date(),
+            offset: self.offset,
         }
     }
 
     /// The time-of-day part.
     pub fn time(&self) -> XsTime {
         XsTime {
-            hour: self.hour,
-            minute: self.minute,
-            second: self.second,
-            nanosecond: self.nanosecond,
-            offset_minutes: self.offset_minutes,
+            time: self.datetime.time(),
+            offset: self.offset,
         }
+    }
+}
+
+impl XsDate {
+    /// The date as written.
+    pub fn naive(&self) -> NaiveDate {
+        self.date
+    }
+
+    /// The time-zone offset (zero for `Z`); `None` when no time zone was given.
+    pub fn offset(&self) -> Option<FixedOffset> {
+        self.offset
+    }
+}
+
+impl XsTime {
+    /// The time of day as written.
+    pub fn naive(&self) -> NaiveTime {
+        self.time
+    }
+
+    /// The time-zone offset (zero for `Z`); `None` when no time zone was given.
+    pub fn offset(&self) -> Option<FixedOffset> {
+        self.offset
     }
 }
 
@@ -167,22 +169,16 @@ impl FromStr for XsDateTime {
     fn from_str(s: &str) -> Result<XsDateTime, ValueError> {
         let mut c = Cursor::new(s);
         let parsed = (|| {
-            let (year, month, day) = c.date()?;
+            let date = c.date()?;
             if !c.eat(b'T') {
                 return Err("missing 'T' between date and time");
             }
-            let (hour, minute, second, nanosecond) = c.time()?;
-            let offset_minutes = c.offset()?;
+            let time = c.time()?;
+            let offset = c.offset()?;
             c.end()?;
             Ok(XsDateTime {
-                year,
-                month,
-                day,
-                hour,
-                minute,
-                second,
-                nanosecond,
-                offset_minutes,
+                datetime: date.and_time(time),
+                offset,
             })
         })();
         parsed.map_err(ValueError::DateTime)
@@ -191,13 +187,10 @@ impl FromStr for XsDateTime {
 
 impl fmt::Display for XsDateTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )?;
-        write_fraction(f, self.nanosecond)?;
-        write_offset(f, self.offset_minutes)
+        // chrono writes a date of the years 0001–9999 as `YYYY-MM-DD` and a time of day as
+        // `hh:mm:ss` with 0, 3, 6 or 9 fraction digits: the canonical forms.
+        write!(f, "{}T{}", self.datetime.date(), self.datetime.time())?;
+        write_offset(f, self.offset)
     }
 }
 
@@ -208,15 +201,10 @@ impl FromStr for XsDate {
     fn from_str(s: &str) -> Result<XsDate, ValueError> {
         let mut c = Cursor::new(s);
         let parsed = (|| {
-            let (year, month, day) = c.date()?;
-            let offset_minutes = c.offset()?;
+            let date = c.date()?;
+            let offset = c.offset()?;
             c.end()?;
-            Ok(XsDate {
-                year,
-                month,
-                day,
-                offset_minutes,
-            })
+            Ok(XsDate { date, offset })
         })();
         parsed.map_err(ValueError::Date)
     }
@@ -224,8 +212,8 @@ impl FromStr for XsDate {
 
 impl fmt::Display for XsDate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)?;
-        write_offset(f, self.offset_minutes)
+        write!(f, "{}", self.date)?;
+        write_offset(f, self.offset)
     }
 }
 
@@ -236,16 +224,10 @@ impl FromStr for XsTime {
     fn from_str(s: &str) -> Result<XsTime, ValueError> {
         let mut c = Cursor::new(s);
         let parsed = (|| {
-            let (hour, minute, second, nanosecond) = c.time()?;
-            let offset_minutes = c.offset()?;
+            let time = c.time()?;
+            let offset = c.offset()?;
             c.end()?;
-            Ok(XsTime {
-                hour,
-                minute,
-                second,
-                nanosecond,
-                offset_minutes,
-            })
+            Ok(XsTime { time, offset })
         })();
         parsed.map_err(ValueError::Time)
     }
@@ -253,9 +235,8 @@ impl FromStr for XsTime {
 
 impl fmt::Display for XsTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02}:{:02}:{:02}", self.hour, self.minute, self.second)?;
-        write_fraction(f, self.nanosecond)?;
-        write_offset(f, self.offset_minutes)
+        write!(f, "{}", self.time)?;
+        write_offset(f, self.offset)
     }
 }
 
@@ -265,6 +246,10 @@ impl fmt::Display for XsTime {
 /// durations (`-PT1S`) and non-zero years or months (`P1M`, whose length varies; `P0Y` is
 /// fine). Digits beyond nanoseconds are dropped.
 pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
+    // Hand-written: chrono has no duration parser, `humantime` reads its own "1m 30s"
+    // form, and the `iso8601` crate keeps only milliseconds in u32 fields, takes week
+    // durations (`P1W`) that XSD lacks, and reports a bare message where we name the bad
+    // part.
     let b = s.trim().as_bytes();
     let err = ValueError::Duration;
     if b.first() == Some(&b'-') {
@@ -482,68 +467,13 @@ fn fraction_nanos(digits: &[u8]) -> u32 {
     nanos
 }
 
-fn write_fraction(f: &mut fmt::Formatter<'_>, nanos: u32) -> fmt::Result {
-    if nanos == 0 {
-        Ok(())
-    } else if nanos % 1_000_000 == 0 {
-        write!(f, ".{:03}", nanos / 1_000_000)
-    } else if nanos % 1000 == 0 {
-        write!(f, ".{:06}", nanos / 1000)
-    } else {
-        write!(f, ".{nanos:09}")
-    }
-}
-
-fn write_offset(f: &mut fmt::Formatter<'_>, offset: Option<i16>) -> fmt::Result {
+/// `Z` for a zero offset; chrono writes any other whole-minute offset as `±hh:mm`.
+fn write_offset(f: &mut fmt::Formatter<'_>, offset: Option<FixedOffset>) -> fmt::Result {
     match offset {
         None => Ok(()),
-        Some(0) => f.write_str("Z"),
-        Some(m) => {
-            let sign = if m < 0 { '-' } else { '+' };
-            let m = m.unsigned_abs();
-            write!(f, "{sign}{:02}:{:02}", m / 60, m % 60)
-        }
+        Some(o) if o == UTC => f.write_str("Z"),
+        Some(o) => write!(f, "{o}"),
     }
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: u8) -> u8 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(year) => 29,
-        2 => 28,
-        _ => 0,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
-    let m = i64::from(month.clamp(1, 12));
-    let y = if m <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A byte cursor over trimmed input; parse errors are static descriptions of the bad part.
@@ -583,7 +513,7 @@ impl<'a> Cursor<'a> {
         )
     }
 
-    fn date(&mut self) -> Result<(u16, u8, u8), &'static str> {
+    fn date(&mut self) -> Result<NaiveDate, &'static str> {
         if self.b.get(self.i) == Some(&b'-') {
             return Err("years before 0001 are not supported");
         }
@@ -612,13 +542,12 @@ impl<'a> Cursor<'a> {
             return Err("expected '-' after the month");
         }
         let day = self.digits(2).ok_or("the day must have two digits")?;
-        if day == 0 || day > u32::from(days_in_month(i64::from(year), month as u8)) {
-            return Err("that day does not exist in that month");
-        }
-        Ok((year as u16, month as u8, day as u8))
+        // Four digits fit an i32.
+        NaiveDate::from_ymd_opt(year as i32, month, day)
+            .ok_or("that day does not exist in that month")
     }
 
-    fn time(&mut self) -> Result<(u8, u8, u8, u32), &'static str> {
+    fn time(&mut self) -> Result<NaiveTime, &'static str> {
         let hour = self.digits(2).ok_or("the hour must have two digits")?;
         if hour > 23 {
             return Err("the hour must be 00 to 23");
@@ -634,6 +563,7 @@ impl<'a> Cursor<'a> {
             return Err("expected ':' after the minutes");
         }
         let second = self.digits(2).ok_or("the seconds must have two digits")?;
+        // XSD 1.0 has no leap second (chrono would take 60 as one).
         if second > 59 {
             return Err("the seconds must be 00 to 59");
         }
@@ -648,12 +578,12 @@ impl<'a> Cursor<'a> {
             }
             nanos = fraction_nanos(&self.b[start..self.i]);
         }
-        Ok((hour as u8, minute as u8, second as u8, nanos))
+        NaiveTime::from_hms_nano_opt(hour, minute, second, nanos).ok_or("no such time of day")
     }
 
-    fn offset(&mut self) -> Result<Option<i16>, &'static str> {
+    fn offset(&mut self) -> Result<Option<FixedOffset>, &'static str> {
         if self.eat(b'Z') {
-            return Ok(Some(0));
+            return Ok(Some(UTC));
         }
         let sign = if self.eat(b'+') {
             1
@@ -671,10 +601,14 @@ impl<'a> Cursor<'a> {
         let m = self
             .digits(2)
             .ok_or("the time-zone minutes must have two digits")?;
+        const BEYOND: &str = "the time-zone offset must be within ±14:00";
         if m > 59 || h > 14 || (h == 14 && m > 0) {
-            return Err("the time-zone offset must be within ±14:00");
+            return Err(BEYOND);
         }
-        Ok(Some(sign * (h * 60 + m) as i16))
+        // Two digits each, so the seconds fit an i32.
+        FixedOffset::east_opt(sign * (h * 3600 + m * 60) as i32)
+            .map(Some)
+            .ok_or(BEYOND)
     }
 
     fn end(&self) -> Result<(), &'static str> {
@@ -689,6 +623,7 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Datelike;
 
     fn dt(s: &str) -> XsDateTime {
         s.parse().unwrap()
@@ -716,12 +651,13 @@ mod tests {
             "2013-03-07T16:24:30.500Z"
         );
         assert_eq!(
-            dt("2013-03-07T16:24:30.1234567891Z").nanosecond,
+            dt("2013-03-07T16:24:30.1234567891Z").naive().nanosecond(),
             123_456_789
         );
         let v = dt("2013-03-07T16:24:30-01:30");
-        assert_eq!(v.offset_minutes, Some(-90));
-        assert_eq!((v.hour, v.minute, v.second), (16, 24, 30));
+        assert_eq!(v.offset(), FixedOffset::west_opt(90 * 60));
+        let t = v.naive();
+        assert_eq!((t.hour(), t.minute(), t.second()), (16, 24, 30));
     }
 
     #[test]
@@ -808,14 +744,52 @@ mod tests {
             XsDateTime::from_system_time(fine).to_string(),
             "1970-01-01T00:00:10.123Z"
         );
-        assert_eq!(XsDateTime::now().offset_minutes, Some(0));
+        assert_eq!(XsDateTime::now().offset(), Some(UTC));
+    }
+
+    #[test]
+    fn stamps_are_clamped_to_the_supported_years() {
+        let year = Duration::from_secs(365 * 86_400);
+        let last = "9999-12-31T23:59:59.999Z";
+        let first = "0001-01-01T00:00:00Z";
+        let stamp = |t| XsDateTime::from_system_time(t).to_string();
+        assert_eq!(stamp(UNIX_EPOCH + year * 20_000), last);
+        assert_eq!(stamp(UNIX_EPOCH - year * 2_000), first);
+        // Beyond chrono's range (about ±262,000 years) too, where the platform has them.
+        if let Some(t) = UNIX_EPOCH.checked_add(year * 1_000_000) {
+            assert_eq!(stamp(t), last);
+        }
+        if let Some(t) = UNIX_EPOCH.checked_sub(year * 1_000_000) {
+            assert_eq!(stamp(t), first);
+        }
+        for bound in [first, last] {
+            assert_eq!(stamp(dt(bound).to_system_time().unwrap()), bound);
+        }
+    }
+
+    #[test]
+    fn attribute_sized_values_are_cut_or_refused() {
+        // Attribute values reach 8 KB: long runs of digits are read once, never summed.
+        let fraction = format!("2013-03-07T16:24:30.{}Z", "9".repeat(5000));
+        assert_eq!(dt(&fraction).to_string(), "2013-03-07T16:24:30.999999999Z");
+        let t: XsTime = format!("23:59:59.{}", "1".repeat(8000)).parse().unwrap();
+        assert_eq!(t.to_string(), "23:59:59.111111111");
+        assert_eq!(
+            format!("{}-01-01T00:00:00Z", "1".repeat(8000)).parse::<XsDateTime>(),
+            Err(ValueError::DateTime("years after 9999 are not supported"))
+        );
+        assert_eq!(
+            format!("2013-03-07Z{}", "0".repeat(8000)).parse::<XsDate>(),
+            Err(ValueError::Date("unexpected characters after the value"))
+        );
     }
 
     #[test]
     fn dates_and_times() {
         let d: XsDate = "2013-05-01".parse().unwrap();
+        let n = d.naive();
         assert_eq!(
-            (d.year, d.month, d.day, d.offset_minutes),
+            (n.year(), n.month(), n.day(), d.offset()),
             (2013, 5, 1, None)
         );
         assert_eq!(d.to_string(), "2013-05-01");
@@ -832,7 +806,8 @@ mod tests {
             Err(ValueError::Date("the month must have two digits"))
         );
         let t: XsTime = "08:00:00".parse().unwrap();
-        assert_eq!((t.hour, t.minute, t.second), (8, 0, 0));
+        let n = t.naive();
+        assert_eq!((n.hour(), n.minute(), n.second()), (8, 0, 0));
         assert_eq!(t.to_string(), "08:00:00");
         assert_eq!(
             "23:59:59.75-03:00".parse::<XsTime>().unwrap().to_string(),
