@@ -12,9 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tokio_xmpp::minidom::Element;
-
-use crate::xmpp::link::Outbound;
 
 /// Subscribers per device: device id → bare JIDs.
 pub type Subscribers = BTreeMap<String, BTreeSet<String>>;
@@ -97,20 +94,23 @@ pub fn save(dir: &Path, subs: &Subscribers) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// One commit request: the state to write and the stanzas to release once it is on disk.
-pub struct Commit {
+/// One commit request: the state to write and what to release once it is on disk (the
+/// gateway's replies that promise what the snapshot records; this module does not know
+/// what they are).
+pub struct Commit<T> {
     /// The full subscriber map after the change.
     pub snapshot: Arc<Subscribers>,
-    /// Replies that promise what the snapshot records.
-    pub then_send: Vec<Element>,
+    /// Released to the persister's output once the snapshot is on disk.
+    pub then_send: Vec<T>,
 }
 
 /// Runs the persister: writes the newest queued snapshot, then releases every queued
-/// reply to `outbound`. Ends when `commits` closes, after writing what was queued.
-pub async fn persister(
+/// item to `released`, in order. Ends when `commits` closes, after writing what was
+/// queued, or when `released` closes.
+pub async fn persister<T: Send + 'static, U: From<T>>(
     dir: PathBuf,
-    mut commits: mpsc::Receiver<Commit>,
-    outbound: mpsc::Sender<Outbound>,
+    mut commits: mpsc::Receiver<Commit<T>>,
+    released: mpsc::Sender<U>,
 ) {
     while let Some(first) = commits.recv().await {
         let mut snapshot = first.snapshot;
@@ -129,7 +129,7 @@ pub async fn persister(
             Err(e) => tracing::error!(error = %e, "subscriber save task failed"),
         }
         for r in replies {
-            if outbound.send(r.into()).await.is_err() {
+            if released.send(r.into()).await.is_err() {
                 return;
             }
         }
@@ -164,20 +164,17 @@ mod tests {
     async fn replies_wait_for_the_write() {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, crx) = mpsc::channel(4);
-        let (otx, mut orx) = mpsc::channel(4);
+        let (otx, mut orx) = mpsc::channel::<String>(4);
         let task = tokio::spawn(persister(dir.path().to_owned(), crx, otx));
         let mut s = Subscribers::new();
         s.entry("d".into()).or_default().insert("a@b".into());
-        let reply: Element = "<presence xmlns='jabber:component:accept' type='subscribed'/>"
-            .parse()
-            .unwrap();
         ctx.send(Commit {
             snapshot: Arc::new(s.clone()),
-            then_send: vec![reply.clone()],
+            then_send: vec!["subscribed"],
         })
         .await
         .unwrap();
-        assert_eq!(orx.recv().await.unwrap(), Outbound::One(reply));
+        assert_eq!(orx.recv().await.unwrap(), "subscribed");
         // By the time the reply is out, the file holds the subscription.
         assert_eq!(load(dir.path()).unwrap(), s);
         drop(ctx);

@@ -107,7 +107,7 @@ struct Gateway {
     devices: BTreeMap<DeviceId, Device>,
     subscribers: Subscribers,
     out: mpsc::Sender<Outbound>,
-    commits: mpsc::Sender<Commit>,
+    commits: mpsc::Sender<Commit<Element>>,
     events: EventSink,
     adapters_root: CancellationToken,
     link_up: bool,
