@@ -17,7 +17,13 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use xmpp_parsers::version::VersionResult;
 
 mod cache;
-mod iot;
+mod control;
+mod dispatch;
+mod events;
+mod liveness;
+mod readouts;
+mod replies;
+mod tasks;
 
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
@@ -113,15 +119,15 @@ struct Gateway {
     link_up: bool,
     link_settings: tokio::sync::watch::Sender<crate::config::XmppConfig>,
     /// Readout, write and sampling tasks; each ends in a [`Done`] for the actor.
-    tasks: JoinSet<iot::Done>,
+    tasks: JoinSet<tasks::Done>,
     /// Readouts in progress, by (requester full JID, seqnr).
-    sessions: HashMap<(String, u64), iot::Session>,
+    sessions: HashMap<(String, u64), readouts::Session>,
     /// Readouts in progress per requester.
     sessions_per_requester: HashMap<String, usize>,
     /// Event subscriptions, by (requester full JID, seqnr).
-    subscriptions: HashMap<(String, u64), crate::xmpp::events::Subscription>,
+    subscriptions: HashMap<(String, u64), crate::xmpp::subscription::Subscription>,
     /// Liveness probes of subscribers, by requester full JID.
-    liveness: HashMap<String, iot::Liveness>,
+    liveness: HashMap<String, liveness::Liveness>,
     /// Counter for the ids of the gateway's own iq requests.
     next_iq: u64,
     /// What each adapter kind's devices share.
@@ -189,7 +195,7 @@ pub async fn run(
     release_free_memory();
 
     let mut watchdog = supervisor.watchdog_interval().map(tokio::time::interval);
-    let mut events_tick = tokio::time::interval(iot::EVENTS_TICK);
+    let mut events_tick = tokio::time::interval(events::EVENTS_TICK);
     events_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = false;
     loop {
@@ -313,7 +319,7 @@ impl Gateway {
     fn add_device(&mut self, cfg: DeviceConfig) {
         let bare = format!("{}@{}", cfg.id, self.cfg.xmpp.domain);
         let full = format!("{bare}/{}", self.cfg.xmpp.resource);
-        let disco = DeviceDisco::new(&cfg.name, &iot::features(&cfg));
+        let disco = DeviceDisco::new(&cfg.name, &dispatch::features(&cfg));
         let caps: Element = disco.caps.clone().into();
         let started = self
             .runtimes
@@ -548,7 +554,7 @@ impl Gateway {
         }
         if let Some(dev) = self.visible_device(h) {
             let id = dev.cfg.id.clone();
-            if let Some(set) = el.get_child("set", crate::xmpp::iot::control::NS) {
+            if let Some(set) = el.get_child("set", crate::xmpp::payload::control::NS) {
                 self.on_message_set(h, &id, set).await;
             }
         } else {

@@ -1,13 +1,20 @@
-//! The XMPP side of the gateway: the component link and the stanzas we speak.
-//! Nothing here knows any field bus.
+//! The XMPP side of the gateway. Nothing here knows any field bus.
+//!
+//! - the component link and what guards it: [`link`], [`guard`] (inbound bounds),
+//!   [`size`] (outbound bounds);
+//! - stanzas: [`stanza`] (routing headers, errors), [`presence`], [`disco`], and the
+//!   typed IoT payloads in [`payload`] (XEP-0323, XEP-0325, IoT events) — data only;
+//! - behaviour on top of the payloads: [`readout`] (runs one XEP-0323 readout),
+//!   [`parameters`] (XEP-0325 parameters checked against a device's catalogue, the
+//!   getForm form), [`subscription`] (one IoT-events subscription: thresholds, intervals).
 
-pub mod control;
 pub mod disco;
-pub mod events;
 pub mod guard;
-pub mod iot;
 pub mod link;
+pub mod parameters;
+pub mod payload;
 pub mod presence;
 pub mod readout;
 pub mod size;
 pub mod stanza;
+pub mod subscription;

@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_xmpp::minidom::Element;
 use xmpp_parsers::ns;
 
-use crate::xmpp::iot::common::{FieldQos, FieldTypes, NodeRef};
-use crate::xmpp::iot::sensordata::{
+use crate::xmpp::link::Outbound;
+use crate::xmpp::payload::common::{FieldQos, FieldTypes, NodeRef};
+use crate::xmpp::payload::sensordata::{
     Failure, Field, FieldValue, Fields, NodeData, NumericValue, ReadoutError, Started, Timestamp,
 };
-use crate::xmpp::iot::xsd::XsDateTime;
-use crate::xmpp::link::Outbound;
+use crate::xmpp::payload::xsd::XsDateTime;
 use crate::xmpp::size;
 use crate::xmpp::stanza::{clip, BuilderExt};
 
@@ -447,7 +447,7 @@ mod tests {
         let msgs = r.complete_from_cache().expect("served from the cache");
         assert_eq!(msgs.len(), 1);
         let fields = msgs[0]
-            .get_child("fields", crate::xmpp::iot::sensordata::NS)
+            .get_child("fields", crate::xmpp::payload::sensordata::NS)
             .unwrap();
         assert_eq!(fields.attr("done"), Some("true"));
         assert_eq!(fields.attr("seqnr"), Some("7"));
@@ -459,7 +459,7 @@ mod tests {
             .unwrap();
         assert_eq!(msgs.len(), 2);
         assert!(msgs[1]
-            .get_child("failure", crate::xmpp::iot::sensordata::NS)
+            .get_child("failure", crate::xmpp::payload::sensordata::NS)
             .is_some());
 
         // a stale value has to be read: no answer from the cache
@@ -483,11 +483,11 @@ mod tests {
         let batch = rx.recv().await.unwrap().into_vec();
         assert_eq!(batch.len(), 2);
         let fields = batch[0]
-            .get_child("fields", crate::xmpp::iot::sensordata::NS)
+            .get_child("fields", crate::xmpp::payload::sensordata::NS)
             .unwrap();
         assert_eq!(fields.attr("done"), None);
         let failure = batch[1]
-            .get_child("failure", crate::xmpp::iot::sensordata::NS)
+            .get_child("failure", crate::xmpp::payload::sensordata::NS)
             .unwrap();
         assert_eq!(failure.attr("done"), Some("true"));
         assert!(failure
@@ -528,7 +528,7 @@ mod tests {
         for (i, m) in msgs.iter().enumerate() {
             assert!(size::encoded_len(m) <= limit);
             let fields = m
-                .get_child("fields", crate::xmpp::iot::sensordata::NS)
+                .get_child("fields", crate::xmpp::payload::sensordata::NS)
                 .unwrap();
             let done = fields.attr("done") == Some("true");
             assert_eq!(done, i == msgs.len() - 1);
@@ -552,7 +552,7 @@ mod tests {
         assert_eq!(msgs.len(), 2);
         let failure = Failure::try_from(
             msgs[1]
-                .get_child("failure", crate::xmpp::iot::sensordata::NS)
+                .get_child("failure", crate::xmpp::payload::sensordata::NS)
                 .unwrap(),
         )
         .unwrap();

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use fieldgate_api::{DeviceId, Reading, Value};
 
-use crate::xmpp::iot::common::FieldTypes;
-use crate::xmpp::iot::events::Subscribe;
+use crate::xmpp::payload::common::FieldTypes;
+use crate::xmpp::payload::events::Subscribe;
 
 /// One threshold condition.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +164,7 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xmpp::iot::events::FieldCondition;
+    use crate::xmpp::payload::events::FieldCondition;
     use std::time::SystemTime;
 
     fn values(v: f64) -> HashMap<Arc<str>, Reading> {

@@ -129,7 +129,7 @@ pub enum ParseError {
 macro_rules! try_from_owned {
     ($($t:ty),+ $(,)?) => {$(
         impl TryFrom<tokio_xmpp::minidom::Element> for $t {
-            type Error = $crate::xmpp::iot::common::ParseError;
+            type Error = $crate::xmpp::payload::common::ParseError;
             fn try_from(el: tokio_xmpp::minidom::Element) -> Result<Self, Self::Error> {
                 <$t>::try_from(&el)
             }

@@ -3,10 +3,10 @@
 
 use fieldgate_api::{FieldSpec, FieldType, Reading, Value};
 
-use crate::xmpp::iot::control::{
+use crate::xmpp::payload::control::{
     ControlForm, FormOption, FormParam, ParamKind, ParameterValue, ResponseCode, Set,
 };
-use crate::xmpp::iot::xsd::format_double;
+use crate::xmpp::payload::xsd::format_double;
 use crate::xmpp::stanza::clip;
 
 /// Why one parameter was refused.
@@ -190,7 +190,7 @@ pub fn form(
                     None => format_double(d),
                 },
                 Value::Timestamp(t) => {
-                    crate::xmpp::iot::xsd::XsDateTime::from_system_time(t).to_string()
+                    crate::xmpp::payload::xsd::XsDateTime::from_system_time(t).to_string()
                 }
                 v => v.to_string(),
             });
@@ -213,7 +213,7 @@ fn label(s: &FieldSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xmpp::iot::control::Parameter;
+    use crate::xmpp::payload::control::Parameter;
 
     fn specs() -> Vec<FieldSpec> {
         vec![

@@ -1,0 +1,292 @@
+//! XEP-0325 control as the actor sees it: a `set` checked against the catalogue and
+//! access policy, the write run as a task, the device's answer mapped to an XMPP reply;
+//! `getForm`.
+
+use std::time::Duration;
+
+use fieldgate_api::{AdapterError, AdapterRequest, DeviceId, Value};
+use tokio::sync::oneshot;
+use tokio_xmpp::minidom::Element;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+
+use super::readouts::for_this_node;
+use super::replies::{bad_request, forbidden, not_found};
+use super::tasks::Done;
+use super::Gateway;
+use crate::access::Right;
+use crate::xmpp::parameters::{self, FailureKind};
+use crate::xmpp::payload::control as ctl_ns;
+use crate::xmpp::payload::control::{GetForm, ParamError, ResponseCode, Set, SetResponse};
+use crate::xmpp::stanza::Header;
+
+/// A validated write waiting for the device.
+pub(super) struct WriteJob {
+    /// The iq to answer; `None` for a message `set`, which gets no reply.
+    pub(super) header: Option<Header>,
+    pub(super) device: DeviceId,
+    pub(super) params: Vec<(String, Value)>,
+}
+
+pub(super) async fn write(
+    adapter: Option<tokio::sync::mpsc::Sender<AdapterRequest>>,
+    device: &DeviceId,
+    params: Vec<(String, Value)>,
+    timeout: Duration,
+) -> Result<(), AdapterError> {
+    let adapter = adapter.ok_or(AdapterError::Stopped)?;
+    let (reply, rx) = oneshot::channel();
+    let ask = async {
+        adapter
+            .send(AdapterRequest::Write {
+                device: device.clone(),
+                params,
+                reply,
+            })
+            .await
+            .map_err(|_| AdapterError::Stopped)?;
+        rx.await.map_err(|_| AdapterError::Stopped)?
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(r) => r,
+        Err(_) => Err(AdapterError::Timeout(format!(
+            "no answer from the device within {}",
+            humantime::format_duration(timeout)
+        ))),
+    }
+}
+
+/// The reply to an applied (or failed) iq `set`: "the device is unreachable" and "the
+/// device refused" are different errors, so a client can tell retry from give up.
+pub(super) fn write_reply(h: &Header, result: &Result<(), AdapterError>) -> Element {
+    let response = |code: ResponseCode| vec![Element::from(SetResponse::with_code(code))];
+    let (type_, condition, code) = match result {
+        Ok(()) => return h.result(Some(SetResponse::ok().into())),
+        Err(AdapterError::LinkDown(_)) | Err(AdapterError::Stopped) => (
+            ErrorType::Wait,
+            DefinedCondition::ServiceUnavailable,
+            ResponseCode::OtherError,
+        ),
+        Err(AdapterError::Timeout(_)) => (
+            ErrorType::Wait,
+            DefinedCondition::RemoteServerTimeout,
+            ResponseCode::OtherError,
+        ),
+        Err(AdapterError::Refused(_)) => (
+            ErrorType::Modify,
+            DefinedCondition::NotAcceptable,
+            ResponseCode::OtherError,
+        ),
+        Err(AdapterError::IllegalAddress(_)) => (
+            ErrorType::Cancel,
+            DefinedCondition::ItemNotFound,
+            ResponseCode::NotFound,
+        ),
+        Err(AdapterError::Busy(_)) => (
+            ErrorType::Wait,
+            DefinedCondition::ResourceConstraint,
+            ResponseCode::Locked,
+        ),
+        Err(AdapterError::UnknownField(_)) => (
+            ErrorType::Cancel,
+            DefinedCondition::ItemNotFound,
+            ResponseCode::NotFound,
+        ),
+        Err(AdapterError::NotWritable(_)) | Err(AdapterError::InvalidValue { .. }) => (
+            ErrorType::Modify,
+            DefinedCondition::BadRequest,
+            ResponseCode::FormError,
+        ),
+    };
+    let e = result
+        .as_ref()
+        .err()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let text = match result {
+        Err(AdapterError::LinkDown(_)) => format!("device unreachable, nothing applied: {e}"),
+        Err(AdapterError::Refused(_)) => format!("the device refused the value: {e}"),
+        _ => e,
+    };
+    h.error_with(type_, condition, &text, vec![], response(code))
+}
+
+/// The named parameters of a `set` that do not parse on their own, with the reason.
+pub(super) fn unparsable_params(set: &Element) -> Vec<(String, String)> {
+    set.children()
+        .filter(|c| c.ns() == ctl_ns::NS)
+        .filter_map(|c| {
+            let name = c.attr("name")?;
+            let alone = Element::builder("set", ctl_ns::NS)
+                .append(c.clone())
+                .build();
+            Set::try_from(&alone)
+                .err()
+                .map(|e| (name.to_owned(), e.to_string()))
+        })
+        .collect()
+}
+
+impl Gateway {
+    // ---- XEP-0325 control ---------------------------------------------------------------
+
+    /// Validates a `set`; `Ok` is an immediate reply, `Err` a write to start.
+    pub(super) fn on_set(
+        &self,
+        h: &Header,
+        id: &DeviceId,
+        payload: &Element,
+    ) -> Result<Element, Box<WriteJob>> {
+        let response = |code: ResponseCode| vec![Element::from(SetResponse::with_code(code))];
+        if self.refuse(h, id, Right::Control).is_some() {
+            return Ok(forbidden(
+                h,
+                "you may not control this device",
+                response(ResponseCode::InsufficientPrivileges),
+            ));
+        }
+        let set = match Set::try_from(payload) {
+            Ok(s) => s,
+            Err(e) => {
+                // Name the parameters that do not parse, one paramError each.
+                let failing = unparsable_params(payload);
+                let text = if failing.is_empty() {
+                    e.to_string()
+                } else {
+                    failing
+                        .iter()
+                        .map(|(n, t)| format!("{n}: {t}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                let inside = failing
+                    .into_iter()
+                    .map(|(n, t)| Element::from(ParamError::new(n, t)))
+                    .collect();
+                return Ok(h.error_with(
+                    ErrorType::Modify,
+                    DefinedCondition::BadRequest,
+                    &text,
+                    inside,
+                    response(ResponseCode::FormError),
+                ));
+            }
+        };
+        if !for_this_node(&set.nodes, id) {
+            return Ok(not_found(
+                h,
+                "no such node on this device",
+                response(ResponseCode::NotFound),
+            ));
+        }
+        let count = set.params.len() + set.form.as_ref().map_or(0, |f| f.fields.len());
+        let max = self.cfg.readout.max_set_params;
+        if count > max {
+            return Ok(h.error_with(
+                ErrorType::Modify,
+                DefinedCondition::BadRequest,
+                &format!("{count} parameters in one set; at most {max} are accepted"),
+                vec![],
+                response(ResponseCode::FormError),
+            ));
+        }
+        let dev = &self.devices[id];
+        match parameters::validate(&dev.specs, &set) {
+            Ok(params) => Err(Box::new(WriteJob {
+                header: Some(h.clone()),
+                device: id.clone(),
+                params,
+            })),
+            Err(failures) => {
+                let worst = failures
+                    .iter()
+                    .map(|f| f.kind)
+                    .min()
+                    .unwrap_or(FailureKind::Invalid);
+                let (type_, condition) = match worst {
+                    FailureKind::Unknown => (ErrorType::Cancel, DefinedCondition::ItemNotFound),
+                    _ => (ErrorType::Modify, DefinedCondition::BadRequest),
+                };
+                let text = failures
+                    .iter()
+                    .map(|f| format!("{}: {}", f.name, f.text))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::info!(device = %id, from = %h.from, reason = %text, "set refused; nothing applied");
+                let inside = failures
+                    .iter()
+                    .map(|f| Element::from(ParamError::new(f.name.clone(), f.text.clone())))
+                    .collect();
+                Ok(h.error_with(
+                    type_,
+                    condition,
+                    &text,
+                    inside,
+                    response(worst.response_code()),
+                ))
+            }
+        }
+    }
+
+    /// A `set` inside a message: applied with no reply, whatever happens (XEP-0325 §3.1).
+    pub(super) async fn on_message_set(&mut self, h: &Header, id: &DeviceId, set: &Element) {
+        match self.on_set(h, id, set) {
+            Err(mut job) => {
+                job.header = None;
+                self.start_write(job);
+            }
+            Ok(refusal) => {
+                let why = refusal
+                    .get_child("error", xmpp_parsers::ns::COMPONENT)
+                    .map(|e| {
+                        e.children()
+                            .filter(|c| c.name() == "text")
+                            .map(|c| c.text())
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default();
+                tracing::info!(device = %id, from = %h.from, reason = %why, "message set not applied");
+            }
+        }
+    }
+
+    pub(super) fn start_write(&mut self, job: Box<WriteJob>) {
+        let Some(dev) = self.devices.get(&job.device) else {
+            return;
+        };
+        let adapter = dev.adapter.as_ref().map(|a| a.requests.clone());
+        let timeout = self.cfg.readout.timeout;
+        self.tasks.spawn(async move {
+            let fields: Vec<String> = job.params.iter().map(|(n, _)| n.clone()).collect();
+            let result = write(adapter, &job.device, job.params, timeout).await;
+            match (&job.header, &result) {
+                (_, Ok(())) => {
+                    tracing::info!(device = %job.device, fields = ?fields, "set applied")
+                }
+                (_, Err(e)) => tracing::warn!(device = %job.device, error = %e, "set failed"),
+            }
+            // The reply goes out from the actor, after it has forgotten the cached values
+            // of the written fields: a readout right after `setResponse` sees the write.
+            Done::Write {
+                device: job.device,
+                fields,
+                reply: job.header.as_ref().map(|h| write_reply(h, &result)),
+            }
+        });
+    }
+
+    pub(super) fn on_get_form(&self, h: &Header, id: &DeviceId, payload: &Element) -> Element {
+        if self.refuse(h, id, Right::Control).is_some() {
+            return forbidden(h, "you may not control this device", vec![]);
+        }
+        let q = match GetForm::try_from(payload) {
+            Ok(q) => q,
+            Err(e) => return bad_request(h, &e.to_string()),
+        };
+        if !for_this_node(&q.nodes, id) {
+            return not_found(h, "no such node on this device", vec![]);
+        }
+        let dev = &self.devices[id];
+        let form = parameters::form(&dev.cfg.name, &dev.specs, |n| dev.cache.get(n).cloned());
+        h.result(Some(form.into()))
+    }
+}

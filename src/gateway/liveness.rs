@@ -1,0 +1,101 @@
+//! Whether event subscribers are still there: the server keeps no presence of theirs
+//! towards a device, so each is pinged now and then and forgotten when it stops answering.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fieldgate_api::DeviceId;
+use tokio_xmpp::minidom::Element;
+
+use super::Gateway;
+use crate::xmpp::stanza::Header;
+
+/// How often a subscriber is pinged to learn whether it is still there: the server keeps
+/// no presence for it towards the device, and events to a gone client would pile up in
+/// its offline storage.
+pub(super) const LIVENESS_EVERY: Duration = Duration::from_secs(30);
+/// How long a liveness ping may stay unanswered.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(20);
+const LIVENESS_ID: &str = "fg-live-";
+
+/// The liveness probe state of one subscriber.
+#[derive(Default)]
+pub(super) struct Liveness {
+    pub(super) last_probe: Option<Instant>,
+    pub(super) outstanding: Option<(String, Instant)>,
+}
+
+pub(super) fn ping(from: &str, to: &str, id: &str) -> Element {
+    use crate::xmpp::stanza::BuilderExt;
+    Element::builder("iq", xmpp_parsers::ns::COMPONENT)
+        .a("type", "get")
+        .a("id", id)
+        .a("from", from)
+        .a("to", to)
+        .append(Element::builder("ping", xmpp_parsers::ns::PING).build())
+        .build()
+}
+
+impl Gateway {
+    /// Pings subscribers now and then; one that does not answer loses its subscriptions.
+    pub(super) async fn probe_subscribers(&mut self, now: Instant) {
+        let mut requesters: HashMap<String, DeviceId> = HashMap::new();
+        for s in self.subscriptions.values() {
+            requesters
+                .entry(s.requester.clone())
+                .or_insert_with(|| s.device.clone());
+        }
+        self.liveness.retain(|who, _| requesters.contains_key(who));
+        let mut gone = Vec::new();
+        let mut pings = Vec::new();
+        for (who, device) in requesters {
+            let l = self.liveness.entry(who.clone()).or_default();
+            match &l.outstanding {
+                Some((_, sent)) if now.duration_since(*sent) > LIVENESS_TIMEOUT => gone.push(who),
+                Some(_) => {}
+                None if l
+                    .last_probe
+                    .is_none_or(|t| now.duration_since(t) >= LIVENESS_EVERY) =>
+                {
+                    self.next_iq += 1;
+                    let id = format!("{LIVENESS_ID}{}", self.next_iq);
+                    l.last_probe = Some(now);
+                    l.outstanding = Some((id.clone(), now));
+                    if let Some(dev) = self.devices.get(&device) {
+                        pings.push(ping(&dev.full, &who, &id));
+                    }
+                }
+                None => {}
+            }
+        }
+        for who in gone {
+            self.liveness.remove(&who);
+            self.forget_requester(&who, "no answer to a liveness ping");
+        }
+        for p in pings {
+            self.send(p).await;
+        }
+    }
+
+    /// An iq result or error addressed to us: only answers to our liveness pings matter.
+    pub(super) fn on_iq_response(&mut self, h: &Header) {
+        let Some(id) = h.id.as_deref().filter(|id| id.starts_with(LIVENESS_ID)) else {
+            return;
+        };
+        let who = h.from.to_string();
+        let matches = self
+            .liveness
+            .get(&who)
+            .and_then(|l| l.outstanding.as_ref())
+            .is_some_and(|(sent, _)| sent == id);
+        if !matches {
+            return;
+        }
+        if h.type_.as_deref() == Some("error") {
+            self.liveness.remove(&who);
+            self.forget_requester(&who, "liveness ping bounced");
+        } else if let Some(l) = self.liveness.get_mut(&who) {
+            l.outstanding = None;
+        }
+    }
+}

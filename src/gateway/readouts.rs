@@ -1,0 +1,269 @@
+//! XEP-0323 readouts as the actor sees them: accepting or refusing a request, the
+//! sessions in progress (bounded per requester), cancel; the readout itself runs in
+//! [`crate::xmpp::readout`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fieldgate_api::{DeviceId, Reachability};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_xmpp::minidom::Element;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+
+use super::replies::{bad_request, forbidden, not_found};
+use super::tasks::Done;
+use super::{Device, Gateway};
+use crate::access::Right;
+use crate::xmpp::payload::common::{FieldQos, FieldTypes, NodeRef};
+use crate::xmpp::payload::sensordata::{Accepted, Cancel, Cancelled, Field, FieldValue, Req};
+use crate::xmpp::payload::xsd::XsDateTime;
+use crate::xmpp::readout::Readout;
+use crate::xmpp::stanza::Header;
+
+/// A readout in progress.
+pub(super) struct Session {
+    pub(super) device: DeviceId,
+    pub(super) cancel: CancellationToken,
+}
+
+/// Names of the status and identity fields every device reports.
+pub(super) const EXTRA_NAMES: &[&str] = &[
+    "reachable",
+    "lastError",
+    "name",
+    "model",
+    "serial",
+    "vendor",
+];
+
+/// Status fields (reachability, last error) and identity fields (name, model, serial,
+/// vendor from the configuration), as requested.
+pub(super) fn extra_fields(dev: &Device, types: &FieldTypes) -> Vec<Field> {
+    let mut out = Vec::new();
+    let flags = |t: FieldTypes| t;
+    if types.contains(FieldTypes::STATUS) {
+        let reachable = matches!(dev.reach, Some(Reachability::Reachable));
+        out.push(
+            Field::new("reachable", FieldValue::Boolean(reachable))
+                .with_types(flags(FieldTypes::STATUS))
+                .with_qos(FieldQos::AUTOMATIC_READOUT),
+        );
+        if let Some(e) = &dev.last_error {
+            out.push(
+                Field::new("lastError", FieldValue::String(e.clone()))
+                    .with_types(FieldTypes::STATUS)
+                    .with_qos(FieldQos::AUTOMATIC_READOUT),
+            );
+        }
+    }
+    if types.contains(FieldTypes::IDENTITY) {
+        let c = &dev.cfg;
+        for (name, value) in [
+            ("name", Some(&c.name)),
+            ("model", c.model.as_ref()),
+            ("serial", c.serial.as_ref()),
+            ("vendor", c.vendor.as_ref()),
+        ] {
+            if let Some(v) = value {
+                out.push(
+                    Field::new(name, FieldValue::String(v.clone()))
+                        .with_types(FieldTypes::IDENTITY)
+                        .with_qos(FieldQos::AUTOMATIC_READOUT),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Whether a request's `<node>` list (empty: the device itself) names this device.
+pub(super) fn for_this_node(nodes: &[NodeRef], id: &DeviceId) -> bool {
+    nodes.is_empty() || nodes.iter().any(|n| n.node_id == **id)
+}
+
+impl Gateway {
+    // ---- XEP-0323 readouts --------------------------------------------------------------
+
+    /// Accepts or refuses a readout: the replies to send, in order, and the task to start
+    /// when the readout cannot be completed at once from the cache.
+    pub(super) fn on_req(
+        &mut self,
+        h: &Header,
+        id: &DeviceId,
+        payload: &Element,
+    ) -> (Vec<Element>, Option<BoxFuture<'static, Done>>) {
+        let (reply, job) = self.accept_req(h, id, payload);
+        let mut replies = vec![reply];
+        let Some(job) = job else {
+            return (replies, None);
+        };
+        if let Some(messages) = job.complete_from_cache() {
+            replies.extend(messages);
+            return (replies, None);
+        }
+        let requester = job.to.clone();
+        let key = (requester.clone(), job.seqnr);
+        let cancel = CancellationToken::new();
+        self.sessions.insert(
+            key.clone(),
+            Session {
+                device: id.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        *self.sessions_per_requester.entry(requester).or_default() += 1;
+        let out = self.out.clone();
+        let device = id.clone();
+        let task = async move {
+            let (fresh, error) = job.run(out, cancel).await;
+            Done::Readout {
+                key,
+                device,
+                fresh,
+                error,
+            }
+        };
+        (replies, Some(Box::pin(task)))
+    }
+
+    /// Checks a readout request: an error reply, or the `accepted` result with the readout.
+    pub(super) fn accept_req(
+        &self,
+        h: &Header,
+        id: &DeviceId,
+        payload: &Element,
+    ) -> (Element, Option<Readout>) {
+        if self.refuse(h, id, Right::Read).is_some() {
+            return (forbidden(h, "you may not read this device", vec![]), None);
+        }
+        let req = match Req::try_from(payload) {
+            Ok(r) => r,
+            Err(e) => return (bad_request(h, &e.to_string()), None),
+        };
+        if !for_this_node(&req.nodes, id) {
+            return (not_found(h, "no such node on this device", vec![]), None);
+        }
+        let requester = h.from.to_string();
+        let key = (requester.clone(), req.seqnr);
+        if self.sessions.contains_key(&key) {
+            let e = h.error(
+                ErrorType::Cancel,
+                DefinedCondition::Conflict,
+                &format!("readout {} is already in progress", req.seqnr),
+                None,
+            );
+            return (e, None);
+        }
+        let running = self
+            .sessions_per_requester
+            .get(&requester)
+            .copied()
+            .unwrap_or(0);
+        if running >= self.cfg.readout.max_per_requester {
+            tracing::warn!(device = %id, from = %requester, running, "readout refused: too many in progress");
+            let e = h.error(
+                ErrorType::Wait,
+                DefinedCondition::ResourceConstraint,
+                &format!(
+                    "{running} readouts in progress; at most {} per requester",
+                    self.cfg.readout.max_per_requester
+                ),
+                None,
+            );
+            return (e, None);
+        }
+        let dev = &self.devices[id];
+        let types = req.requested_types();
+        // Sets and the catalogue's index: a request may name thousands of fields.
+        let known = |n: &String| dev.cache.knows(n) || EXTRA_NAMES.contains(&n.as_str());
+        let filter: HashSet<&str> = req.fields.iter().map(String::as_str).collect();
+        let named = |n: &str| filter.is_empty() || filter.contains(n);
+        let wanted: Vec<Arc<str>> = if types.contains(FieldTypes::MOMENTARY) {
+            dev.specs
+                .iter()
+                .filter(|s| named(&s.name))
+                .map(|s| s.name.clone())
+                .collect()
+        } else {
+            vec![]
+        };
+        let now = SystemTime::now();
+        let cached = wanted
+            .iter()
+            .filter_map(|n| dev.cache.get(n))
+            .map(|r| (r.field.clone(), r.clone()))
+            .collect();
+        let when = req
+            .when
+            .as_ref()
+            .and_then(XsDateTime::to_system_time)
+            .filter(|w| *w > now);
+        let extra = extra_fields(dev, &types)
+            .into_iter()
+            .filter(|f| named(&f.name))
+            .collect();
+        let job = Readout {
+            seqnr: req.seqnr,
+            from: dev.full.clone(),
+            to: requester.clone(),
+            node: id.to_string(),
+            when,
+            specs: dev.specs.clone(),
+            wanted,
+            cached,
+            unknown: {
+                let mut seen = HashSet::new();
+                req.fields
+                    .iter()
+                    .filter(|n| !known(n) && seen.insert(n.as_str()))
+                    .cloned()
+                    .collect()
+            },
+            extra,
+            adapter: dev.adapter.as_ref().map(|a| a.requests.clone()),
+            timeout: self.cfg.readout.timeout,
+            max_age: dev.max_age,
+            max_stanza: self.cfg.xmpp.max_outbound_stanza_size,
+        };
+        let accepted = h.result(Some(
+            Accepted {
+                seqnr: req.seqnr,
+                queued: when.is_some(),
+            }
+            .into(),
+        ));
+        (accepted, Some(job))
+    }
+
+    pub(super) fn on_cancel(&mut self, h: &Header, payload: &Element) -> Element {
+        let cancel = match Cancel::try_from(payload) {
+            Ok(c) => c,
+            Err(e) => return bad_request(h, &e.to_string()),
+        };
+        let key = (h.from.to_string(), cancel.seqnr);
+        match self.end_session(&key) {
+            true => h.result(Some(Cancelled::new(cancel.seqnr).into())),
+            false => not_found(
+                h,
+                &format!("no readout {} in progress", cancel.seqnr),
+                vec![],
+            ),
+        }
+    }
+
+    pub(super) fn end_session(&mut self, key: &(String, u64)) -> bool {
+        let Some(s) = self.sessions.remove(key) else {
+            return false;
+        };
+        s.cancel.cancel();
+        if let Some(n) = self.sessions_per_requester.get_mut(&key.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.sessions_per_requester.remove(&key.0);
+            }
+        }
+        true
+    }
+}
