@@ -290,3 +290,112 @@ impl Gateway {
         h.result(Some(form.into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xmpp_parsers::ns;
+
+    fn header() -> Header {
+        let el: Element = "<iq xmlns='jabber:component:accept' type='set' id='w1' \
+             from='alice@example.org/app' to='pump@gw.example.org'/>"
+            .parse()
+            .unwrap();
+        Header::parse(&el).unwrap()
+    }
+
+    /// "link down" and "device refused" are different answers.
+    #[test]
+    fn the_devices_answer_maps_to_its_own_xmpp_error() {
+        let h = header();
+        let cases = [
+            (
+                AdapterError::LinkDown("x".into()),
+                "wait",
+                "service-unavailable",
+            ),
+            (AdapterError::Stopped, "wait", "service-unavailable"),
+            (
+                AdapterError::Timeout("x".into()),
+                "wait",
+                "remote-server-timeout",
+            ),
+            (
+                AdapterError::Refused("x".into()),
+                "modify",
+                "not-acceptable",
+            ),
+            (
+                AdapterError::IllegalAddress("x".into()),
+                "cancel",
+                "item-not-found",
+            ),
+            (
+                AdapterError::Busy("x".into()),
+                "wait",
+                "resource-constraint",
+            ),
+            (
+                AdapterError::UnknownField("x".into()),
+                "cancel",
+                "item-not-found",
+            ),
+            (
+                AdapterError::NotWritable("x".into()),
+                "modify",
+                "bad-request",
+            ),
+        ];
+        for (e, type_, cond) in cases {
+            let reply = write_reply(&h, &Err(e.clone()));
+            assert_eq!(reply.attr("type"), Some("error"));
+            assert_eq!(reply.attr("id"), Some("w1"));
+            let err = reply.get_child("error", ns::COMPONENT).unwrap();
+            assert_eq!(err.attr("type"), Some(type_), "{e}");
+            assert!(err.has_child(cond, ns::XMPP_STANZAS), "{e}: {cond}");
+            // the older clients' setResponse beside the error
+            assert!(reply.has_child("setResponse", ctl_ns::NS), "{e}");
+        }
+        let ok = write_reply(&h, &Ok(()));
+        assert_eq!(ok.attr("type"), Some("result"));
+        assert!(ok.has_child("setResponse", ctl_ns::NS));
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod actor_tests {
+    use super::super::testing::{condition, device, el, gateway, iq, ALICE, MALLORY};
+    use super::*;
+
+    fn set(params: &str) -> Element {
+        el(&format!("<set xmlns='{}'>{params}</set>", ctl_ns::NS))
+    }
+
+    #[tokio::test]
+    async fn a_set_is_checked_before_anything_is_written() {
+        let t = gateway(&device("pump"));
+        let id: DeviceId = "pump".into();
+        let ok = "<double name='setpoint' value='5'/>";
+        let reply = |r: Result<Element, Box<WriteJob>>| r.ok().expect("a reply, not a write");
+        let denied = t.gw.on_set(&iq("set", MALLORY, "pump"), &id, &set(ok));
+        assert_eq!(condition(&reply(denied)).as_deref(), Some("forbidden"));
+        // out of range, read-only, unknown: refused as a whole, nothing written
+        for (params, cond) in [
+            ("<double name='setpoint' value='11'/>", "bad-request"),
+            ("<string name='label' value='x'/>", "bad-request"),
+            ("<double name='nosuch' value='1'/>", "item-not-found"),
+            (
+                &format!("{ok}<double name='nosuch' value='1'/>") as &str,
+                "item-not-found",
+            ),
+        ] {
+            let r = t.gw.on_set(&iq("set", ALICE, "pump"), &id, &set(params));
+            assert_eq!(condition(&reply(r)).as_deref(), Some(cond), "{params}");
+        }
+        // a valid set becomes a write job, not a reply
+        assert!(t
+            .gw
+            .on_set(&iq("set", ALICE, "pump"), &id, &set(ok))
+            .is_err());
+    }
+}

@@ -106,3 +106,22 @@ impl Gateway {
         self.subscriptions.retain(|_, s| &s.device != id);
     }
 }
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::super::testing::gateway;
+    use super::*;
+
+    #[tokio::test]
+    async fn features_follow_the_catalogue() {
+        let t = gateway(
+            "[[device]]\nid = \"bare\"\nadapter = \"sim\"\n\
+             [[device]]\nid = \"ro\"\nadapter = \"sim\"\n[[device.field]]\nname = \"a\"\ntype = \"int\"\n\
+             [[device]]\nid = \"rw\"\nadapter = \"sim\"\n[[device.field]]\nname = \"a\"\ntype = \"int\"\nwritable = true\n",
+        );
+        let f = |id: &str| features(&t.gw.devices[id].cfg);
+        assert_eq!(f("bare"), [sd_ns::NS]);
+        assert_eq!(f("ro"), [sd_ns::NS, ev_ns::NS]);
+        assert_eq!(f("rw"), [sd_ns::NS, ev_ns::NS, ctl_ns::NS]);
+    }
+}

@@ -240,3 +240,73 @@ impl Gateway {
         });
     }
 }
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::super::testing::{condition, device, el, gateway, iq, ALICE, MALLORY};
+    use super::*;
+
+    const EV: &str = crate::xmpp::payload::events::NS;
+
+    fn subscribe(seqnr: u64, attrs: &str, fields: &str) -> Element {
+        el(&format!(
+            "<subscribe xmlns='{EV}' seqnr='{seqnr}' momentary='true' {attrs}>{fields}</subscribe>"
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_subscription_is_accepted_only_if_it_can_ever_report() {
+        let mut t = gateway(&device("pump"));
+        let id: DeviceId = "pump".into();
+        let h = iq("get", ALICE, "pump");
+        let by_change = "<field name='level' changedBy='1'/>";
+        let r = t.gw.on_subscribe(
+            &iq("get", MALLORY, "pump"),
+            &id,
+            &subscribe(1, "", by_change),
+        );
+        assert_eq!(condition(&r).as_deref(), Some("forbidden"));
+        let r = t.gw.on_subscribe(
+            &h,
+            &id,
+            &subscribe(1, "", "<field name='nosuch' changedBy='1'/>"),
+        );
+        assert_eq!(condition(&r).as_deref(), Some("item-not-found"));
+        // no threshold and no maxInterval: it would never report
+        let r =
+            t.gw.on_subscribe(&h, &id, &subscribe(1, "", "<field name='level'/>"));
+        assert_eq!(condition(&r).as_deref(), Some("bad-request"));
+        assert!(t.gw.subscriptions.is_empty());
+        let r = t.gw.on_subscribe(&h, &id, &subscribe(1, "", by_change));
+        assert_eq!(condition(&r), None);
+        let r =
+            t.gw.on_subscribe(&h, &id, &subscribe(2, "maxInterval='PT1M'", ""));
+        assert_eq!(condition(&r), None);
+        assert_eq!(t.gw.subscriptions.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn subscriptions_per_requester_are_bounded() {
+        let mut t = gateway(&device("pump"));
+        let id: DeviceId = "pump".into();
+        let h = iq("get", ALICE, "pump");
+        let max = t.gw.cfg.events.max_per_requester as u64;
+        for seqnr in 0..max {
+            let r =
+                t.gw.on_subscribe(&h, &id, &subscribe(seqnr, "maxInterval='PT1M'", ""));
+            assert_eq!(condition(&r), None);
+        }
+        let r =
+            t.gw.on_subscribe(&h, &id, &subscribe(max, "maxInterval='PT1M'", ""));
+        assert_eq!(condition(&r).as_deref(), Some("resource-constraint"));
+        // renewing one held is not a new one
+        let r =
+            t.gw.on_subscribe(&h, &id, &subscribe(0, "maxInterval='PT2M'", ""));
+        assert_eq!(condition(&r), None);
+        // another requester has its own budget
+        let other = iq("get", "alice@example.org/phone", "pump");
+        let r =
+            t.gw.on_subscribe(&other, &id, &subscribe(0, "maxInterval='PT1M'", ""));
+        assert_eq!(condition(&r), None);
+    }
+}

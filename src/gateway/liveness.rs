@@ -99,3 +99,76 @@ impl Gateway {
         }
     }
 }
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::super::testing::{device, el, gateway, iq, ALICE, DOMAIN};
+    use super::*;
+    use crate::xmpp::link::Outbound;
+
+    fn subscribed(t: &mut super::super::testing::TestGateway) {
+        let sub = el(&format!(
+            "<subscribe xmlns='{}' seqnr='1' maxInterval='PT1M'/>",
+            crate::xmpp::payload::events::NS
+        ));
+        t.gw.on_subscribe(&iq("get", ALICE, "pump"), &"pump".into(), &sub);
+        assert_eq!(t.gw.subscriptions.len(), 1);
+    }
+
+    fn sent_ping(out: &mut tokio::sync::mpsc::Receiver<Outbound>) -> String {
+        let Ok(Outbound::One(p)) = out.try_recv() else {
+            panic!("a ping was sent")
+        };
+        assert_eq!(p.attr("to"), Some(ALICE));
+        assert!(p.has_child("ping", xmpp_parsers::ns::PING));
+        p.attr("id").unwrap().to_owned()
+    }
+
+    fn answer(id: &str, type_: &str) -> Header {
+        let el: Element = format!(
+            "<iq xmlns='jabber:component:accept' type='{type_}' id='{id}' from='{ALICE}' to='pump@{DOMAIN}/gw'/>"
+        )
+        .parse()
+        .unwrap();
+        Header::parse(&el).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_answers_keeps_its_subscriptions() {
+        let mut t = gateway(&device("pump"));
+        subscribed(&mut t);
+        let t0 = Instant::now();
+        t.gw.probe_subscribers(t0).await;
+        let id = sent_ping(&mut t.out);
+        t.gw.on_iq_response(&answer(&id, "result"));
+        // long after the timeout: nothing outstanding, so nothing is forgotten
+        t.gw.probe_subscribers(t0 + LIVENESS_TIMEOUT * 2).await;
+        assert_eq!(t.gw.subscriptions.len(), 1);
+        // and the next probe comes after LIVENESS_EVERY
+        t.gw.probe_subscribers(t0 + LIVENESS_EVERY).await;
+        sent_ping(&mut t.out);
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_bounced_subscriber_is_forgotten() {
+        let mut t = gateway(&device("pump"));
+        subscribed(&mut t);
+        let t0 = Instant::now();
+        t.gw.probe_subscribers(t0).await;
+        sent_ping(&mut t.out);
+        t.gw.probe_subscribers(t0 + LIVENESS_TIMEOUT).await;
+        assert_eq!(t.gw.subscriptions.len(), 1, "not before the timeout");
+        t.gw.probe_subscribers(t0 + LIVENESS_TIMEOUT + Duration::from_millis(1))
+            .await;
+        assert!(t.gw.subscriptions.is_empty());
+
+        subscribed(&mut t);
+        t.gw.probe_subscribers(t0).await;
+        let id = sent_ping(&mut t.out);
+        // an answer to somebody else's ping id changes nothing
+        t.gw.on_iq_response(&answer("fg-live-999", "error"));
+        assert_eq!(t.gw.subscriptions.len(), 1);
+        t.gw.on_iq_response(&answer(&id, "error"));
+        assert!(t.gw.subscriptions.is_empty());
+    }
+}

@@ -24,6 +24,8 @@ mod liveness;
 mod readouts;
 mod replies;
 mod tasks;
+#[cfg(all(test, feature = "sim"))]
+mod testing;
 
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
@@ -167,31 +169,14 @@ pub async fn run(
     let (ev_tx, mut ev_rx) = mpsc::channel::<DeviceEvent>(EVENT_QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
 
-    let mut gw = Gateway {
-        order: Vec::new(),
-        devices: BTreeMap::new(),
+    let mut gw = Gateway::new(
+        cfg,
         subscribers,
-        out: outbound,
-        commits: commit_tx,
-        events: EventSink::new(ev_tx, dropped),
-        adapters_root: CancellationToken::new(),
-        link_up: false,
+        outbound,
+        commit_tx,
+        EventSink::new(ev_tx, dropped),
         link_settings,
-        tasks: JoinSet::new(),
-        sessions: HashMap::new(),
-        sessions_per_requester: HashMap::new(),
-        subscriptions: HashMap::new(),
-        liveness: HashMap::new(),
-        next_iq: 0,
-        runtimes: devices::Runtimes::default(),
-        refused_log: LogLimiter::new(10, Duration::from_secs(60)),
-        unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
-        cfg: cfg.clone(),
-    };
-    for d in &cfg.devices {
-        gw.add_device(d.clone());
-    }
-    drop(cfg);
+    );
     release_free_memory();
 
     let mut watchdog = supervisor.watchdog_interval().map(tokio::time::interval);
@@ -307,6 +292,42 @@ async fn tick(iv: &mut Option<tokio::time::Interval>) {
 }
 
 impl Gateway {
+    /// The actor with every configured device added (and its adapter started).
+    fn new(
+        cfg: Config,
+        subscribers: Subscribers,
+        out: mpsc::Sender<Outbound>,
+        commits: mpsc::Sender<Commit<Element>>,
+        events: EventSink,
+        link_settings: tokio::sync::watch::Sender<crate::config::XmppConfig>,
+    ) -> Gateway {
+        let mut gw = Gateway {
+            order: Vec::new(),
+            devices: BTreeMap::new(),
+            subscribers,
+            out,
+            commits,
+            events,
+            adapters_root: CancellationToken::new(),
+            link_up: false,
+            link_settings,
+            tasks: JoinSet::new(),
+            sessions: HashMap::new(),
+            sessions_per_requester: HashMap::new(),
+            subscriptions: HashMap::new(),
+            liveness: HashMap::new(),
+            next_iq: 0,
+            runtimes: devices::Runtimes::default(),
+            refused_log: LogLimiter::new(10, Duration::from_secs(60)),
+            unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
+            cfg: cfg.clone(),
+        };
+        for d in &cfg.devices {
+            gw.add_device(d.clone());
+        }
+        gw
+    }
+
     fn domain(&self) -> &str {
         &self.cfg.xmpp.domain
     }

@@ -267,3 +267,102 @@ impl Gateway {
         true
     }
 }
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::super::testing::{condition, device, el, gateway, iq, ALICE, MALLORY};
+    use super::*;
+
+    const SD: &str = crate::xmpp::payload::sensordata::NS;
+
+    fn req(seqnr: u64, inner: &str) -> Element {
+        el(&format!(
+            "<req xmlns='{SD}' seqnr='{seqnr}' momentary='true'>{inner}</req>"
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_readout_needs_the_read_right() {
+        let t = gateway(&device("pump"));
+        let (reply, job) =
+            t.gw.accept_req(&iq("get", MALLORY, "pump"), &"pump".into(), &req(1, ""));
+        assert_eq!(condition(&reply).as_deref(), Some("forbidden"));
+        assert!(job.is_none());
+        let (reply, job) =
+            t.gw.accept_req(&iq("get", ALICE, "pump"), &"pump".into(), &req(1, ""));
+        assert_eq!(condition(&reply), None);
+        assert!(reply.has_child("accepted", SD));
+        let job = job.expect("a readout to run");
+        assert_eq!(job.wanted.len(), 3, "momentary: every field");
+    }
+
+    #[tokio::test]
+    async fn a_seqnr_in_progress_is_a_conflict_and_readouts_per_requester_are_bounded() {
+        let mut t = gateway(&device("pump"));
+        let h = iq("get", ALICE, "pump");
+        let id: DeviceId = "pump".into();
+        t.gw.sessions.insert(
+            (ALICE.to_owned(), 7),
+            Session {
+                device: id.clone(),
+                cancel: CancellationToken::new(),
+            },
+        );
+        let (reply, _) = t.gw.accept_req(&h, &id, &req(7, ""));
+        assert_eq!(condition(&reply).as_deref(), Some("conflict"));
+        let max = t.gw.cfg.readout.max_per_requester;
+        t.gw.sessions_per_requester.insert(ALICE.to_owned(), max);
+        let (reply, job) = t.gw.accept_req(&h, &id, &req(8, ""));
+        assert_eq!(condition(&reply).as_deref(), Some("resource-constraint"));
+        assert!(job.is_none());
+        // another requester is not affected
+        let (reply, _) = t.gw.accept_req(
+            &iq("get", "alice@example.org/other", "pump"),
+            &id,
+            &req(8, ""),
+        );
+        assert_eq!(condition(&reply), None);
+    }
+
+    #[tokio::test]
+    async fn another_node_is_not_found_and_unknown_fields_are_listed_once() {
+        let t = gateway(&device("pump"));
+        let h = iq("get", ALICE, "pump");
+        let id: DeviceId = "pump".into();
+        let (reply, _) = t.gw.accept_req(&h, &id, &req(1, "<node nodeId='other'/>"));
+        assert_eq!(condition(&reply).as_deref(), Some("item-not-found"));
+        let filters =
+            "<field name='level'/><field name='nope'/><field name='nope'/><field name='nada'/>";
+        let (_, job) = t.gw.accept_req(&h, &id, &req(2, filters));
+        let job = job.unwrap();
+        assert_eq!(job.unknown, vec!["nope".to_owned(), "nada".to_owned()]);
+        assert_eq!(
+            job.wanted.iter().map(|n| &**n).collect::<Vec<_>>(),
+            ["level"]
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_ends_a_session_or_says_there_is_none() {
+        let mut t = gateway(&device("pump"));
+        let h = iq("get", ALICE, "pump");
+        let cancel = el(&format!("<cancel xmlns='{SD}' seqnr='3'/>"));
+        assert_eq!(
+            condition(&t.gw.on_cancel(&h, &cancel)).as_deref(),
+            Some("item-not-found")
+        );
+        let token = CancellationToken::new();
+        t.gw.sessions.insert(
+            (ALICE.to_owned(), 3),
+            Session {
+                device: "pump".into(),
+                cancel: token.clone(),
+            },
+        );
+        t.gw.sessions_per_requester.insert(ALICE.to_owned(), 1);
+        let reply = t.gw.on_cancel(&h, &cancel);
+        assert!(reply.has_child("cancelled", SD));
+        assert!(token.is_cancelled());
+        assert!(t.gw.sessions.is_empty());
+    }
+}
