@@ -6,10 +6,7 @@
 //! does not know the registry), so this walk does, with the same `FILE:LINE:COL: key`
 //! errors.
 
-use std::cell::Cell;
-
-use fieldgate_api::config::ConfigNode;
-use serde::de::{self, Deserialize, Deserializer, Visitor};
+use fieldgate_api::config::{keys_of, ConfigNode};
 use toml_edit::{ImDocument, Item, TableLike};
 
 use super::location::Ctx;
@@ -128,40 +125,6 @@ pub(super) fn kind_part<'a>(
     table?
         .get(kind)
         .map(|item| ConfigNode::new(item, format!("{path}.{kind}")))
-}
-
-/// The keys a serde-derived struct reads (its field names, renames applied), asked of
-/// the struct itself so that this walk and the schema cannot disagree.
-pub(super) fn keys_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
-    struct Probe(Cell<&'static [&'static str]>);
-
-    impl<'de> Deserializer<'de> for &Probe {
-        type Error = de::value::Error;
-
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("probe"))
-        }
-
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _name: &'static str,
-            fields: &'static [&'static str],
-            _visitor: V,
-        ) -> Result<V::Value, Self::Error> {
-            self.0.set(fields);
-            Err(de::Error::custom("probe"))
-        }
-
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-            identifier ignored_any
-        }
-    }
-
-    let probe = Probe(Cell::new(&[]));
-    let _ = T::deserialize(&probe);
-    probe.0.get()
 }
 
 #[cfg(test)]

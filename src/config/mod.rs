@@ -179,6 +179,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     ctx.validate(raw, &doc)
 }
 
+/// Every option the gateway reads, by the section it is written in (`xmpp`,
+/// `device.field`, `device.field.modbus`, ...): the core's own, and those of each adapter
+/// kind compiled in. A test checks that each is documented.
+pub fn options() -> Vec<(&'static str, Vec<&'static str>)> {
+    use fieldgate_api::config::keys_of;
+    use schema::*;
+
+    let mut out = vec![
+        ("", keys_of::<RawConfig>().to_vec()),
+        ("xmpp", keys_of::<RawXmpp>().to_vec()),
+        ("access", keys_of::<RawAccess>().to_vec()),
+        ("state", keys_of::<RawState>().to_vec()),
+        ("readout", keys_of::<RawReadout>().to_vec()),
+        ("events", keys_of::<RawEvents>().to_vec()),
+        ("device", keys_of::<RawDevice>().to_vec()),
+        ("device.access", keys_of::<RawAccess>().to_vec()),
+        ("device.field", keys_of::<RawField>().to_vec()),
+    ];
+    for kind in crate::adapters::compiled() {
+        out.extend(kind.options());
+    }
+    out
+}
+
 impl Config {
     /// A human summary for `fieldgate check`.
     pub fn summary(&self) -> String {

@@ -7,10 +7,11 @@
 //! wrong it returns as a [`ConfigIssue`] naming the key path and, where it knows it, the
 //! source span; the core turns that into `FILE:LINE:COL: key.path: message`.
 
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Range;
 
-use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, IntoDeserializer, Visitor};
 
 pub use toml::Spanned;
 
@@ -187,6 +188,42 @@ impl fmt::Display for ConfigIssue {
 }
 
 impl std::error::Error for ConfigIssue {}
+
+/// The keys a serde-derived struct reads (its field names, renames applied), asked of the
+/// struct itself, so that lists of options (for unknown-key checks, for documentation
+/// checks) cannot disagree with the schema. Empty for types serde does not read as a
+/// struct (enums, maps, flattened structs).
+pub fn keys_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Probe(Cell<&'static [&'static str]>);
+
+    impl<'de> Deserializer<'de> for &Probe {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("probe"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(de::Error::custom("probe"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let probe = Probe(Cell::new(&[]));
+    let _ = T::deserialize(&probe);
+    probe.0.get()
+}
 
 #[cfg(test)]
 mod tests {

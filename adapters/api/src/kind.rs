@@ -38,6 +38,11 @@ pub trait AdapterKind: Send + Sync + 'static {
     /// The kind's run-time half, made once when the gateway starts and kept across
     /// reloads.
     fn runtime(&self) -> Box<dyn KindRuntime>;
+
+    /// Every option this kind reads, by the section it is written in (`modbus.connection`
+    /// for `[[modbus.connection]]`, `device.modbus`, `device.field.modbus` for a field's
+    /// inline table), so that a test can check each is documented.
+    fn options(&self) -> Vec<(&'static str, Vec<&'static str>)>;
 }
 
 /// One device handed to [`AdapterKind::configure`].

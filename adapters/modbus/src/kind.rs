@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fieldgate_api::config::{ConfigIssue, ConfigNode, Spanned};
+use fieldgate_api::config::{keys_of, ConfigIssue, ConfigNode, Spanned};
 use fieldgate_api::{
     wrong_setup, Adapter, AdapterKind, DeviceId, DeviceInput, DeviceSetup, FieldSpec, KindRuntime,
 };
@@ -86,6 +86,15 @@ impl AdapterKind for ModbusKind {
 
     fn runtime(&self) -> Box<dyn KindRuntime> {
         Box::new(Connections::default())
+    }
+
+    fn options(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        vec![
+            ("modbus", keys_of::<Section>().to_vec()),
+            ("modbus.connection", keys_of::<ModbusConnection>().to_vec()),
+            ("device.modbus", keys_of::<ModbusDevice>().to_vec()),
+            ("device.field.modbus", keys_of::<ModbusField>().to_vec()),
+        ]
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use fieldgate_api::config::{ConfigIssue, ConfigNode};
+use fieldgate_api::config::{keys_of, ConfigIssue, ConfigNode};
 use fieldgate_api::{
     wrong_setup, Adapter, AdapterKind, DeviceId, DeviceInput, DeviceSetup, FieldSpec, KindRuntime,
 };
@@ -11,6 +11,20 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{SimAdapter, SimDevice, SimField};
+
+/// The keys of a field's `sim = { ... }`: its `kind` and every kind's own options.
+/// Written out because serde reads a tagged enum as a map; the test below checks each
+/// against the generator that takes it.
+const SIM_FIELD_KEYS: &[&str] = &[
+    "kind",
+    "value",
+    "start",
+    "step",
+    "every",
+    "period",
+    "amplitude",
+    "offset",
+];
 
 /// The `sim` adapter kind, for the core's registry.
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,6 +95,13 @@ impl AdapterKind for SimKind {
     fn runtime(&self) -> Box<dyn KindRuntime> {
         Box::new(SimRuntime)
     }
+
+    fn options(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        vec![
+            ("device.sim", keys_of::<SimDevice>().to_vec()),
+            ("device.field.sim", SIM_FIELD_KEYS.to_vec()),
+        ]
+    }
 }
 
 /// Simulated devices share nothing.
@@ -114,5 +135,38 @@ impl KindRuntime for SimRuntime {
 
     fn join(self: Box<Self>) -> BoxFuture<'static, ()> {
         async {}.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each listed key is one a generator takes, and every generator's keys are listed.
+    #[test]
+    fn the_field_keys_are_the_generators_keys() {
+        let takes = [
+            ("constant", "value = 1"),
+            ("counter", "start = 1"),
+            ("counter", "step = 2"),
+            ("counter", "every = \"2s\""),
+            ("sine", "period = \"1m\""),
+            ("sine", "amplitude = 2.0"),
+            ("sine", "offset = 1.0"),
+            ("toggle", "every = \"5s\""),
+        ];
+        let parse = |text: &str| toml::from_str::<SimField>(text);
+        let mut seen = vec!["kind"];
+        for (kind, option) in takes {
+            parse(&format!("kind = \"{kind}\"\n{option}")).expect(option);
+            seen.push(option.split(' ').next().unwrap());
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        let mut listed = SIM_FIELD_KEYS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(seen, listed);
+        // and nothing else is taken
+        assert!(parse("kind = \"sine\"\nphase = 1.0").is_err());
     }
 }
