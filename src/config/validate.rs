@@ -394,6 +394,18 @@ impl Ctx<'_> {
             let setups = kind
                 .configure(section, &mut inputs)
                 .map_err(|issue| self.issue(issue))?;
+            if setups.len() != inputs.len() {
+                // A bug in the adapter; never drop a device silently.
+                return Err(self.error(
+                    0..0,
+                    None,
+                    format!(
+                        "internal error: the {name} adapter configured {} of {} devices",
+                        setups.len(),
+                        inputs.len()
+                    ),
+                ));
+            }
             for (((slot, p), input), setup) in mine.iter().zip(inputs).zip(setups) {
                 let mut device = p.device.clone();
                 let fields: Vec<FieldSpec> = input.fields.into_iter().map(|f| f.spec).collect();
