@@ -134,11 +134,22 @@ def test_run_refuses_bad_config(workdir, fieldgate_bin, case):
 
 
 def test_check_accepts_good_config_and_summarises(workdir, fieldgate_bin):
-    (workdir / "gw.toml").write_text(GOOD)
+    # A writable setpoint on pump1 so the writable count is not zero everywhere: a summary
+    # that never counted writable fields must not pass.
+    text = edit(GOOD, 'sim = { kind = "sine", period = "60s", amplitude = 1.5, offset = 4.0 }\n',
+                'sim = { kind = "sine", period = "60s", amplitude = 1.5, offset = 4.0 }\n'
+                '[[device.field]]\nname = "setpoint"\ntype = "double"\nwritable = true\n')
+    (workdir / "gw.toml").write_text(text)
     proc = run_cli(fieldgate_bin, "check", "--config", "gw.toml", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip(), "check prints a summary"
-    assert "pump1" in proc.stdout or "2" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert "devices: 2" in lines, f"no exact device count line:\n{proc.stdout}"
+    # Exactly these device lines, in file order; meter1 has no name, so its id stands in.
+    device_lines = [line for line in lines if line.startswith("  ")]
+    assert device_lines == [
+        "  pump1@gw.example.test (Pump 1) adapter=sim fields=2 writable=1",
+        "  meter1@gw.example.test (meter1) adapter=sim fields=1 writable=0",
+    ], proc.stdout
 
 
 def test_check_accepts_config_example(fieldgate_bin):
