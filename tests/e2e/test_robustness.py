@@ -199,8 +199,10 @@ INJECTED = [
      {err("bad-request")}, True),
     ("iq_without_type", "<iq id='{id}' from='{me}' to='{pump}'><ping xmlns='urn:xmpp:ping'/></iq>",
      {err("bad-request")}, True),
+    # The id is required (RFC 6120 8.1.3) but the sender can still be told: bad-request
+    # without an id, as there is none to echo (what Prosody answers its own clients).
     ("iq_missing_id", "<iq type='get' from='{me}' to='{pump}'><ping xmlns='urn:xmpp:ping'/></iq>",
-     {err("bad-request"), NONE}, True),
+     {err("bad-request")}, True),
     # No usable sender: there is nobody to address a reply to, so nothing is the only answer.
     ("iq_invalid_from", "<iq type='get' id='{id}' from='a@@b/c' to='{pump}'><ping xmlns='urn:xmpp:ping'/></iq>",
      {NONE}, False),
