@@ -145,22 +145,34 @@ def test_unsolicited_result_and_error_are_not_answered(env, linked):
 
 
 def test_messages_and_odd_presence(env, linked):
+    """None of these asks for an answer. Whatever comes back is an error with a defined
+    condition, and an error is never answered at all (RFC 6120 8.3.1)."""
     proxy, gw, alice = linked
     pid = gw.pid
-    for stanza in [
-        f"<message to='{PUMP}' type='chat'><body>hello device</body></message>",
-        f"<message to='{PUMP}'><garbage xmlns='urn:example:garbage' a='1'><b/></garbage></message>",
-        f"<message to='{PUMP}' type='groupchat'/>",
-        f"<message to='{PUMP}' type='error'><error type='cancel'>"
-        "<undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
-        f"<presence to='{PUMP}'><status>directed presence</status><x xmlns='urn:example:x'/></presence>",
-        f"<presence to='{PUMP}' type='unavailable'/>",
-        f"<presence to='{PUMP}' type='error'><error type='cancel'>"
-        "<gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>",
-        f"<presence to='{env.domain}' type='subscribe'/>",
-    ]:
-        alice.send_raw(stanza)
+    error = "<error type='cancel'><undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+    stanzas = {
+        "odd-chat": f"<message to='{PUMP}' type='chat'><body>hello device</body></message>",
+        "odd-garbage": f"<message to='{PUMP}'><garbage xmlns='urn:example:garbage' a='1'><b/></garbage></message>",
+        "odd-groupchat": f"<message to='{PUMP}' type='groupchat'/>",
+        "odd-message-error": f"<message to='{PUMP}' type='error'>{error}</message>",
+        "odd-directed": f"<presence to='{PUMP}'><status>directed presence</status><x xmlns='urn:example:x'/></presence>",
+        "odd-unavailable": f"<presence to='{PUMP}' type='unavailable'/>",
+        "odd-presence-error": f"<presence to='{PUMP}' type='error'><error type='cancel'>"
+                              "<gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>",
+        "odd-domain-subscribe": f"<presence to='{env.domain}' type='subscribe'/>",
+    }
+    m_at, p_at = len(alice.messages), len(alice.presences)
+    for sid, stanza in stanzas.items():
+        alice.send_raw(stanza.replace(" to=", f" id='{sid}' to=", 1))
     alice.barrier(env.dev("pump1"))
+    back = list(alice.messages[m_at:]) + [ET.fromstring(p.xml) for p in alice.presences[p_at:]]
+    replies = {sid: [(e.get("type"), stanza_condition(e)) for e in back if e.get("id") == sid]
+               for sid in stanzas}
+    print(f"replies: { {k: v for k, v in replies.items() if v} }")
+    for sid in ("odd-message-error", "odd-presence-error"):
+        assert not replies[sid], f"an error was answered: {sid} {replies[sid]}"
+    for sid, got in replies.items():
+        assert all(t == "error" and c for t, c in got), f"{sid}: a reply is an error with a defined condition: {got}"
     assert_still_serving(env, proxy, gw, alice, pid)
 
 
