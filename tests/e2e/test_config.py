@@ -161,17 +161,29 @@ def test_check_accepts_config_example(fieldgate_bin):
 
 def test_missing_config_file(workdir, fieldgate_bin):
     proc = run_cli(fieldgate_bin, "check", "--config", "nope.toml", cwd=workdir)
-    assert proc.returncode != 0
-    assert "nope.toml" in proc.stderr
+    assert proc.returncode == 2, f"check must exit 2 on an unreadable file, got {proc.returncode}: {proc.stderr}"
+    assert re.search(r"^error: nope\.toml: ", proc.stderr, re.M), proc.stderr
 
 
-def test_secret_file_and_env(workdir, fieldgate_bin):
-    """The two other secret sources validate: a relative secret_file and secret_env."""
+def test_secret_file_and_env(workdir, fieldgate_bin, monkeypatch):
+    """The two other secret sources validate: a relative secret_file and secret_env, each
+    refused, pointing at its key, when what it names is not there."""
     (workdir / "secret").write_text("s3cret\n")
     (workdir / "a.toml").write_text(edit(GOOD, 'secret = "s3cret"', 'secret_file = "secret"'))
     proc = run_cli(fieldgate_bin, "check", "--config", "a.toml", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    (workdir / "b.toml").write_text(edit(GOOD, 'secret = "s3cret"', 'secret_file = "no-such-file"'))
+    text = edit(GOOD, 'secret = "s3cret"', 'secret_file = "no-such-file"')
+    (workdir / "b.toml").write_text(text)
     proc = run_cli(fieldgate_bin, "check", "--config", "b.toml", cwd=workdir)
-    assert proc.returncode != 0, "a missing secret_file must be refused"
-    assert "secret_file" in proc.stderr or "no-such-file" in proc.stderr, proc.stderr
+    assert proc.returncode == 2, f"a missing secret_file must be refused with exit 2: {proc.stderr}"
+    check_error(proc, text, 'secret_file = "no-such-file"', "no-such-file", "b.toml")
+
+    text = edit(GOOD, 'secret = "s3cret"', 'secret_env = "FG_E2E_SECRET"')
+    (workdir / "c.toml").write_text(text)
+    monkeypatch.delenv("FG_E2E_SECRET", raising=False)
+    proc = run_cli(fieldgate_bin, "check", "--config", "c.toml", cwd=workdir)
+    assert proc.returncode == 2, f"an unset secret_env must be refused with exit 2: {proc.stderr}"
+    check_error(proc, text, 'secret_env = "FG_E2E_SECRET"', "FG_E2E_SECRET", "c.toml")
+    monkeypatch.setenv("FG_E2E_SECRET", "s3cret")
+    proc = run_cli(fieldgate_bin, "check", "--config", "c.toml", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
