@@ -705,7 +705,16 @@ impl Gateway {
             return;
         }
         if h.id.is_none() {
-            tracing::warn!(from = %h.from, "iq without id dropped");
+            // The id is required (RFC 6120 §8.1.3), yet a request with a sender is still
+            // answered (§8.2.3): without an id, as there is none to echo, like Prosody
+            // answers its own clients. An error is never answered, so this cannot loop.
+            self.send(h.error(
+                ErrorType::Modify,
+                DefinedCondition::BadRequest,
+                "an iq request needs an id",
+                None,
+            ))
+            .await;
             return;
         }
         let device_id = if h.to.node().is_some() {

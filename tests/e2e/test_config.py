@@ -134,11 +134,22 @@ def test_run_refuses_bad_config(workdir, fieldgate_bin, case):
 
 
 def test_check_accepts_good_config_and_summarises(workdir, fieldgate_bin):
-    (workdir / "gw.toml").write_text(GOOD)
+    # A writable setpoint on pump1 so the writable count is not zero everywhere: a summary
+    # that never counted writable fields must not pass.
+    text = edit(GOOD, 'sim = { kind = "sine", period = "60s", amplitude = 1.5, offset = 4.0 }\n',
+                'sim = { kind = "sine", period = "60s", amplitude = 1.5, offset = 4.0 }\n'
+                '[[device.field]]\nname = "setpoint"\ntype = "double"\nwritable = true\n')
+    (workdir / "gw.toml").write_text(text)
     proc = run_cli(fieldgate_bin, "check", "--config", "gw.toml", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip(), "check prints a summary"
-    assert "pump1" in proc.stdout or "2" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert "devices: 2" in lines, f"no exact device count line:\n{proc.stdout}"
+    # Exactly these device lines, in file order; meter1 has no name, so its id stands in.
+    device_lines = [line for line in lines if line.startswith("  ")]
+    assert device_lines == [
+        "  pump1@gw.example.test (Pump 1) adapter=sim fields=2 writable=1",
+        "  meter1@gw.example.test (meter1) adapter=sim fields=1 writable=0",
+    ], proc.stdout
 
 
 def test_check_accepts_config_example(fieldgate_bin):
@@ -150,17 +161,29 @@ def test_check_accepts_config_example(fieldgate_bin):
 
 def test_missing_config_file(workdir, fieldgate_bin):
     proc = run_cli(fieldgate_bin, "check", "--config", "nope.toml", cwd=workdir)
-    assert proc.returncode != 0
-    assert "nope.toml" in proc.stderr
+    assert proc.returncode == 2, f"check must exit 2 on an unreadable file, got {proc.returncode}: {proc.stderr}"
+    assert re.search(r"^error: nope\.toml: ", proc.stderr, re.M), proc.stderr
 
 
-def test_secret_file_and_env(workdir, fieldgate_bin):
-    """The two other secret sources validate: a relative secret_file and secret_env."""
+def test_secret_file_and_env(workdir, fieldgate_bin, monkeypatch):
+    """The two other secret sources validate: a relative secret_file and secret_env, each
+    refused, pointing at its key, when what it names is not there."""
     (workdir / "secret").write_text("s3cret\n")
     (workdir / "a.toml").write_text(edit(GOOD, 'secret = "s3cret"', 'secret_file = "secret"'))
     proc = run_cli(fieldgate_bin, "check", "--config", "a.toml", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    (workdir / "b.toml").write_text(edit(GOOD, 'secret = "s3cret"', 'secret_file = "no-such-file"'))
+    text = edit(GOOD, 'secret = "s3cret"', 'secret_file = "no-such-file"')
+    (workdir / "b.toml").write_text(text)
     proc = run_cli(fieldgate_bin, "check", "--config", "b.toml", cwd=workdir)
-    assert proc.returncode != 0, "a missing secret_file must be refused"
-    assert "secret_file" in proc.stderr or "no-such-file" in proc.stderr, proc.stderr
+    assert proc.returncode == 2, f"a missing secret_file must be refused with exit 2: {proc.stderr}"
+    check_error(proc, text, 'secret_file = "no-such-file"', "no-such-file", "b.toml")
+
+    text = edit(GOOD, 'secret = "s3cret"', 'secret_env = "FG_E2E_SECRET"')
+    (workdir / "c.toml").write_text(text)
+    monkeypatch.delenv("FG_E2E_SECRET", raising=False)
+    proc = run_cli(fieldgate_bin, "check", "--config", "c.toml", cwd=workdir)
+    assert proc.returncode == 2, f"an unset secret_env must be refused with exit 2: {proc.stderr}"
+    check_error(proc, text, 'secret_env = "FG_E2E_SECRET"', "FG_E2E_SECRET", "c.toml")
+    monkeypatch.setenv("FG_E2E_SECRET", "s3cret")
+    proc = run_cli(fieldgate_bin, "check", "--config", "c.toml", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr

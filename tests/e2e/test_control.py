@@ -159,7 +159,8 @@ def test_message_set_is_applied_without_reply(m):
     alice.send_raw(f"<message to='{PUMP}'>{set_payload([('double', 'setpoint', '4.4')])}</message>")
     wait_for(lambda: read_values(alice, PUMP, ["setpoint"])["setpoint"] == ("numeric", "4.4"), 10,
              "the message set to be applied")
-    # a refused message set: not applied, and no reply either
+    # a refused message set: not applied, and no reply either, but logged
+    log_at = m.gw.log_size()
     alice.send_raw(f"<message to='{PUMP}'>{set_payload([('double', 'setpoint', '5.0'), ('double', 'setpoint', '99')])}"
                    "</message>")
     alice.send_raw(f"<message to='{PUMP}'>{set_payload([('double', 'nope', '1')])}</message>")
@@ -169,7 +170,9 @@ def test_message_set_is_applied_without_reply(m):
     replies = [brief(s) for s in alice.stanzas_since(mk) if s.tag == q(NS_CLIENT, "message")
                and not any(p.tag.startswith(f"{{{NS_SD}}}") for p in s)]
     assert replies == [], f"a message set gets no reply: {replies}"
-    assert "message set not applied" in m.gw.log_text()
+    refused = [line for line in m.gw.log_since(log_at).splitlines() if "message set not applied" in line]
+    assert len(refused) == 2, f"one log line per refused message set, with its sender:\n{m.gw.log_since(log_at)}"
+    assert all(ALICE in line and "reason=" in line for line in refused), refused
 
 
 # --------------------------------------------------------------------------------------

@@ -219,6 +219,8 @@ def test_long_id_is_refused_and_not_echoed(env, served, size):
     assert carol.ping(env.domain).ok
     err = carol.wait_message(lambda m: m.get("type") == "error" and m.get("from", "").startswith("nosuch@"), since)
     assert err.get("id") is None
+    # an error without the id would break RFC 6120 8.1.3 (a reply carries the request's id)
+    assert not [i for i in carol.iqs_in if i[2].startswith("nosuch@")], "the iq with the long id was answered"
     assert error_condition(err) == "policy-violation"
     assert len(ET.tostring(err)) < 2048
     assert alice.ping(env.dev("pump1")).ok

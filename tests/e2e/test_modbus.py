@@ -849,6 +849,10 @@ def test_check_accepts_good_modbus_config(workdir):
     (workdir / "gw.toml").write_text(GOOD_MODBUS)
     proc = run_cli(gateway_bin(), "check", "--config", "gw.toml", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
+    # the device is read as a Modbus one with all its fields, not merely accepted
+    lines = proc.stdout.splitlines()
+    assert "devices: 1" in lines, proc.stdout
+    assert "  plc1@gw.example.test (plc1) adapter=modbus fields=4 writable=0" in lines, proc.stdout
 
 
 @pytest.mark.parametrize("case", sorted(BAD_MODBUS))
