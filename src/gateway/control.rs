@@ -127,8 +127,6 @@ pub(super) fn unparsable_params(set: &Element) -> Vec<(String, String)> {
 }
 
 impl Gateway {
-    // ---- XEP-0325 control ---------------------------------------------------------------
-
     /// Validates a `set`; `Ok` is an immediate reply, `Err` a write to start.
     pub(super) fn on_set(
         &self,

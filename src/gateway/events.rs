@@ -24,8 +24,6 @@ use crate::xmpp::subscription::Subscription;
 pub(super) const EVENTS_TICK: Duration = Duration::from_millis(100);
 
 impl Gateway {
-    // ---- events -------------------------------------------------------------------------
-
     pub(super) fn on_subscribe(&mut self, h: &Header, id: &DeviceId, payload: &Element) -> Element {
         if self.refuse(h, id, Right::Read).is_some() {
             return forbidden(h, "you may not read this device", vec![]);

@@ -84,8 +84,6 @@ pub(super) fn for_this_node(nodes: &[NodeRef], id: &DeviceId) -> bool {
 }
 
 impl Gateway {
-    // ---- XEP-0323 readouts --------------------------------------------------------------
-
     /// Accepts or refuses a readout: the replies to send, in order, and the task to start
     /// when the readout cannot be completed at once from the cache.
     pub(super) fn on_req(

@@ -254,7 +254,7 @@ Component "{self.component}"
 
 
 # --------------------------------------------------------------------------------------
-# gateway configuration (CONTRACT.md format)
+# gateway configuration (the format of config.example.toml)
 
 
 def toml_value(v: Any) -> str:

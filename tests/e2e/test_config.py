@@ -1,5 +1,5 @@
 """Configuration validation: `fieldgate check` and `fieldgate run` refuse a bad file with
-`error: FILE:LINE:COL: KEY: message` pointing at the offending line (CONTRACT.md)."""
+`error: FILE:LINE:COL: KEY: message` pointing at the offending line (README: Checking a file)."""
 
 from __future__ import annotations
 

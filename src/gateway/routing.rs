@@ -1,0 +1,265 @@
+//! Inbound stanzas: the routing header checked, refused stanzas answered, messages and
+//! iqs handed to their handlers; disco, ping and version answered here.
+
+use std::time::Instant;
+
+use tokio_xmpp::minidom::Element;
+use xmpp_parsers::disco::{DiscoInfoQuery, DiscoItemsQuery, DiscoItemsResult, Item};
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::ns;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+use xmpp_parsers::version::VersionResult;
+
+use super::{no_such_device, Device, Gateway};
+use crate::access;
+use crate::xmpp::disco::{self, domain_info};
+use crate::xmpp::guard::Refusal;
+use crate::xmpp::stanza::{clip, Header, Kind};
+
+impl Gateway {
+    pub(super) async fn handle(&mut self, el: Element) {
+        let refusal = Refusal::of(&el);
+        let h = match Header::parse(&el) {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(suppressed) = self.unroutable_log.allow(Instant::now()) {
+                    tracing::warn!(error = %e, stanza = el.name(), refused = refusal.map(|r| r.violation.as_str()),
+                        suppressed, "unroutable stanza dropped");
+                }
+                return;
+            }
+        };
+        if h.to.domain().as_str() != self.domain() {
+            if let Some(suppressed) = self.unroutable_log.allow(Instant::now()) {
+                tracing::warn!(to = %h.to, suppressed, "stanza for another domain dropped");
+            }
+            return;
+        }
+        if let Some(r) = refusal {
+            self.on_refused(&h, r).await;
+            return;
+        }
+        match h.kind {
+            Kind::Presence => self.on_presence(&h).await,
+            Kind::Iq => self.on_iq(&h, &el).await,
+            Kind::Message => self.on_message(&h, &el).await,
+        }
+    }
+
+    /// A stanza the guard refused for breaking a bound: only its routing header is left.
+    /// A request gets `policy-violation`; what only informs (presence, a bounce, an iq
+    /// response) is handled by its header alone, as it would have been whole.
+    pub(super) async fn on_refused(&mut self, h: &Header, r: Refusal) {
+        if let Some(suppressed) = self.refused_log.allow(Instant::now()) {
+            tracing::warn!(from = %h.from, to = %h.to, stanza = ?h.kind, bytes = r.size,
+                bound = r.violation.as_str(), limit = r.limit, suppressed, "inbound stanza refused: {r}");
+        }
+        let request = match h.kind {
+            Kind::Iq => matches!(h.type_.as_deref(), Some("get" | "set")),
+            Kind::Message => h.type_.as_deref() != Some("error"),
+            Kind::Presence => false,
+        };
+        if !request {
+            match h.kind {
+                Kind::Presence => self.on_presence(h).await,
+                Kind::Message => self.forget_requester(&h.from.to_string(), "message bounced"),
+                Kind::Iq => self.on_iq_response(h),
+            }
+            return;
+        }
+        if h.kind == Kind::Iq && h.id.is_none() {
+            return;
+        }
+        let text = format!("stanza refused: {r}");
+        self.send(h.error(
+            ErrorType::Modify,
+            DefinedCondition::PolicyViolation,
+            &text,
+            None,
+        ))
+        .await;
+    }
+
+    /// The device a stanza is for, if it exists and the sender may see it.
+    pub(super) fn visible_device(&self, h: &Header) -> Option<&Device> {
+        let node = h.to.node()?;
+        let dev = self.devices.get(node.as_str())?;
+        access::may_see(&self.cfg.access, &dev.cfg.access, &h.from.to_bare()).then_some(dev)
+    }
+
+    pub(super) async fn on_message(&mut self, h: &Header, el: &Element) {
+        if h.type_.as_deref() == Some("error") {
+            // A bounce: the requester is gone. Stop working for it.
+            self.forget_requester(&h.from.to_string(), "message bounced");
+            return;
+        }
+        if h.to.node().is_none() {
+            return;
+        }
+        if let Some(dev) = self.visible_device(h) {
+            let id = dev.cfg.id.clone();
+            if let Some(set) = el.get_child("set", crate::xmpp::payload::control::NS) {
+                self.on_message_set(h, &id, set).await;
+            }
+        } else {
+            // RFC 6121 §8.5.2: a message to an account that does not exist.
+            self.send(no_such_device(h)).await;
+        }
+    }
+
+    pub(super) async fn on_iq(&mut self, h: &Header, el: &Element) {
+        let is_request = matches!(h.type_.as_deref(), Some("get" | "set"));
+        if !is_request {
+            if !matches!(h.type_.as_deref(), Some("result" | "error")) {
+                self.send(h.error(
+                    ErrorType::Modify,
+                    DefinedCondition::BadRequest,
+                    "iq type must be get, set, result or error",
+                    None,
+                ))
+                .await;
+            } else {
+                self.on_iq_response(h);
+            }
+            return;
+        }
+        if h.id.is_none() {
+            // The id is required (RFC 6120 §8.1.3), yet a request with a sender is still
+            // answered (§8.2.3): without an id, as there is none to echo, like Prosody
+            // answers its own clients. An error is never answered, so this cannot loop.
+            self.send(h.error(
+                ErrorType::Modify,
+                DefinedCondition::BadRequest,
+                "an iq request needs an id",
+                None,
+            ))
+            .await;
+            return;
+        }
+        let device_id = if h.to.node().is_some() {
+            match self.visible_device(h) {
+                Some(d) => Some(d.cfg.id.clone()),
+                None => {
+                    self.send(no_such_device(h)).await;
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let mut children = el.children();
+        let (Some(payload), None) = (children.next(), children.next()) else {
+            self.send(h.error(
+                ErrorType::Modify,
+                DefinedCondition::BadRequest,
+                "an iq request carries exactly one payload element",
+                None,
+            ))
+            .await;
+            return;
+        };
+        if let Some(id) = &device_id {
+            if self.on_iot_iq(h, id, payload).await {
+                return;
+            }
+        }
+        let device = device_id.as_ref().and_then(|id| self.devices.get(id));
+        let reply = self.answer_iq(h, device, payload);
+        self.send(reply).await;
+    }
+
+    pub(super) fn answer_iq(
+        &self,
+        h: &Header,
+        device: Option<&Device>,
+        payload: &Element,
+    ) -> Element {
+        let get = h.type_.as_deref() == Some("get");
+        let bad = |text: &str| h.error(ErrorType::Modify, DefinedCondition::BadRequest, text, None);
+        let not_found = |text: &str| {
+            h.error(
+                ErrorType::Cancel,
+                DefinedCondition::ItemNotFound,
+                text,
+                None,
+            )
+        };
+        match (get, payload.ns().as_str(), payload.name()) {
+            (true, ns::PING, "ping") => h.result(None),
+            (true, ns::VERSION, "query") => h.result(Some(
+                VersionResult {
+                    name: "fieldgate".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    os: Some(std::env::consts::OS.into()),
+                }
+                .into(),
+            )),
+            (true, ns::DISCO_INFO, "query") => {
+                let q = match DiscoInfoQuery::try_from(payload.clone()) {
+                    Ok(q) => q,
+                    Err(e) => return bad(&format!("invalid disco#info query: {e}")),
+                };
+                let info = match device {
+                    Some(d) => d.disco.answer(q.node.as_deref()),
+                    None if q.node.is_none() => Some(domain_info()),
+                    None => None,
+                };
+                match info {
+                    Some(i) => h.result(Some(i.into())),
+                    None => not_found("unknown disco node"),
+                }
+            }
+            (true, ns::DISCO_ITEMS, "query") => {
+                let q = match DiscoItemsQuery::try_from(payload.clone()) {
+                    Ok(q) => q,
+                    Err(e) => return bad(&format!("invalid disco#items query: {e}")),
+                };
+                if q.node.is_some() {
+                    return not_found("unknown disco node");
+                }
+                let items = match device {
+                    Some(_) => vec![],
+                    None => self.visible_items(&h.from.to_bare()),
+                };
+                // Room for the iq around the items and the <set/> after them.
+                let budget = self.cfg.xmpp.max_outbound_stanza_size.saturating_sub(2048);
+                match disco::page(items, q.rsm.as_ref(), budget) {
+                    Ok((items, rsm)) => h.result(Some(
+                        DiscoItemsResult {
+                            node: None,
+                            items,
+                            rsm,
+                        }
+                        .into(),
+                    )),
+                    Err(e) => not_found(&e.to_string()),
+                }
+            }
+            _ => h.error(
+                ErrorType::Cancel,
+                DefinedCondition::ServiceUnavailable,
+                &format!(
+                    "unsupported payload <{} xmlns='{}'/>",
+                    clip(payload.name()),
+                    clip(&payload.ns())
+                ),
+                None,
+            ),
+        }
+    }
+
+    pub(super) fn visible_items(&self, who: &BareJid) -> Vec<Item> {
+        self.order
+            .iter()
+            .map(|id| &self.devices[id])
+            .filter(|d| access::may_see(&self.cfg.access, &d.cfg.access, who))
+            .filter_map(|d| {
+                Some(Item {
+                    jid: Jid::new(&d.bare).ok()?,
+                    node: None,
+                    name: Some(d.cfg.name.clone()),
+                })
+            })
+            .collect()
+    }
+}
