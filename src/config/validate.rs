@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fieldgate_api::config::ConfigNode;
-use fieldgate_api::{AdapterKind, DeviceInput, FieldInput, FieldSpec, FieldType, HumanDuration};
+use fieldgate_api::{
+    AdapterKind, DeviceInput, FieldInput, FieldSpec, FieldType, HumanDuration, WrittenField,
+};
 use toml::Spanned;
 use toml_edit::ImDocument;
 use xmpp_parsers::jid::BareJid;
@@ -25,22 +27,15 @@ use crate::adapters;
 const MIN_STANZA_SIZE: i64 = 4096;
 const MAX_STANZA_SIZE: i64 = 16 * 1024 * 1024;
 
-/// One field of the catalogue during validation, with where it was written.
-struct FieldConfig {
-    spec: FieldSpec,
-    /// The `[[device.field]]` it comes from, and which repetition of it.
-    origin: usize,
-    copy: u32,
-    /// The `stride` written, with its span.
-    stride: Option<(u32, Range<usize>)>,
-}
-
 /// A device validated by the core, waiting for its adapter kind.
 struct Pending {
     index: usize,
     span: Range<usize>,
     kind: &'static dyn AdapterKind,
-    fields: Vec<FieldConfig>,
+    /// The catalogue, repeated fields expanded.
+    fields: Vec<FieldInput>,
+    /// Each written field's `stride`, with its span.
+    strides: Vec<Option<(u32, Range<usize>)>>,
     device: DeviceConfig,
 }
 
@@ -247,13 +242,14 @@ impl Ctx<'_> {
             if !seen.insert(id.clone()) {
                 return Err(self.at(&d.id, &key("id"), format!("duplicate device id {id:?}")));
             }
-            let fields = self.fields(&d, i)?;
+            let (fields, strides) = self.fields(&d, i)?;
             let kind = self.kind(&d, i)?;
             pending.push(Pending {
                 index: i,
                 span,
                 kind,
                 fields,
+                strides,
                 device: DeviceConfig {
                     id: id.as_str().into(),
                     name: d.name.clone().unwrap_or_else(|| id.clone()),
@@ -339,26 +335,44 @@ impl Ctx<'_> {
         let root = doc.as_table();
         let devices = doc.get("device").map(entries).unwrap_or_default();
         let mut done: Vec<Option<DeviceConfig>> = vec![None; pending.len()];
+        let mut pending: Vec<Option<Pending>> = pending.into_iter().map(Some).collect();
         for kind in adapters::compiled() {
             let name = kind.name();
             let section = root.get(name).map(|s| ConfigNode::new(s, name));
-            let mine: Vec<(usize, &Pending)> = pending
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.kind.name() == name)
+            let slots: Vec<usize> = (0..pending.len())
+                .filter(|&k| pending[k].as_ref().is_some_and(|p| p.kind.name() == name))
                 .collect();
-            if section.is_none() && mine.is_empty() {
+            if section.is_none() && slots.is_empty() {
                 continue;
             }
+            let mut mine: Vec<(usize, Pending)> = slots
+                .into_iter()
+                .filter_map(|k| Some((k, pending[k].take()?)))
+                .collect();
+            // The catalogues move to the adapter and back: a register map can hold
+            // a hundred thousand fields.
             let mut inputs: Vec<DeviceInput<'_>> = mine
-                .iter()
+                .iter_mut()
                 .map(|(_, p)| {
                     let i = p.index;
                     let table = devices.get(i).copied();
-                    let field_tables = table
+                    let written = table
                         .and_then(|t| t.get("field"))
                         .map(entries)
-                        .unwrap_or_default();
+                        .unwrap_or_default()
+                        .into_iter()
+                        .zip(std::mem::take(&mut p.strides))
+                        .enumerate()
+                        .map(|(j, (ft, stride))| {
+                            let path = format!("device[{i}].field[{j}]");
+                            WrittenField {
+                                options: kind_part(Some(ft), name, &path),
+                                path,
+                                stride,
+                                name_span: ft.get("name").and_then(|n| n.span()),
+                            }
+                        })
+                        .collect();
                     DeviceInput {
                         id: p.device.id.clone(),
                         path: format!("device[{i}]"),
@@ -366,28 +380,8 @@ impl Ctx<'_> {
                             .and_then(|t| t.get(name))
                             .map(|o| ConfigNode::new(o, format!("device[{i}].{name}"))),
                         span: Some(p.span.clone()),
-                        fields: p
-                            .fields
-                            .iter()
-                            .map(|f| {
-                                let j = f.origin;
-                                let ft = field_tables.get(j).copied();
-                                FieldInput {
-                                    spec: f.spec.clone(),
-                                    options: kind_part(
-                                        ft,
-                                        name,
-                                        &format!("device[{i}].field[{j}]"),
-                                    ),
-                                    path: format!("device[{i}].field[{j}]"),
-                                    copy: f.copy,
-                                    stride: f.stride.clone(),
-                                    name_span: ft
-                                        .and_then(|t| t.get("name"))
-                                        .and_then(|n| n.span()),
-                                }
-                            })
-                            .collect(),
+                        written,
+                        fields: std::mem::take(&mut p.fields),
                     }
                 })
                 .collect();
@@ -406,26 +400,28 @@ impl Ctx<'_> {
                     ),
                 ));
             }
-            for (((slot, p), input), setup) in mine.iter().zip(inputs).zip(setups) {
-                let mut device = p.device.clone();
-                let fields: Vec<FieldSpec> = input.fields.into_iter().map(|f| f.spec).collect();
+            for (((slot, p), input), setup) in mine.into_iter().zip(inputs).zip(setups) {
                 // An enum's labels may come from the device (a register's value map).
-                if let Some((k, f)) = fields
+                if let Some(f) = input
+                    .fields
                     .iter()
-                    .enumerate()
-                    .find(|(_, f)| f.kind == FieldType::Enum && f.values.is_empty())
+                    .find(|f| f.spec.kind == FieldType::Enum && f.spec.values.is_empty())
                 {
-                    let field = format!("device[{}].field[{}]", p.index, p.fields[k].origin);
+                    let field = format!("device[{}].field[{}]", p.index, f.written);
                     let span = span_of(self.text, &field).unwrap_or(0..0);
                     return Err(self.error(
                         span,
                         Some(format!("{field}.values")),
-                        format!("an enum field lists its values ({:?} has none)", f.name),
+                        format!(
+                            "an enum field lists its values ({:?} has none)",
+                            f.spec.name
+                        ),
                     ));
                 }
+                let mut device = p.device;
                 device.setup = setup;
-                device.fields = fields.into();
-                done[*slot] = Some(device);
+                device.fields = input.fields.into_iter().map(|f| f.spec).collect();
+                done[slot] = Some(device);
             }
         }
         Ok(done.into_iter().flatten().collect())
@@ -533,9 +529,25 @@ impl Ctx<'_> {
         })
     }
 
-    fn fields(&self, d: &RawDevice, i: usize) -> Result<Vec<FieldConfig>, ConfigError> {
+    /// The catalogue of `d`, repeated fields expanded, and each written field's stride.
+    #[allow(clippy::type_complexity)]
+    fn fields(
+        &self,
+        d: &RawDevice,
+        i: usize,
+    ) -> Result<(Vec<FieldInput>, Vec<Option<(u32, Range<usize>)>>), ConfigError> {
         let mut names = HashSet::new();
         let mut out = Vec::with_capacity(d.fields.len());
+        let strides = d
+            .fields
+            .iter()
+            .map(|f| {
+                f.get_ref()
+                    .stride
+                    .as_ref()
+                    .map(|s| (*s.get_ref(), s.span()))
+            })
+            .collect();
         for (j, f) in d.fields.iter().enumerate() {
             let span = f.span();
             let f = f.get_ref();
@@ -600,7 +612,7 @@ impl Ctx<'_> {
             // One unit string for all copies of a repeated field.
             let unit: Option<Arc<str>> = f.unit.as_deref().map(Arc::from);
             for (k, name) in expanded.into_iter().enumerate() {
-                out.push(FieldConfig {
+                out.push(FieldInput {
                     spec: FieldSpec {
                         name: name.into(),
                         kind: f.kind,
@@ -611,12 +623,11 @@ impl Ctx<'_> {
                         max: f.max,
                         values: f.values.clone(),
                     },
-                    origin: j,
+                    written: j,
                     copy: k as u32,
-                    stride: f.stride.as_ref().map(|s| (*s.get_ref(), s.span())),
                 });
             }
         }
-        Ok(out)
+        Ok((out, strides))
     }
 }

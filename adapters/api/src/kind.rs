@@ -56,8 +56,11 @@ pub struct DeviceInput<'a> {
     pub options: Option<ConfigNode<'a>>,
     /// Where the device is written, for issues about something it lacks.
     pub span: Option<Range<usize>>,
-    /// Its fields in catalogue order, repeated fields expanded.
-    pub fields: Vec<FieldInput<'a>>,
+    /// Its `[[device.field]]` tables as written, in order.
+    pub written: Vec<WrittenField<'a>>,
+    /// Its catalogue in order, repeated fields expanded: a register map of thousands of
+    /// fields comes from a few written ones, so what they share is in `written`.
+    pub fields: Vec<FieldInput>,
 }
 
 impl DeviceInput<'_> {
@@ -67,28 +70,35 @@ impl DeviceInput<'_> {
     }
 }
 
-/// One field handed to [`AdapterKind::configure`].
+/// One `[[device.field]]` as written.
 #[derive(Debug)]
-pub struct FieldInput<'a> {
-    /// The catalogue entry as configured; the adapter may refine it.
-    pub spec: FieldSpec,
-    /// The field's `<kind> = { ... }`, if written.
-    pub options: Option<ConfigNode<'a>>,
-    /// The key path of the `[[device.field]]` it comes from (`device[3].field[1]`).
+pub struct WrittenField<'a> {
+    /// Its key path (`device[3].field[1]`).
     pub path: String,
-    /// Which repetition of a repeated field (`count`) this is: 0 for the first or only.
-    pub copy: u32,
-    /// The field's `stride` (the address step between repetitions), with its span.
+    /// Its `<kind> = { ... }`, if written.
+    pub options: Option<ConfigNode<'a>>,
+    /// Its `stride` (the address step between repetitions), with its span.
     pub stride: Option<(u32, Range<usize>)>,
-    /// Where the field's `name` is written, for issues about the field as a whole.
+    /// Where its `name` is written, for issues about the field as a whole.
     pub name_span: Option<Range<usize>>,
 }
 
-impl FieldInput<'_> {
+impl WrittenField<'_> {
     /// The path of `key` below the field (`device[3].field[1].modbus`).
     pub fn key(&self, key: &str) -> String {
         format!("{}.{key}", self.path)
     }
+}
+
+/// One field of the catalogue handed to [`AdapterKind::configure`].
+#[derive(Debug)]
+pub struct FieldInput {
+    /// The catalogue entry as configured; the adapter may refine it.
+    pub spec: FieldSpec,
+    /// The index in [`DeviceInput::written`] of the table it comes from.
+    pub written: usize,
+    /// Which repetition of a repeated field (`count`) this is: 0 for the first or only.
+    pub copy: u32,
 }
 
 /// A device's validated adapter configuration. The core compares setups across reloads

@@ -21,7 +21,9 @@ pub use backoff::backoff;
 pub use duration::HumanDuration;
 pub use events::{DeviceEvent, EventKind, EventSink, Reachability};
 pub use field::{FieldSpec, FieldType};
-pub use kind::{wrong_setup, AdapterKind, DeviceInput, DeviceSetup, FieldInput, KindRuntime};
+pub use kind::{
+    wrong_setup, AdapterKind, DeviceInput, DeviceSetup, FieldInput, KindRuntime, WrittenField,
+};
 pub use value::{Quality, Reading, Value};
 
 /// A device's identifier: its JID localpart, unique within one gateway.

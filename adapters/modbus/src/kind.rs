@@ -3,6 +3,7 @@
 //! on them and kept across reloads unless their configuration changed.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use fieldgate_api::config::{keys_of, ConfigIssue, ConfigNode, Spanned};
@@ -144,23 +145,32 @@ fn device(
             e.to_string(),
         ));
     }
+    // Each written field's options, parsed once for all its repetitions.
+    let mut per_written: Vec<Option<(ModbusField, Range<usize>)>> =
+        Vec::with_capacity(d.written.len());
+    for w in &d.written {
+        per_written.push(match &w.options {
+            Some(o) => Some((
+                o.parse::<ModbusField>()?,
+                o.span().or_else(|| w.name_span.clone()).unwrap_or_default(),
+            )),
+            None => None,
+        });
+    }
     let mut points = Vec::with_capacity(d.fields.len());
     for f in d.fields.iter_mut() {
-        let Some(options) = &f.options else {
+        let w = &d.written[f.written];
+        let Some((written, mspan)) = &per_written[f.written] else {
             let msg = "a field of a modbus device needs modbus = { register = ..., address = ... }";
-            return Err(match f.name_span.clone() {
-                Some(s) => ConfigIssue::at(s, f.key("modbus"), msg),
-                None => ConfigIssue::new(f.key("modbus"), msg),
+            return Err(match w.name_span.clone() {
+                Some(s) => ConfigIssue::at(s, w.key("modbus"), msg),
+                None => ConfigIssue::new(w.key("modbus"), msg),
             });
         };
-        let mut field: ModbusField = options.parse()?;
-        let mspan = options
-            .span()
-            .or_else(|| f.name_span.clone())
-            .unwrap_or_default();
+        let mut field = written.clone();
         if f.copy > 0 {
             // Repetitions follow each other: by `stride`, or by the registers one takes.
-            let stride = match &f.stride {
+            let stride = match &w.stride {
                 Some((st, _)) => *st,
                 None => field
                     .resolve(&dev, f.spec.writable, f.spec.decimals)
@@ -177,13 +187,13 @@ fn device(
                 } else {
                     e.to_string()
                 };
-                ConfigIssue::at(mspan.clone(), f.key(&format!("modbus.{}", e.key())), msg)
+                ConfigIssue::at(mspan.clone(), w.key(&format!("modbus.{}", e.key())), msg)
             })?;
         let natural = point.field_type();
         if natural != f.spec.kind {
             return Err(ConfigIssue::at(
-                mspan,
-                f.key("type"),
+                mspan.clone(),
+                w.key("type"),
                 format!(
                     "type {:?} does not match the register's value, which reads as {:?}; \
                      write type = \"{}\"",

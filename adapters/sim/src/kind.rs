@@ -58,20 +58,26 @@ impl AdapterKind for SimKind {
                 Some(o) => o.parse()?,
                 None => SimDevice::default(),
             };
-            let mut generators = Vec::with_capacity(d.fields.len());
-            for f in &d.fields {
-                if let Some((_, span)) = &f.stride {
+            // One generator per written field, shared by its repetitions.
+            let mut per_written = Vec::with_capacity(d.written.len());
+            for w in &d.written {
+                if let Some((_, span)) = &w.stride {
                     return Err(ConfigIssue::at(
                         span.clone(),
-                        f.key("stride"),
+                        w.key("stride"),
                         "stride applies to fields with an address (modbus), not to sim fields",
                     ));
                 }
-                generators.push(match &f.options {
+                per_written.push(match &w.options {
                     Some(o) => Some(o.parse::<SimField>()?),
                     None => None,
                 });
             }
+            let generators: Vec<Option<SimField>> = d
+                .fields
+                .iter()
+                .map(|f| per_written[f.written].clone())
+                .collect();
             let pairs = d
                 .fields
                 .iter()
