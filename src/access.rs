@@ -53,6 +53,14 @@ impl Entry {
                 "{s:?} has a resource; use a bare JID (user@domain) or a domain"
             ));
         }
+        if s.contains('*') {
+            // A JID may well contain '*', so "*.example.org" would be taken as a domain of
+            // that name and silently admit nobody.
+            return Err(format!(
+                "{s:?} is no pattern: an entry is \"*\" (anyone), a domain (which admits \
+                 all its accounts, e.g. \"example.org\") or a bare JID"
+            ));
+        }
         let jid = BareJid::new(s).map_err(|e| format!("{s:?} is not a JID or domain: {e}"))?;
         Ok(match jid.node() {
             None => Entry::Domain(jid.domain().as_str().to_owned()),
@@ -137,6 +145,11 @@ mod tests {
         );
         assert!(Entry::parse("alice@example.org/phone").is_err());
         assert!(Entry::parse("a b@example.org").is_err());
+        // a wildcard pattern would be a domain of that name, admitting nobody
+        for pattern in ["*.example.test", "*@example.org", "alice@*"] {
+            let e = Entry::parse(pattern).unwrap_err();
+            assert!(e.contains("no pattern") && e.contains("domain"), "{e}");
+        }
     }
 
     #[test]

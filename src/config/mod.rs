@@ -367,6 +367,16 @@ secret = "s"
         );
         let e = err(&text);
         assert!(e.message.contains("does not fit"), "{}", e.message);
+        for bound in ["min", "max"] {
+            let e = err(&format!(
+                "{BASE}\n[[device]]\nid = \"b\"\nadapter = \"sim\"\n[[device.field]]\nname = \"t\"\ntype = \"double\"\n{bound} = nan\n"
+            ));
+            assert_eq!(
+                e.key.as_deref(),
+                Some(format!("device[0].field[0].{bound}").as_str())
+            );
+            assert!(e.message.contains("not nan"), "{}", e.message);
+        }
         let text = format!("{BASE}\n[[device]]\nid = \"b\"\nadapter = \"opcua\"\n");
         let e = err(&text);
         assert_eq!(e.line, 9);

@@ -595,6 +595,12 @@ impl Ctx<'_> {
                     return Err(self.at(dec, &key("decimals"), "at most 15 decimals"));
                 }
             }
+            for (k, bound) in [("min", f.min), ("max", f.max)] {
+                // nan compares false with everything: it would switch the bound off.
+                if bound.is_some_and(f64::is_nan) {
+                    return err(k, format!("{k} must be a number, not nan"));
+                }
+            }
             if (f.min.is_some() || f.max.is_some()) && !f.kind.is_numeric() {
                 return err(
                     "min",

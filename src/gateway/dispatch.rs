@@ -25,10 +25,35 @@ pub(super) fn features(cfg: &DeviceConfig) -> Vec<&'static str> {
     f
 }
 
+/// The iq type an IoT payload travels in (XEP-0323, XEP-0325, IoT events): only a
+/// control `set` changes anything; `None` for a payload that is not one of them.
+fn iq_type_of(ns: &str, name: &str) -> Option<&'static str> {
+    match (ns, name) {
+        (ctl_ns::NS, "set") => Some("set"),
+        (sd_ns::NS, "req" | "cancel")
+        | (ctl_ns::NS, "getForm")
+        | (ev_ns::NS, "subscribe" | "unsubscribe") => Some("get"),
+        _ => None,
+    }
+}
+
 impl Gateway {
     /// Handles IoT payloads addressed to a visible device; false when `payload` is none.
     pub(super) async fn on_iot_iq(&mut self, h: &Header, id: &DeviceId, payload: &Element) -> bool {
-        let reply = match (payload.ns().as_str(), payload.name()) {
+        let ns = payload.ns();
+        let Some(wanted) = iq_type_of(&ns, payload.name()) else {
+            return false;
+        };
+        if h.type_.as_deref() != Some(wanted) {
+            // A `set` in an iq get would change the device where the sender only asked.
+            let text = format!(
+                "<{} xmlns='{ns}'/> goes in an iq of type {wanted}",
+                payload.name()
+            );
+            self.send(bad_request(h, &text)).await;
+            return true;
+        }
+        let reply = match (ns.as_str(), payload.name()) {
             (sd_ns::NS, "req") => {
                 let (replies, job) = self.on_req(h, id, payload);
                 // The readout starts only once `accepted` is queued: the outbound queue is
@@ -111,6 +136,36 @@ impl Gateway {
 mod tests {
     use super::super::testing::gateway;
     use super::*;
+
+    #[tokio::test]
+    async fn a_payload_in_the_wrong_iq_type_is_refused() {
+        use super::super::testing::{condition, device, el, iq, ALICE};
+        use crate::xmpp::link::Outbound;
+
+        let mut t = gateway(&device("pump"));
+        let id: DeviceId = "pump".into();
+        let set = el(&format!(
+            "<set xmlns='{}'><double name='setpoint' value='5'/></set>",
+            ctl_ns::NS
+        ));
+        let req = el(&format!(
+            "<req xmlns='{}' seqnr='1' momentary='true'/>",
+            sd_ns::NS
+        ));
+        for (type_, payload) in [("get", &set), ("set", &req)] {
+            assert!(
+                t.gw.on_iot_iq(&iq(type_, ALICE, "pump"), &id, payload)
+                    .await
+            );
+            let Ok(Outbound::One(reply)) = t.out.try_recv() else {
+                panic!("one reply")
+            };
+            assert_eq!(condition(&reply).as_deref(), Some("bad-request"), "{type_}");
+        }
+        // nothing was written or started
+        assert!(t.gw.tasks.is_empty());
+        assert!(t.gw.sessions.is_empty());
+    }
 
     #[tokio::test]
     async fn features_follow_the_catalogue() {

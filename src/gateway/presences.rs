@@ -75,9 +75,25 @@ impl Gateway {
         }
         let Some(node) = h.to.node() else { return };
         let from = h.from.to_bare().to_string();
-        let Some(dev) = self.devices.get(node.as_str()) else {
-            if h.type_.as_deref() == Some("subscribe") {
-                tracing::info!(from = %from, device = %node, "subscribe refused: no such device");
+        // A device the sender may not see (and is no subscriber of) answers exactly as one
+        // that does not exist: the answers must not tell which devices exist.
+        let visible = self.devices.get(node.as_str()).filter(|d| {
+            access::may_see(&self.cfg.access, &d.cfg.access, &h.from.to_bare())
+                || self
+                    .subscribers
+                    .get(&*d.cfg.id)
+                    .is_some_and(|s| s.contains(&from))
+        });
+        let Some(dev) = visible else {
+            if matches!(h.type_.as_deref(), Some("subscribe" | "probe")) {
+                if h.type_.as_deref() == Some("subscribe") {
+                    let why = if self.devices.contains_key(node.as_str()) {
+                        "the access policy admits no right for the sender"
+                    } else {
+                        "no such device"
+                    };
+                    tracing::info!(from = %from, device = %node, reason = why, "subscribe refused");
+                }
                 let to_bare = h.to.to_bare().to_string();
                 self.send(presence::subscription("unsubscribed", &to_bare, &from))
                     .await;
@@ -171,5 +187,56 @@ impl Gateway {
             presence::subscription("unsubscribed", &dev.bare, who),
         ];
         self.commit(replies).await;
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::super::testing::{device, gateway, MALLORY};
+    use super::*;
+
+    fn presence(type_: &str, from: &str, to: &str) -> Header {
+        let el: Element = format!(
+            "<presence xmlns='jabber:component:accept' type='{type_}' from='{from}' \
+             to='{to}@{}'/>",
+            super::super::testing::DOMAIN
+        )
+        .parse()
+        .unwrap();
+        Header::parse(&el).unwrap()
+    }
+
+    /// What the gateway sends for `type_` to `to`, written out, the device's name masked.
+    async fn answer(
+        t: &mut super::super::testing::TestGateway,
+        type_: &str,
+        to: &str,
+    ) -> Vec<String> {
+        t.gw.on_presence(&presence(type_, MALLORY, to)).await;
+        let mut out = Vec::new();
+        while let Ok(o) = t.out.try_recv() {
+            for el in o.into_vec() {
+                out.push(String::from(&el).replace(to, "DEVICE"));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_device_the_sender_may_not_see_answers_like_no_device() {
+        let mut t = gateway(&device("pump"));
+        for type_ in ["subscribe", "probe", "unsubscribe", "unsubscribed"] {
+            let hidden = answer(&mut t, type_, "pump").await;
+            let absent = answer(&mut t, type_, "nosuch").await;
+            assert_eq!(hidden, absent, "{type_}");
+            if type_ != "unsubscribe" && type_ != "unsubscribed" {
+                assert_eq!(hidden.len(), 1, "{type_}: {hidden:?}");
+                assert!(
+                    hidden[0].contains("type=\"unsubscribed\"")
+                        || hidden[0].contains("type='unsubscribed'")
+                );
+            }
+        }
+        assert!(t.gw.subscribers.is_empty());
     }
 }

@@ -127,3 +127,38 @@ impl Gateway {
         self.enforce_read_access();
     }
 }
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testing::{device, gateway};
+
+    #[tokio::test]
+    async fn a_reload_applies_readout_events_and_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = gateway(&format!(
+            "{}[[device]]\nid = \"own\"\nadapter = \"sim\"\nmax_age = \"7s\"\n",
+            device("pump")
+        ));
+        let path = dir.path().join("gw.toml");
+        let new = format!(
+            "[xmpp]\nserver = \"127.0.0.1:5347\"\ndomain = \"{}\"\nsecret = \"s\"\n\
+             [state]\ndir = \"/nonexistent-test-state\"\n\
+             [readout]\nmax_age = \"3s\"\nmax_per_requester = 2\n\
+             [events]\nmax_per_requester = 1\nsample_interval = \"5s\"\n{}\
+             [[device]]\nid = \"own\"\nadapter = \"sim\"\nmax_age = \"7s\"\n",
+            super::super::testing::DOMAIN,
+            device("pump")
+        );
+        std::fs::write(&path, new).unwrap();
+        t.gw.cfg.path = path;
+        t.gw.reload().await;
+        assert_eq!(t.gw.cfg.readout.max_per_requester, 2);
+        assert_eq!(t.gw.cfg.events.max_per_requester, 1);
+        assert_eq!(t.gw.cfg.events.sample_interval, Duration::from_secs(5));
+        // a device without a max_age of its own follows [readout]; one with keeps its own
+        assert_eq!(t.gw.devices["pump"].max_age, Duration::from_secs(3));
+        assert_eq!(t.gw.devices["own"].max_age, Duration::from_secs(7));
+    }
+}

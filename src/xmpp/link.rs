@@ -188,7 +188,7 @@ async fn run(
         };
         let reason = match connected {
             Ok(stream) => {
-                attempt = 0;
+                let up_since = Instant::now();
                 let n = stats.connects.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(server = %config.server, domain = %config.domain,
                     connection = n, "component link up");
@@ -214,7 +214,10 @@ async fn run(
                         attempt = 0;
                         continue;
                     }
-                    End::Lost(why) => why,
+                    End::Lost(why) => {
+                        attempt = attempt_after(attempt, up_since.elapsed(), stable(&config));
+                        why
+                    }
                 }
             }
             Err(why) => why,
@@ -239,6 +242,22 @@ async fn run(
                 },
             }
         }
+    }
+}
+
+/// How long a connection must have lasted for the back-off to start over: a server that
+/// takes the handshake and drops the link at once must not be hammered at
+/// `reconnect_min` for ever.
+fn stable(config: &XmppConfig) -> Duration {
+    config.reconnect_max.max(Duration::from_secs(10))
+}
+
+/// The reconnect attempt to count from after a connection that lasted `lasted`.
+fn attempt_after(attempt: u32, lasted: Duration, stable: Duration) -> u32 {
+    if lasted >= stable {
+        0
+    } else {
+        attempt
     }
 }
 
@@ -559,8 +578,19 @@ mod tests {
             let d3 = backoff(3, min, max);
             assert!(d3 >= Duration::from_millis(1600) && d3 <= Duration::from_millis(2400));
             let d30 = backoff(30, min, max);
-            assert!(d30 >= Duration::from_millis(2400) && d30 <= Duration::from_millis(3600));
+            assert!(
+                d30 >= Duration::from_millis(2400) && d30 <= max,
+                "never above the cap"
+            );
         }
+    }
+
+    #[test]
+    fn the_back_off_starts_over_only_after_a_stable_connection() {
+        let stable = Duration::from_secs(10);
+        // dropped right after the handshake: keep backing off
+        assert_eq!(attempt_after(5, Duration::from_millis(50), stable), 5);
+        assert_eq!(attempt_after(5, Duration::from_secs(10), stable), 0);
     }
 
     #[test]

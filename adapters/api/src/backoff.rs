@@ -11,16 +11,26 @@
 use std::time::Duration;
 
 /// The delay before reconnect attempt `attempt` (0 for the first): `min · 2^attempt`,
-/// capped at `max`, then scaled by a random factor from 0.8 to 1.2.
+/// capped at `max`, then drawn at random from 0.8 to 1.2 times that, but never above
+/// `max` (an operator's `reconnect_max` is a promise).
 ///
 /// The jitter keeps a fleet of gateways, or many connections to one PLC, from all
-/// reconnecting at the same instant after an outage. It is applied after the cap, so a
-/// delay may exceed `max` by up to 20 %: clamping it back would gather every capped peer
-/// on `max` again. Never panics, whatever the arguments.
+/// reconnecting at the same instant after an outage. At the cap the delay is drawn from
+/// `[0.8 · max, max]` rather than clamped, which would gather every capped peer on `max`
+/// again. Never panics, whatever the arguments.
 pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
-    let base = min.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let jitter: f64 = rand::random_range(0.8..=1.2);
-    Duration::try_from_secs_f64(base.as_secs_f64() * jitter).unwrap_or(Duration::MAX)
+    let base = min
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(max)
+        .as_secs_f64();
+    let low = base * 0.8;
+    let high = (base * 1.2).min(max.as_secs_f64()).max(low);
+    let secs = if high > low {
+        rand::random_range(low..=high)
+    } else {
+        low
+    };
+    Duration::try_from_secs_f64(secs).unwrap_or(max)
 }
 
 #[cfg(test)]
@@ -49,10 +59,15 @@ mod tests {
         let delays: Vec<Duration> = (0..200)
             .map(|_| backoff(u32::MAX, ms(500), ms(30_000)))
             .collect();
-        assert!(delays.iter().all(|&d| d >= ms(24_000) && d <= ms(36_000)));
-        // Peers past the cap do not all wait the same time.
-        assert!(delays.iter().any(|&d| d < ms(29_000)));
-        assert!(delays.iter().any(|&d| d > ms(31_000)));
+        // never above the cap, and peers past it do not all wait the same time
+        assert!(delays.iter().all(|&d| d >= ms(24_000) && d <= ms(30_000)));
+        assert!(delays.iter().any(|&d| d < ms(27_000)));
+        assert!(delays.iter().any(|&d| d > ms(28_000)));
+        // just below the cap the upper side is cut at it
+        for _ in 0..200 {
+            let d = backoff(5, ms(1_000), ms(35_000)); // base 32 s
+            assert!(d >= ms(25_600) && d <= ms(35_000), "{d:?}");
+        }
     }
 
     #[test]
