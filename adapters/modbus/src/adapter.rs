@@ -1,6 +1,7 @@
 //! The per-device poller and writer: one [`ModbusAdapter`] per configured device, sharing
 //! its connection's [`Bus`] with the other units behind it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -93,13 +94,14 @@ impl ModbusAdapter {
         &self.plan
     }
 
-    /// Runs `requests`, decoding every field they carry (or only those in `only`).
+    /// Runs `requests`, decoding every field they carry (or only those `only` marks, by
+    /// point index).
     /// Returns the readings, the failed fields, and the first "no answer" error if every
     /// request met one (the unit is then considered unreachable).
     async fn read(
         &self,
         requests: &[&ReadRequest],
-        only: Option<&[usize]>,
+        only: Option<&[bool]>,
     ) -> (Vec<Reading>, Vec<(String, AdapterError)>, Option<BusError>) {
         let mut readings = Vec::new();
         let mut failures = Vec::new();
@@ -116,7 +118,7 @@ impl ModbusAdapter {
             let wanted = req
                 .slots
                 .iter()
-                .filter(|s| only.is_none_or(|o| o.contains(&(s.field as usize))));
+                .filter(|s| only.is_none_or(|o| o[s.field as usize]));
             match result {
                 Ok(answer) => {
                     answered = true;
@@ -295,20 +297,29 @@ impl ModbusAdapter {
         match req {
             AdapterRequest::Read { fields, reply, .. } => {
                 let mut outcome = ReadOutcome::default();
-                let mut indices = Vec::new();
-                for name in fields
-                    .unwrap_or_else(|| self.points.iter().map(|(n, _)| n.to_string()).collect())
-                {
-                    match self.points.iter().position(|(n, _)| **n == *name) {
-                        Some(i) => indices.push(i),
-                        None => outcome
-                            .failures
-                            .push((name.clone(), AdapterError::UnknownField(name))),
+                // Which points are wanted, by index: a readout may name thousands of
+                // fields of a register map of thousands, so names are looked up in a
+                // map made for this request, not searched one by one.
+                let mut wanted = vec![fields.is_none(); self.points.len()];
+                if let Some(names) = fields {
+                    let index: HashMap<&str, usize> = self
+                        .points
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (n, _))| (&**n, i))
+                        .collect();
+                    for name in names {
+                        match index.get(name.as_str()) {
+                            Some(&i) => wanted[i] = true,
+                            None => outcome
+                                .failures
+                                .push((name.clone(), AdapterError::UnknownField(name))),
+                        }
                     }
                 }
                 if let Some(e) = dead {
                     // The unit is backed off: answer at once rather than hold the bus.
-                    for i in indices {
+                    for (i, _) in wanted.iter().enumerate().filter(|(_, w)| **w) {
                         let err = e.clone().into_adapter_error();
                         outcome.failures.push((self.points[i].0.to_string(), err));
                     }
@@ -317,13 +328,9 @@ impl ModbusAdapter {
                         .plan
                         .requests()
                         .iter()
-                        .filter(|r| {
-                            r.slots
-                                .iter()
-                                .any(|s| indices.contains(&(s.field as usize)))
-                        })
+                        .filter(|r| r.slots.iter().any(|s| wanted[s.field as usize]))
                         .collect();
-                    let (readings, failures, _) = self.read(&requests, Some(&indices)).await;
+                    let (readings, failures, _) = self.read(&requests, Some(&wanted)).await;
                     outcome.readings = readings;
                     outcome.failures.extend(failures);
                 }
