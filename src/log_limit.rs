@@ -65,3 +65,78 @@ mod tests {
         assert_eq!(l.allow(t0 + Duration::from_secs(10)), Some(0));
     }
 }
+
+/// [`LogLimiter`]s per sender (a bare JID: what an attacker cannot multiply as cheaply as
+/// resources), under one limiter for all of them, so that one flooding sender cannot
+/// silence the lines about others, and many senders together cannot flood the log.
+#[derive(Debug)]
+pub struct PerSender {
+    per: std::collections::HashMap<String, LogLimiter>,
+    each: LogLimiter,
+    all: LogLimiter,
+}
+
+/// Senders remembered at most; past that, the oldest windows are forgotten first.
+const MAX_SENDERS: usize = 4096;
+
+impl PerSender {
+    /// `each` lines per window for one sender, `all` lines per window in all.
+    pub fn new(each: u32, all: u32, window: Duration) -> PerSender {
+        PerSender {
+            per: std::collections::HashMap::new(),
+            each: LogLimiter::new(each, window),
+            all: LogLimiter::new(all, window),
+        }
+    }
+
+    /// Whether to log an event from `sender` at `now`: `Some(n)` with the events from
+    /// this sender left unlogged since its last line, or `None` (counted).
+    pub fn allow(&mut self, sender: &str, now: Instant) -> Option<u64> {
+        if !self.per.contains_key(sender) && self.per.len() >= MAX_SENDERS {
+            let window = self.each.window;
+            self.per.retain(|_, l| {
+                l.started
+                    .is_some_and(|s| now.saturating_duration_since(s) < window)
+            });
+            if self.per.len() >= MAX_SENDERS {
+                self.per.clear();
+            }
+        }
+        let mine = self
+            .per
+            .entry(sender.to_owned())
+            .or_insert_with(|| self.each.clone())
+            .allow(now)?;
+        // The sender's own budget allows a line; the budget of all senders must too.
+        self.all.allow(now).map(|_| mine)
+    }
+}
+
+#[cfg(test)]
+mod per_sender_tests {
+    use super::*;
+
+    #[test]
+    fn one_flooding_sender_does_not_silence_another() {
+        let t0 = Instant::now();
+        let mut l = PerSender::new(3, 10, Duration::from_secs(60));
+        let logged = (0..1000)
+            .filter(|_| l.allow("mallory@evil.example", t0).is_some())
+            .count();
+        assert_eq!(logged, 3);
+        assert_eq!(l.allow("alice@example.org", t0), Some(0));
+        // many senders together stay under the overall budget
+        let many = (0..1000)
+            .filter(|i| l.allow(&format!("bot{i}@evil.example"), t0).is_some())
+            .count();
+        assert_eq!(many, 10 - 4);
+        // a new window: the flooder gets one line telling how many were left out
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(l.allow("mallory@evil.example", t1), Some(997));
+        // memory stays bounded
+        for i in 0..10_000 {
+            l.allow(&format!("x{i}@evil.example"), t1);
+        }
+        assert!(l.per.len() <= MAX_SENDERS);
+    }
+}

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, DeviceConfig};
 use crate::devices;
-use crate::log_limit::LogLimiter;
+use crate::log_limit::{LogLimiter, PerSender};
 use crate::state::{self, Commit, Subscribers};
 use crate::xmpp::disco::DeviceDisco;
 use crate::xmpp::link::{self, LinkState, Outbound};
@@ -132,7 +132,7 @@ struct Gateway {
     /// What each adapter kind's devices share.
     runtimes: devices::Runtimes,
     /// Log lines about refused and unroutable stanzas, which anyone can cause.
-    refused_log: LogLimiter,
+    refused_log: PerSender,
     unroutable_log: LogLimiter,
 }
 
@@ -315,7 +315,7 @@ impl Gateway {
             liveness: HashMap::new(),
             next_iq: 0,
             runtimes: devices::Runtimes::default(),
-            refused_log: LogLimiter::new(10, Duration::from_secs(60)),
+            refused_log: PerSender::new(3, 20, Duration::from_secs(60)),
             unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
             cfg: cfg.clone(),
         };

@@ -50,7 +50,8 @@ impl Gateway {
     /// A request gets `policy-violation`; what only informs (presence, a bounce, an iq
     /// response) is handled by its header alone, as it would have been whole.
     pub(super) async fn on_refused(&mut self, h: &Header, r: Refusal) {
-        if let Some(suppressed) = self.refused_log.allow(Instant::now()) {
+        let sender = h.from.to_bare().to_string();
+        if let Some(suppressed) = self.refused_log.allow(&sender, Instant::now()) {
             tracing::warn!(from = %h.from, to = %h.to, stanza = ?h.kind, bytes = r.size,
                 bound = r.violation.as_str(), limit = r.limit, suppressed, "inbound stanza refused: {r}");
         }
