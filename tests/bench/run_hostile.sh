@@ -8,13 +8,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-# shellcheck source=../e2e/deps.sh
-source tests/e2e/deps.sh
-
-fg_ensure_all
-
-fg_log "cargo build --release"
-cargo build --release
-export FIELDGATE_BIN="${FIELDGATE_BIN:-target/release/fieldgate}"
-export FIELDGATE_LOG="${FIELDGATE_LOG:-info}"
-exec "$FG_VENV/bin/python" tests/bench/bench_hostile.py "$@"
+# shellcheck source=release.sh
+source tests/bench/release.sh
+fg_bench bench_hostile.py "$@"
