@@ -27,6 +27,9 @@ use crate::adapters;
 const MIN_STANZA_SIZE: i64 = 4096;
 const MAX_STANZA_SIZE: i64 = 16 * 1024 * 1024;
 
+/// A written field's `stride`, with its span, if given.
+type Stride = Option<(u32, Range<usize>)>;
+
 /// A device validated by the core, waiting for its adapter kind.
 struct Pending {
     index: usize,
@@ -34,8 +37,8 @@ struct Pending {
     kind: &'static dyn AdapterKind,
     /// The catalogue, repeated fields expanded.
     fields: Vec<FieldInput>,
-    /// Each written field's `stride`, with its span.
-    strides: Vec<Option<(u32, Range<usize>)>>,
+    /// Each written field's `stride`.
+    strides: Vec<Stride>,
     device: DeviceConfig,
 }
 
@@ -530,12 +533,11 @@ impl Ctx<'_> {
     }
 
     /// The catalogue of `d`, repeated fields expanded, and each written field's stride.
-    #[allow(clippy::type_complexity)]
     fn fields(
         &self,
         d: &RawDevice,
         i: usize,
-    ) -> Result<(Vec<FieldInput>, Vec<Option<(u32, Range<usize>)>>), ConfigError> {
+    ) -> Result<(Vec<FieldInput>, Vec<Stride>), ConfigError> {
         let mut names = HashSet::new();
         let mut out = Vec::with_capacity(d.fields.len());
         let strides = d

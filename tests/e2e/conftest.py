@@ -93,6 +93,21 @@ def standard_devices() -> list[dict]:
     ]
 
 
+def linked_gateway(env):
+    """The standard gateway behind a TCP proxy that counts component connections (so a
+    test can tell that the link never dropped), with alice subscribed to pump1.
+    Returns (proxy, gateway, alice)."""
+    proxy = env.proxy()
+    g = env.new_gateway()
+    g.write_config(standard_devices(), access=ALICE_BOB_ACCESS, xmpp={"server": f"127.0.0.1:{proxy.port}"})
+    g.start()
+    alice = env.client("alice")
+    m = alice.mark()
+    alice.subscribe(env.dev("pump1"))
+    alice.wait_presence(env.dev("pump1"), "available", m)
+    return proxy, g, alice
+
+
 @pytest.fixture
 def gw(env):
     """The gateway started with the standard devices and access lists, link up."""

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import ALICE_BOB_ACCESS, standard_devices
+from conftest import linked_gateway, standard_devices
 from harness import NS_STANZAS, cpu_ns, make_env, sim_device, wait_for
 
 C2S_LIMIT = 256 * 1024
@@ -57,17 +57,9 @@ class Pinger:
 
 @pytest.fixture
 def served(env):
-    """Gateway behind a connection-counting proxy; alice (reader) subscribed to pump1."""
-    proxy = env.proxy()
-    gw = env.new_gateway()
-    gw.write_config(standard_devices(), access=ALICE_BOB_ACCESS, xmpp={"server": f"127.0.0.1:{proxy.port}"})
-    gw.start()
-    alice = env.client("alice")
-    carol = env.client("carol")
-    m = alice.mark()
-    alice.subscribe(env.dev("pump1"))
-    alice.wait_presence(env.dev("pump1"), "available", m)
-    return proxy, gw, alice, carol
+    """The linked gateway, and carol, who holds no right on any device."""
+    proxy, gw, alice = linked_gateway(env)
+    return proxy, gw, alice, env.client("carol")
 
 
 def nest(depth: int) -> str:

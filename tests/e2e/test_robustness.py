@@ -10,7 +10,7 @@ import pytest
 
 import xml.etree.ElementTree as ET
 
-from conftest import ALICE_BOB_ACCESS, standard_devices
+from conftest import linked_gateway
 from harness import COMPONENT, NS_PING, NS_STANZAS, parse_iq_reply, wait_for
 
 PUMP = f"pump1@{COMPONENT}"
@@ -74,16 +74,7 @@ def kind_of(reply_type: str, condition: str | None) -> tuple[str, str | None]:
 
 @pytest.fixture
 def linked(env):
-    """Gateway behind a TCP proxy that counts component connections."""
-    proxy = env.proxy()
-    gw = env.new_gateway()
-    gw.write_config(standard_devices(), access=ALICE_BOB_ACCESS, xmpp={"server": f"127.0.0.1:{proxy.port}"})
-    gw.start()
-    alice = env.client("alice")
-    m = alice.mark()
-    alice.subscribe(env.dev("pump1"))
-    alice.wait_presence(env.dev("pump1"), "available", m)
-    return proxy, gw, alice
+    return linked_gateway(env)
 
 
 def assert_still_serving(env, proxy, gw, alice, pid):
