@@ -98,12 +98,7 @@ impl Gateway {
                 continue;
             }
             dev.last_sample = Some(now);
-            let fresh_enough = |r: &Reading| {
-                SystemTime::now()
-                    .duration_since(r.timestamp)
-                    .unwrap_or_default()
-                    < p
-            };
+            let fresh_enough = |r: &Reading| r.age() < p;
             let stale: Vec<String> = dev
                 .specs
                 .iter()

@@ -27,7 +27,7 @@ mod tasks;
 mod testing;
 
 use std::collections::HashMap;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use fieldgate_api::{FieldSpec, Reading};
 use tokio::task::JoinSet;
@@ -65,20 +65,24 @@ struct Device {
     /// When the events sampler last read the device, and whether a read is under way.
     last_sample: Option<Instant>,
     sampling: bool,
-    /// When each field was last written through XMPP.
-    written: HashMap<String, SystemTime>,
+    /// When each field was last written through XMPP, until a reading taken after the
+    /// write arrives (monotonic: a wall-clock step must not freeze the cache).
+    written: HashMap<Arc<str>, Instant>,
 }
 
 impl Device {
-    /// Caches a reading unless it was taken before the field's last write: such a
-    /// value, from a read that overlapped the write, is already out of date.
+    /// Caches a reading unless it reached the gateway before the field's last write: such
+    /// a value, from a read that overlapped the write, is already out of date.
     fn remember(&mut self, r: Reading) {
-        if self
-            .written
-            .get(&*r.field)
-            .is_some_and(|w| r.timestamp < *w)
-        {
-            return;
+        if !self.written.is_empty() {
+            match self.written.get(&*r.field) {
+                Some(w) if r.taken < *w => return,
+                Some(_) => {
+                    // The write is behind this reading: nothing older can follow it.
+                    self.written.remove(&*r.field);
+                }
+                None => {}
+            }
         }
         self.cache.insert(r);
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use fieldgate_api::{DeviceId, Reachability};
 use futures::future::BoxFuture;
@@ -193,11 +193,14 @@ impl Gateway {
             .filter_map(|n| dev.cache.get(n))
             .map(|r| (r.field.clone(), r.clone()))
             .collect();
+        // `when` is the requester's wall clock; from here on only the wait counts.
         let when = req
             .when
             .as_ref()
             .and_then(XsDateTime::to_system_time)
-            .filter(|w| *w > now);
+            .and_then(|w| w.duration_since(now).ok())
+            .filter(|wait| !wait.is_zero())
+            .map(|wait| Instant::now() + wait);
         let extra = extra_fields(dev, &types)
             .into_iter()
             .filter(|f| named(&f.name))

@@ -1,7 +1,7 @@
 //! What the actor's tasks (readouts, writes, event samples) report back, and what the
 //! actor does with it: cache the fresh values, release the reply, evaluate subscriptions.
 
-use std::time::SystemTime;
+use std::time::Instant;
 
 use fieldgate_api::{DeviceId, Reading};
 use tokio_xmpp::minidom::Element;
@@ -50,11 +50,11 @@ impl Gateway {
                 reply,
             } => {
                 if let Some(dev) = self.devices.get_mut(&device) {
-                    let now = SystemTime::now();
+                    let now = Instant::now();
                     for f in fields {
                         dev.cache.remove(f.as_str());
                         // A read taken before the write may still be on its way.
-                        dev.written.insert(f, now);
+                        dev.written.insert(f.into(), now);
                     }
                     // Sample soon so subscribers see the effect of the write.
                     dev.last_sample = None;
@@ -95,5 +95,51 @@ impl Gateway {
         if any {
             self.evaluate_subscriptions(device).await;
         }
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use fieldgate_api::{Reading, Value};
+
+    use super::super::testing::{device, gateway};
+    use super::*;
+
+    fn setpoint(v: f64, stamp: SystemTime) -> Reading {
+        Reading::new("setpoint", Value::Double(v), stamp)
+    }
+
+    #[tokio::test]
+    async fn writes_order_readings_by_the_monotonic_clock() {
+        let mut t = gateway(&device("pump"));
+        let id: DeviceId = "pump".into();
+        let hour = Duration::from_secs(3600);
+        // A read that overlapped the write: taken before it, arriving after it.
+        let overlapped = setpoint(1.0, SystemTime::now());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        t.gw.on_done(Done::Write {
+            device: id.clone(),
+            fields: vec!["setpoint".into()],
+            reply: None,
+        })
+        .await;
+        t.gw.absorb(&id, vec![overlapped], None).await;
+        let cached = |t: &super::super::testing::TestGateway| {
+            t.gw.devices[&id]
+                .cache
+                .get("setpoint")
+                .map(|r| r.value.clone())
+        };
+        assert_eq!(cached(&t), None, "a value older than the write is dropped");
+        // The wall clock stepped back an hour after the write: a reading taken now is
+        // stamped before the write by the wall clock, but it is newer, and must be kept.
+        let after_step = setpoint(7.5, SystemTime::now() - hour);
+        assert!(after_step.taken > Instant::now() - Duration::from_secs(1));
+        t.gw.absorb(&id, vec![after_step], None).await;
+        assert_eq!(cached(&t), Some(Value::Double(7.5)));
+        // The write no longer holds anything back once a newer value arrived.
+        assert!(t.gw.devices[&id].written.is_empty());
     }
 }

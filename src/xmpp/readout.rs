@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fieldgate_api::{AdapterError, AdapterRequest, FieldSpec, FieldType, Quality, Reading, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -76,8 +76,9 @@ pub struct Readout {
     pub to: String,
     /// The node id: the device id.
     pub node: String,
-    /// Start no earlier than this (XEP-0323 `when`).
-    pub when: Option<SystemTime>,
+    /// Start no earlier than this (XEP-0323 `when`, turned into a monotonic instant when
+    /// the request was accepted, so a wall-clock step does not move it).
+    pub when: Option<Instant>,
     /// The device's field catalogue.
     pub specs: Arc<[FieldSpec]>,
     /// Momentary fields wanted, in catalogue order.
@@ -152,7 +153,7 @@ impl Readout {
     /// The cached values of wanted fields still fresh at `started`: freshness is judged
     /// when the readout starts, not when it was accepted, so a scheduled readout does not
     /// serve values that went stale while it waited.
-    fn fresh_cached(&self, started: SystemTime) -> HashMap<Arc<str>, Reading> {
+    fn fresh_cached(&self, started: Instant) -> HashMap<Arc<str>, Reading> {
         self.cached
             .iter()
             .filter(|(_, r)| self.is_fresh(r, started))
@@ -160,8 +161,11 @@ impl Readout {
             .collect()
     }
 
-    fn is_fresh(&self, r: &Reading, at: SystemTime) -> bool {
-        at.duration_since(r.timestamp).unwrap_or_default() <= self.max_age
+    /// Ages are measured on the monotonic clock: a value stamped in the future by a
+    /// clock that stepped back is not fresh forever, nor one stamped before a forward
+    /// step stale at once.
+    fn is_fresh(&self, r: &Reading, at: Instant) -> bool {
+        at.saturating_duration_since(r.taken) <= self.max_age
     }
 
     /// The messages that complete the readout right away, when nothing has to be waited
@@ -171,7 +175,7 @@ impl Readout {
         if self.when.is_some() {
             return None;
         }
-        let now = SystemTime::now();
+        let now = Instant::now();
         let fresh = |r: &Reading| self.is_fresh(r, now);
         if !self
             .wanted
@@ -181,7 +185,7 @@ impl Readout {
             return None;
         }
         // Every wanted value is cached and fresh, and `cached` holds nothing else.
-        Some(self.finish(&self.cached, self.unknown_failures(), now))
+        Some(self.finish(&self.cached, self.unknown_failures(), SystemTime::now()))
     }
 
     /// The requester's misnamed fields: the first few by name (clipped), the rest
@@ -213,17 +217,17 @@ impl Readout {
         cancel: CancellationToken,
     ) -> (Vec<Reading>, Option<String>) {
         if let Some(when) = self.when {
-            if let Ok(wait) = when.duration_since(SystemTime::now()) {
+            if when > Instant::now() {
                 tokio::select! {
                     _ = cancel.cancelled() => return (vec![], None),
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep_until(when.into()) => {}
                 }
                 let _ = out
                     .send(self.message(Started::new(self.seqnr).into()).into())
                     .await;
             }
         }
-        let mut values = self.fresh_cached(SystemTime::now());
+        let mut values = self.fresh_cached(Instant::now());
         let mut failures = self.unknown_failures();
         let misnamed = failures.len();
         let to_read: Vec<String> = self
@@ -463,12 +467,32 @@ mod tests {
             .is_some());
 
         // a stale value has to be read: no answer from the cache
-        let stale = readout(SystemTime::now() - Duration::from_secs(61), &[]);
+        let stale = aged(readout(SystemTime::now(), &[]), 61);
         assert!(stale.complete_from_cache().is_none());
         // nor for a scheduled readout
         let mut later = readout(SystemTime::now(), &[]);
-        later.when = Some(SystemTime::now() + Duration::from_secs(5));
+        later.when = Some(Instant::now() + Duration::from_secs(5));
         assert!(later.complete_from_cache().is_none());
+    }
+
+    /// `r` with its cached value received `secs` seconds ago.
+    fn aged(mut r: Readout, secs: u64) -> Readout {
+        for v in r.cached.values_mut() {
+            v.taken = Instant::now() - Duration::from_secs(secs);
+        }
+        r
+    }
+
+    #[test]
+    fn freshness_follows_the_monotonic_clock_not_the_stamps() {
+        let hour = Duration::from_secs(3600);
+        // Stamped before the wall clock stepped back an hour: its stamp is in the future,
+        // but it is 61 s old and must be read again (it used to be fresh for an hour).
+        let r = aged(readout(SystemTime::now() + hour, &[]), 61);
+        assert!(r.complete_from_cache().is_none());
+        // Stamped before a forward step: an hour old by the stamps, 1 s old in fact.
+        let r = aged(readout(SystemTime::now() - hour, &[]), 1);
+        assert!(r.complete_from_cache().is_some());
     }
 
     #[tokio::test]

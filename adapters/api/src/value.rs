@@ -1,7 +1,7 @@
 //! Values and readings.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 /// A typed value read from or written to a device field.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,21 +76,31 @@ pub struct Reading {
     pub field: std::sync::Arc<str>,
     /// The value.
     pub value: Value,
-    /// When the value was taken.
+    /// When the value was taken, as people read it (the stamp sent to XMPP peers). The
+    /// wall clock may step (NTP on a box without a real-time clock): never compare it.
     pub timestamp: SystemTime,
+    /// When the value reached the gateway, on the monotonic clock: ages, freshness and
+    /// the order of readings and writes are judged by this.
+    pub taken: Instant,
     /// Its quality.
     pub quality: Quality,
 }
 
 impl Reading {
-    /// A good reading taken at `timestamp`.
+    /// A good reading stamped `timestamp`, reaching the gateway now.
     pub fn new(field: impl Into<std::sync::Arc<str>>, value: Value, timestamp: SystemTime) -> Self {
         Reading {
             field: field.into(),
             value,
             timestamp,
+            taken: Instant::now(),
             quality: Quality::Good,
         }
+    }
+
+    /// How long ago the value reached the gateway.
+    pub fn age(&self) -> std::time::Duration {
+        self.taken.elapsed()
     }
 }
 
