@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldgate_api::{DeviceId, DeviceSetup, FieldSpec};
+use fieldgate_api::{DeviceId, DeviceSetup, FieldSpec, Reporting};
 
 use crate::access::{Entry, Lists};
 
@@ -102,11 +102,14 @@ pub struct ReadoutConfig {
 /// `[events]`: change-event subscriptions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventsConfig {
-    /// Subscriptions one requester (full JID) may hold at once.
+    /// Subscriptions one user (bare JID, all its resources together) may hold at once.
     pub max_per_requester: usize,
-    /// How often a device with subscriptions is sampled when the subscription asks for
-    /// no `minInterval` (and the lower bound of any `minInterval`).
+    /// How often a device that reports only when asked is read for subscriptions with
+    /// change conditions (when none asks for a longer `minInterval`).
     pub sample_interval: Duration,
+    /// The shortest time between two events of one subscription: a `minInterval` or
+    /// `maxInterval` below it is raised to it.
+    pub min_interval: Duration,
 }
 
 /// One `[[device]]`.
@@ -130,6 +133,8 @@ pub struct DeviceConfig {
     pub kind: &'static str,
     /// What the adapter kind made of the device's options, for its runtime.
     pub setup: Arc<dyn DeviceSetup>,
+    /// How the device's values reach the core (polled, pushed, or on request).
+    pub reporting: Reporting,
     /// The field catalogue, shared (not copied) with the running device.
     pub fields: Arc<[FieldSpec]>,
 }

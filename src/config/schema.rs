@@ -71,6 +71,7 @@ pub(super) struct RawReadout {
 pub(super) struct RawEvents {
     pub(super) max_per_requester: Option<Spanned<i64>>,
     pub(super) sample_interval: Option<Spanned<HumanDuration>>,
+    pub(super) min_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// One `[[device]]` (its adapter's table aside).

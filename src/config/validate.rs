@@ -210,6 +210,13 @@ impl Ctx<'_> {
                 Duration::from_millis(50),
                 Duration::from_secs(3600),
             )?,
+            min_interval: dur(
+                &raw.events.min_interval,
+                "events.min_interval",
+                Duration::from_secs(1),
+                Duration::from_millis(10),
+                Duration::from_secs(3600),
+            )?,
         };
 
         let mut seen = HashSet::new();
@@ -272,6 +279,7 @@ impl Ctx<'_> {
                     },
                     kind: kind.name(),
                     setup: Arc::new(()),
+                    reporting: Default::default(),
                     fields: Arc::from([]),
                 },
             });
@@ -422,6 +430,7 @@ impl Ctx<'_> {
                     ));
                 }
                 let mut device = p.device;
+                device.reporting = kind.reporting(&*setup);
                 device.setup = setup;
                 device.fields = input.fields.into_iter().map(|f| f.spec).collect();
                 done[slot] = Some(device);

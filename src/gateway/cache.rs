@@ -5,7 +5,6 @@
 //! thousands of fields. A slot per catalogue position costs the reading alone, plus four
 //! bytes of a name index for lookups by name.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use fieldgate_api::{FieldSpec, Reading};
@@ -76,16 +75,9 @@ impl Cache {
         self.slots[i] = Some(r);
     }
 
-    /// The last readings of the fields in `names` that have one, by name.
-    pub(super) fn subset<'a>(
-        &self,
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> HashMap<Arc<str>, Reading> {
-        names
-            .into_iter()
-            .filter_map(|n| self.get(n))
-            .map(|r| (r.field.clone(), r.clone()))
-            .collect()
+    /// Every field of the catalogue with its last reading, in catalogue order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&FieldSpec, Option<&Reading>)> {
+        self.specs.iter().zip(self.slots.iter().map(Option::as_ref))
     }
 }
 
@@ -140,8 +132,10 @@ mod tests {
         assert!(c.remove("b").is_none());
         assert!(c.remove("x").is_none());
         c.insert(reading("a", 3));
-        let sub = c.subset(["a", "b", "x"]);
-        assert_eq!(sub.len(), 1);
-        assert_eq!(sub.get("a").map(|r| r.value.clone()), Some(Value::Int(3)));
+        let known: Vec<_> = c
+            .iter()
+            .map(|(s, r)| (&*s.name, r.map(|r| r.value.clone())))
+            .collect();
+        assert_eq!(known, [("a", Some(Value::Int(3))), ("b", None)]);
     }
 }

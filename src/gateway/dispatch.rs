@@ -74,10 +74,18 @@ impl Gateway {
                 }
             },
             (ctl_ns::NS, "getForm") => self.on_get_form(h, id, payload),
-            (ev_ns::NS, "subscribe") => self.on_subscribe(h, id, payload),
+            (ev_ns::NS, "subscribe") => {
+                let (reply, started) = self.on_subscribe(h, id, payload);
+                // The `accepted` result goes first, then any event it starts.
+                self.send(reply).await;
+                if let Some(key) = started {
+                    self.start_subscription(&key).await;
+                }
+                return true;
+            }
             (ev_ns::NS, "unsubscribe") => match Unsubscribe::try_from(payload) {
                 Ok(u) => {
-                    self.subscriptions.remove(&(h.from.to_string(), u.seqnr));
+                    self.unsubscribe(&(h.from.to_string(), u.seqnr));
                     h.result(None)
                 }
                 Err(e) => bad_request(h, &e.to_string()),
@@ -105,9 +113,7 @@ impl Gateway {
             .filter(|k| k.0 == who)
             .cloned()
             .collect();
-        let subs_before = self.subscriptions.len();
-        self.subscriptions.retain(|k, _| k.0 != who);
-        let subs = subs_before - self.subscriptions.len();
+        let subs = self.subscriptions.retain(|k, _| k.0 != who).len();
         for k in &keys {
             self.end_session(k);
         }
@@ -129,6 +135,9 @@ impl Gateway {
             self.end_session(k);
         }
         self.subscriptions.retain(|_, s| &s.device != id);
+        if let Some(dev) = self.devices.get_mut(id) {
+            dev.sampling = false;
+        }
     }
 }
 

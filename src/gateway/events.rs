@@ -1,39 +1,61 @@
-//! The IoT events engine: accepting subscriptions, sampling devices for them, sending
-//! the events that are due (split to fit the stanza bound).
+//! The IoT events engine: accepting subscriptions, and sending events as the data
+//! arrives. A polled device's subscribers are served from its polls (a subscription adds
+//! no bus traffic); a device that reports only when asked is read for the subscribed
+//! fields alone, as often as its subscriptions need. Deadlines (`maxInterval`, changes
+//! held back by `minInterval`) are kept on a timeline, not checked on a tick.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use fieldgate_api::{DeviceId, Reading};
+use fieldgate_api::{DeviceId, Reporting};
 use tokio_xmpp::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use super::readouts::{extra_fields, for_this_node, EXTRA_NAMES};
 use super::replies::{bad_request, forbidden, not_found};
+use super::subscriptions::{bare_of, SubKey, Wake};
 use super::tasks::Done;
-use super::Gateway;
+use super::{Device, Gateway};
 use crate::access::{self, Right};
-use crate::xmpp::payload::common::{FieldTypes, NodeRef};
+use crate::xmpp::fields_text::FieldsMessages;
+use crate::xmpp::link::Outbound;
+use crate::xmpp::payload::common::FieldTypes;
 use crate::xmpp::payload::events::Subscribe;
-use crate::xmpp::payload::sensordata::{Accepted, Field, Fields};
+use crate::xmpp::payload::sensordata::{Accepted, Field};
 use crate::xmpp::readout::{self, to_field};
 use crate::xmpp::stanza::{clip, Header};
-use crate::xmpp::subscription::Subscription;
+use crate::xmpp::subscription::{numeric, Subscription};
 
-/// How often the events engine looks for due subscriptions and devices to sample.
-pub(super) const EVENTS_TICK: Duration = Duration::from_millis(100);
+/// How a device's values arrive, as the events engine needs it.
+fn poll_period(dev: &Device) -> Option<Duration> {
+    match dev.cfg.reporting {
+        Reporting::Polled(p) => Some(p),
+        Reporting::OnRequest | Reporting::Pushed => None,
+    }
+}
+
+/// The numeric value of field `name` in `dev`'s cache.
+fn value_in(dev: &Device) -> impl Fn(&str) -> Option<f64> + '_ {
+    |name| dev.cache.get(name).and_then(|r| numeric(&r.value))
+}
 
 impl Gateway {
-    pub(super) fn on_subscribe(&mut self, h: &Header, id: &DeviceId, payload: &Element) -> Element {
+    /// Accepts (or refuses) a subscription; the reply, and the key of a subscription to
+    /// start once the reply is on its way.
+    pub(super) fn on_subscribe(
+        &mut self,
+        h: &Header,
+        id: &DeviceId,
+        payload: &Element,
+    ) -> (Element, Option<SubKey>) {
         if self.refuse(h, id, Right::Read).is_some() {
-            return forbidden(h, "you may not read this device", vec![]);
+            return (forbidden(h, "you may not read this device", vec![]), None);
         }
         let req = match Subscribe::try_from(payload) {
             Ok(r) => r,
-            Err(e) => return bad_request(h, &e.to_string()),
+            Err(e) => return (bad_request(h, &e.to_string()), None),
         };
         if !for_this_node(&req.nodes, id) {
-            return not_found(h, "no such node on this device", vec![]);
+            return (not_found(h, "no such node on this device", vec![]), None);
         }
         let dev = &self.devices[id];
         if let Some(f) = req
@@ -41,132 +63,234 @@ impl Gateway {
             .iter()
             .find(|f| !dev.cache.knows(&f.name) && !EXTRA_NAMES.contains(&f.name.as_str()))
         {
-            return not_found(h, &format!("no field named {:?}", clip(&f.name)), vec![]);
+            let text = format!("no field named {:?}", clip(&f.name));
+            return (not_found(h, &text, vec![]), None);
         }
         let requester = h.from.to_string();
         let key = (requester.clone(), req.seqnr);
-        let held = self
-            .subscriptions
-            .keys()
-            .filter(|k| k.0 == requester)
-            .count();
+        let held = self.subscriptions.held_by(bare_of(&requester));
         let max = self.cfg.events.max_per_requester;
         if !self.subscriptions.contains_key(&key) && held >= max {
-            return h.error(
+            let text = format!("{held} subscriptions held; at most {max} per user");
+            let e = h.error(
                 ErrorType::Wait,
                 DefinedCondition::ResourceConstraint,
-                &format!("{held} subscriptions held; at most {max} per requester"),
+                &text,
                 None,
             );
+            return (e, None);
         }
         let sub = Subscription::new(
             requester,
             id.clone(),
             &req,
-            self.cfg.events.sample_interval,
+            self.cfg.events.min_interval,
             Instant::now(),
         );
         if !sub.is_useful() && !sub.immediate {
-            return bad_request(
+            let e = bad_request(
                 h,
                 "the subscription has no field condition (changedBy/changedUp/changedDown) \
                  and no maxInterval: it would never report",
             );
+            return (e, None);
         }
         tracing::info!(device = %id, from = %h.from, seqnr = req.seqnr, "event subscription accepted");
-        self.subscriptions.insert(key, sub);
-        if let Some(dev) = self.devices.get_mut(id) {
-            dev.last_sample = None; // sample now: reference values and req='true'
-        }
-        h.result(Some(Accepted::new(req.seqnr).into()))
+        self.subscriptions.insert(key.clone(), sub);
+        (h.result(Some(Accepted::new(req.seqnr).into())), Some(key))
     }
 
-    /// Starts reads of devices whose subscriptions need fresh values, and sends due events.
-    pub(super) async fn events_tick(&mut self) {
+    /// Starts an accepted subscription: references from the values known, a first event
+    /// now if `req='true'` and the values are fresh, and the device sampled if it reports
+    /// only when asked.
+    pub(super) async fn start_subscription(&mut self, key: &SubKey) {
         let now = Instant::now();
-        let mut period: HashMap<DeviceId, Duration> = HashMap::new();
-        for s in self.subscriptions.values() {
-            let p = period.entry(s.device.clone()).or_insert(s.min_interval);
-            *p = (*p).min(s.min_interval);
+        let Some(sub) = self.subscriptions.get_mut(key) else {
+            return;
+        };
+        let Some(dev) = self.devices.get(&sub.device) else {
+            return;
+        };
+        let id = sub.device.clone();
+        sub.evaluate(value_in(dev));
+        let immediate = sub.immediate;
+        let fresh = {
+            let limit = dev.max_age.max(poll_period(dev).unwrap_or_default());
+            dev.specs.iter().filter(|s| sub.wants(&s.name)).all(|s| {
+                dev.cache
+                    .get(&s.name)
+                    .is_some_and(|r| now.saturating_duration_since(r.taken) <= limit)
+            })
+        };
+        let on_request = dev.cfg.reporting == Reporting::OnRequest;
+        let watches = !sub.conditions.is_empty();
+        if immediate && fresh {
+            self.send_event(key, now).await;
+        } else if immediate && on_request {
+            self.start_sample(&id);
         }
-        for (id, p) in period {
-            let p = p.max(self.cfg.events.sample_interval);
-            let Some(dev) = self.devices.get_mut(&id) else {
-                continue;
-            };
-            if dev.sampling || dev.last_sample.is_some_and(|t| now.duration_since(t) < p) {
-                continue;
-            }
-            dev.last_sample = Some(now);
-            let fresh_enough = |r: &Reading| r.age() < p;
-            let stale: Vec<String> = dev
-                .specs
-                .iter()
-                .filter(|s| !dev.cache.get(&s.name).is_some_and(fresh_enough))
-                .map(|s| s.name.to_string())
-                .collect();
-            if stale.is_empty() {
-                // An adapter that polls by itself keeps the cache fresh: nothing to read.
-                self.evaluate_subscriptions(&id).await;
-                continue;
-            }
-            dev.sampling = true;
-            let adapter = dev.adapter.as_ref().map(|a| a.requests.clone());
-            let timeout = self.cfg.readout.timeout;
-            self.tasks.spawn(async move {
-                let (fresh, error) =
-                    match readout::read(adapter.as_ref(), &id, stale, timeout).await {
-                        Ok(o) => (
-                            o.readings,
-                            o.failures.first().map(|(n, e)| format!("{n}: {e}")),
-                        ),
-                        Err(e) => (vec![], Some(e.to_string())),
-                    };
-                Done::Sample {
-                    device: id,
-                    fresh,
-                    error,
-                }
-            });
+        if on_request
+            && watches
+            && self
+                .subscriptions
+                .scheduled(&Wake::Sample(id.clone()))
+                .is_none()
+        {
+            let period = self.sample_period(&id);
+            self.subscriptions
+                .schedule(Wake::Sample(id.clone()), Some(now + period));
         }
-        self.probe_subscribers(now).await;
-        // Deadlines (maxInterval, held-back changes) pass without new values too.
-        let due: Vec<(String, u64)> = self
-            .subscriptions
-            .iter()
-            .filter(|(_, s)| s.due(now) && !s.immediate)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in due {
-            self.send_event(&k, now).await;
+        self.reschedule(key);
+    }
+
+    /// Ends a subscription on the subscriber's request.
+    pub(super) fn unsubscribe(&mut self, key: &SubKey) {
+        if self.subscriptions.remove(key).is_some() {
+            tracing::info!(requester = %key.0, seqnr = key.1, "event subscription ended by its subscriber");
         }
     }
 
-    /// Feeds a device's current values to its subscriptions and sends the events now due.
-    pub(super) async fn evaluate_subscriptions(&mut self, id: &DeviceId) {
+    /// Does what is due on the timeline.
+    pub(super) async fn on_wake(&mut self) {
+        let now = Instant::now();
+        for w in self.subscriptions.take_due(now) {
+            match w {
+                Wake::Subscription(k) => self.on_deadline(&k, now).await,
+                Wake::Sample(id) => {
+                    let period = self.sample_period(&id);
+                    if self.subscriptions.of_device(&id).iter().any(|k| {
+                        self.subscriptions
+                            .get(k)
+                            .is_some_and(|s| !s.conditions.is_empty())
+                    }) {
+                        self.start_sample(&id);
+                        self.subscriptions
+                            .schedule(Wake::Sample(id), Some(now + period));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A subscription's deadline passed without new values.
+    async fn on_deadline(&mut self, key: &SubKey, now: Instant) {
+        let Some(sub) = self.subscriptions.get(key) else {
+            return;
+        };
+        let Some(dev) = self.devices.get(&sub.device) else {
+            return;
+        };
+        if !sub.due(now, None) {
+            self.reschedule(key);
+            return;
+        }
+        // A device that reports only when asked is asked now; the event goes out when
+        // the values arrive (or the read fails).
+        if !sub.pending && dev.cfg.reporting == Reporting::OnRequest {
+            let id = sub.device.clone();
+            self.start_sample(&id);
+            return;
+        }
+        self.send_event(key, now).await;
+    }
+
+    /// The period at which a device that reports only when asked is read for the
+    /// subscriptions watching its values for changes.
+    fn sample_period(&self, id: &DeviceId) -> Duration {
+        let floor = self.cfg.events.sample_interval;
+        self.subscriptions
+            .of_device(id)
+            .iter()
+            .filter_map(|k| self.subscriptions.get(k))
+            .filter(|s| !s.conditions.is_empty())
+            .map(|s| s.min_interval.max(floor))
+            .min()
+            .unwrap_or(floor)
+    }
+
+    /// Reads the fields a device's subscriptions want (all of them if one wants every
+    /// field), unless a read for them is under way.
+    pub(super) fn start_sample(&mut self, id: &DeviceId) {
+        let keys = self.subscriptions.of_device(id);
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        if dev.sampling || keys.is_empty() {
+            return;
+        }
+        let subs: Vec<&Subscription> = keys
+            .iter()
+            .filter_map(|k| self.subscriptions.get(k))
+            .collect();
+        let all = subs.iter().any(|s| s.fields.is_empty());
+        let fields: Vec<String> = dev
+            .specs
+            .iter()
+            .filter(|f| all || subs.iter().any(|s| s.fields.contains(&*f.name)))
+            .map(|f| f.name.to_string())
+            .collect();
+        if fields.is_empty() {
+            return;
+        }
+        dev.sampling = true;
+        let adapter = dev.adapter.as_ref().map(|a| a.requests.clone());
+        let timeout = self.cfg.readout.timeout;
+        let id = id.clone();
+        self.tasks.spawn(async move {
+            let (fresh, error) = match readout::read(adapter.as_ref(), &id, fields, timeout).await {
+                Ok(o) => (
+                    o.readings,
+                    o.failures.first().map(|(n, e)| format!("{n}: {e}")),
+                ),
+                Err(e) => (vec![], Some(e.to_string())),
+            };
+            Done::Sample {
+                device: id,
+                fresh,
+                error,
+            }
+        });
+    }
+
+    /// New values of device `id` are in its cache: feeds them to its subscriptions and
+    /// sends the events now due. `polled` says they came from the device's own poll.
+    pub(super) async fn evaluate_subscriptions(&mut self, id: &DeviceId, polled: bool) {
         let Some(dev) = self.devices.get(id) else {
             return;
         };
+        let arrival = if polled { poll_period(dev) } else { None };
         let now = Instant::now();
-        let mut due = Vec::new();
-        for (k, s) in self
-            .subscriptions
-            .iter_mut()
-            .filter(|(_, s)| &s.device == id)
-        {
-            let values = dev
-                .cache
-                .subset(s.conditions.iter().map(|c| c.name.as_str()));
-            if s.evaluate(&values, now) {
-                due.push(k.clone());
+        for k in self.subscriptions.of_device(id) {
+            let (Some(sub), Some(dev)) = (self.subscriptions.get_mut(&k), self.devices.get(id))
+            else {
+                continue;
+            };
+            sub.evaluate(value_in(dev));
+            if sub.due(now, arrival) {
+                self.send_event(&k, now).await;
+            } else {
+                self.reschedule(&k);
             }
-        }
-        for k in due {
-            self.send_event(&k, now).await;
         }
     }
 
-    pub(super) async fn send_event(&mut self, key: &(String, u64), now: Instant) {
+    /// Puts a subscription's next deadline on the timeline.
+    fn reschedule(&mut self, key: &SubKey) {
+        let Some(sub) = self.subscriptions.get(key) else {
+            return;
+        };
+        let grace = self
+            .devices
+            .get(&sub.device)
+            .and_then(poll_period)
+            .unwrap_or_default();
+        let at = sub.wake(grace);
+        self.subscriptions
+            .schedule(Wake::Subscription(key.clone()), at);
+    }
+
+    /// Sends the event of subscription `key` with the values cached now.
+    pub(super) async fn send_event(&mut self, key: &SubKey, now: Instant) {
         let Some(sub) = self.subscriptions.get(key) else {
             return;
         };
@@ -185,8 +309,8 @@ impl Gateway {
         }
         let mut fields: Vec<(SystemTime, Field)> = Vec::new();
         if sub.types.contains(FieldTypes::MOMENTARY) {
-            for spec in dev.specs.iter().filter(|s| sub.wants(&s.name)) {
-                if let Some(r) = dev.cache.get(&spec.name) {
+            for (spec, r) in dev.cache.iter() {
+                if let Some(r) = r.filter(|_| sub.wants(&spec.name)) {
                     fields.push((
                         r.timestamp,
                         to_field(spec, &r.value, r.quality, FieldTypes::MOMENTARY),
@@ -201,36 +325,50 @@ impl Gateway {
                 .filter(|f| sub.wants(&f.name))
                 .map(|f| (stamp, f)),
         );
-        let node = NodeRef::new(dev.cfg.id.to_string());
-        let payload = Fields {
+        let written = FieldsMessages {
+            from: &dev.full,
+            to: &key.0,
             seqnr: sub.seqnr,
-            done: false,
-            nodes: readout::node_data(&node, fields).into_iter().collect(),
-        };
-        let limit = self.cfg.xmpp.max_outbound_stanza_size;
-        let mut msgs = readout::messages_within(&dev.full, &key.0, payload.into(), 3, limit);
-        readout::mark_done(&mut msgs);
-        let values = dev
-            .cache
-            .subset(sub.conditions.iter().map(|c| c.name.as_str()));
-        if let Some(sub) = self.subscriptions.get_mut(key) {
-            sub.sent(&values, now);
+            node_id: &dev.cfg.id,
+            limit: self.cfg.xmpp.max_outbound_stanza_size,
         }
-        let _ = self.out.send(msgs.into()).await;
+        .write(fields);
+        if written.oversized > 0 {
+            tracing::warn!(device = %sub.device, requester = %key.0, fields = written.oversized,
+                "event fields too large for max_outbound_stanza_size left out");
+        }
+        if let Some(sub) = self.subscriptions.get_mut(key) {
+            sub.sent(value_in(dev), now);
+        }
+        self.reschedule(key);
+        let _ = self.out.send(Outbound::Text(written.messages)).await;
     }
 
-    /// Drops subscriptions whose holder lost the right to read (after a reload).
+    /// Drops subscriptions whose holder lost the right to read, or whose device is gone
+    /// (after a reload), and says so in the log.
     pub(super) fn enforce_read_access(&mut self) {
         let gw = &self.cfg.access;
         let devices = &self.devices;
-        self.subscriptions.retain(|(who, _), s| {
-            let Some(dev) = devices.get(&s.device) else {
-                return false;
+        let mut ended: Vec<(SubKey, DeviceId, &'static str)> = Vec::new();
+        self.subscriptions.retain(|(who, seqnr), s| {
+            let keep = match devices.get(&s.device) {
+                None => Err("device removed"),
+                Some(dev) => xmpp_parsers::jid::Jid::new(who)
+                    .is_ok_and(|j| {
+                        access::check(gw, &dev.cfg.access, Right::Read, &j.to_bare()).is_ok()
+                    })
+                    .then_some(())
+                    .ok_or("read right revoked"),
             };
-            xmpp_parsers::jid::Jid::new(who).is_ok_and(|j| {
-                access::check(gw, &dev.cfg.access, Right::Read, &j.to_bare()).is_ok()
-            })
+            if let Err(why) = keep {
+                ended.push(((who.clone(), *seqnr), s.device.clone(), why));
+            }
+            keep.is_ok()
         });
+        for ((who, seqnr), device, why) in ended {
+            tracing::info!(device = %device, requester = %who, seqnr, reason = why,
+                "event subscription ended by a configuration reload");
+        }
     }
 }
 
@@ -258,28 +396,28 @@ mod tests {
             &id,
             &subscribe(1, "", by_change),
         );
-        assert_eq!(condition(&r).as_deref(), Some("forbidden"));
+        assert_eq!(condition(&r.0).as_deref(), Some("forbidden"));
         let r = t.gw.on_subscribe(
             &h,
             &id,
             &subscribe(1, "", "<field name='nosuch' changedBy='1'/>"),
         );
-        assert_eq!(condition(&r).as_deref(), Some("item-not-found"));
+        assert_eq!(condition(&r.0).as_deref(), Some("item-not-found"));
         // no threshold and no maxInterval: it would never report
         let r =
             t.gw.on_subscribe(&h, &id, &subscribe(1, "", "<field name='level'/>"));
-        assert_eq!(condition(&r).as_deref(), Some("bad-request"));
+        assert_eq!(condition(&r.0).as_deref(), Some("bad-request"));
         assert!(t.gw.subscriptions.is_empty());
         let r = t.gw.on_subscribe(&h, &id, &subscribe(1, "", by_change));
-        assert_eq!(condition(&r), None);
+        assert_eq!(condition(&r.0), None);
         let r =
             t.gw.on_subscribe(&h, &id, &subscribe(2, "maxInterval='PT1M'", ""));
-        assert_eq!(condition(&r), None);
+        assert_eq!(condition(&r.0), None);
         assert_eq!(t.gw.subscriptions.len(), 2);
     }
 
     #[tokio::test]
-    async fn subscriptions_per_requester_are_bounded() {
+    async fn subscriptions_per_user_are_bounded() {
         let mut t = gateway(&device("pump"));
         let id: DeviceId = "pump".into();
         let h = iq("get", ALICE, "pump");
@@ -287,19 +425,28 @@ mod tests {
         for seqnr in 0..max {
             let r =
                 t.gw.on_subscribe(&h, &id, &subscribe(seqnr, "maxInterval='PT1M'", ""));
-            assert_eq!(condition(&r), None);
+            assert_eq!(condition(&r.0), None);
         }
         let r =
             t.gw.on_subscribe(&h, &id, &subscribe(max, "maxInterval='PT1M'", ""));
-        assert_eq!(condition(&r).as_deref(), Some("resource-constraint"));
+        assert_eq!(condition(&r.0).as_deref(), Some("resource-constraint"));
         // renewing one held is not a new one
         let r =
             t.gw.on_subscribe(&h, &id, &subscribe(0, "maxInterval='PT2M'", ""));
-        assert_eq!(condition(&r), None);
-        // another requester has its own budget
+        assert_eq!(condition(&r.0), None);
+        // the bound is per user: another resource of alice shares it
         let other = iq("get", "alice@example.org/phone", "pump");
         let r =
             t.gw.on_subscribe(&other, &id, &subscribe(0, "maxInterval='PT1M'", ""));
-        assert_eq!(condition(&r), None);
+        assert_eq!(condition(&r.0).as_deref(), Some("resource-constraint"));
+        // ... until one is given back
+        t.gw.unsubscribe(&(ALICE.to_owned(), 3));
+        let r =
+            t.gw.on_subscribe(&other, &id, &subscribe(0, "maxInterval='PT1M'", ""));
+        assert_eq!(condition(&r.0), None);
+        assert_eq!(
+            t.gw.subscriptions.held_by("alice@example.org"),
+            max as usize
+        );
     }
 }

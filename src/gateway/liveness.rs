@@ -14,6 +14,8 @@ use crate::xmpp::stanza::Header;
 /// no presence for it towards the device, and events to a gone client would pile up in
 /// its offline storage.
 pub(super) const LIVENESS_EVERY: Duration = Duration::from_secs(30);
+/// How often the liveness of subscribers is looked at.
+pub(super) const LIVENESS_TICK: Duration = Duration::from_secs(1);
 /// How long a liveness ping may stay unanswered.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(20);
 const LIVENESS_ID: &str = "fg-live-";

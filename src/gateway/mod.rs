@@ -22,6 +22,7 @@ mod readouts;
 mod reload;
 mod replies;
 mod routing;
+mod subscriptions;
 mod tasks;
 #[cfg(all(test, feature = "sim"))]
 mod testing;
@@ -62,8 +63,7 @@ struct Device {
     last_error: Option<String>,
     /// Momentary values younger than this are served from `cache`.
     max_age: Duration,
-    /// When the events sampler last read the device, and whether a read is under way.
-    last_sample: Option<Instant>,
+    /// Whether the events engine's read of the device is under way.
     sampling: bool,
     /// When each field was last written through XMPP, until a reading taken after the
     /// write arrives (monotonic: a wall-clock step must not freeze the cache).
@@ -127,8 +127,8 @@ struct Gateway {
     sessions: HashMap<(String, u64), readouts::Session>,
     /// Readouts in progress per requester.
     sessions_per_requester: HashMap<String, usize>,
-    /// Event subscriptions, by (requester full JID, seqnr).
-    subscriptions: HashMap<(String, u64), crate::xmpp::subscription::Subscription>,
+    /// Event subscriptions, by (requester full JID, seqnr), and their deadlines.
+    subscriptions: subscriptions::Subscriptions,
     /// Liveness probes of subscribers, by requester full JID.
     liveness: HashMap<String, liveness::Liveness>,
     /// Counter for the ids of the gateway's own iq requests.
@@ -181,17 +181,21 @@ pub async fn run(
     release_free_memory();
 
     let mut watchdog = supervisor.watchdog_interval().map(tokio::time::interval);
-    let mut events_tick = tokio::time::interval(events::EVENTS_TICK);
-    events_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut liveness_tick = tokio::time::interval(liveness::LIVENESS_TICK);
+    liveness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = false;
     loop {
+        let wake = gw.subscriptions.next_wake();
         tokio::select! {
             Some(done) = gw.tasks.join_next(), if !gw.tasks.is_empty() => match done {
                 Ok(done) => gw.on_done(done).await,
                 Err(e) if e.is_panic() => tracing::error!(error = %e, "a readout or write task panicked"),
                 Err(_) => {}
             },
-            _ = events_tick.tick(), if !gw.subscriptions.is_empty() => gw.events_tick().await,
+            _ = sleep_until(wake), if wake.is_some() => gw.on_wake().await,
+            _ = liveness_tick.tick(), if !gw.subscriptions.is_empty() => {
+                gw.probe_subscribers(Instant::now()).await
+            }
             _ = controls.shutdown.cancelled() => break,
             Some(()) = controls.reload.recv() => gw.reload().await,
             changed = link_state.changed() => {
@@ -283,6 +287,14 @@ fn release_free_memory() {
     }
 }
 
+/// Resolves at `at`; never without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn tick(iv: &mut Option<tokio::time::Interval>) {
     match iv {
         Some(iv) => {
@@ -315,7 +327,7 @@ impl Gateway {
             tasks: JoinSet::new(),
             sessions: HashMap::new(),
             sessions_per_requester: HashMap::new(),
-            subscriptions: HashMap::new(),
+            subscriptions: Default::default(),
             liveness: HashMap::new(),
             next_iq: 0,
             runtimes: devices::Runtimes::default(),
@@ -374,7 +386,6 @@ impl Gateway {
                 specs,
                 last_error: None,
                 max_age,
-                last_sample: None,
                 sampling: false,
                 written: HashMap::new(),
             },
@@ -431,8 +442,8 @@ impl Gateway {
                 for r in batch {
                     dev.remember(r);
                 }
-                if !self.subscriptions.is_empty() {
-                    self.evaluate_subscriptions(&ev.device).await;
+                if self.subscriptions.watch(&ev.device) {
+                    self.evaluate_subscriptions(&ev.device, true).await;
                 }
             }
         }

@@ -56,8 +56,16 @@ impl Gateway {
                         // A read taken before the write may still be on its way.
                         dev.written.insert(f.into(), now);
                     }
-                    // Sample soon so subscribers see the effect of the write.
-                    dev.last_sample = None;
+                }
+                // A device that reports only when asked is read again for its
+                // subscribers to see the effect of the write; a polled one shows it at
+                // its next poll.
+                if self
+                    .devices
+                    .get(&device)
+                    .is_some_and(|d| d.cfg.reporting == fieldgate_api::Reporting::OnRequest)
+                {
+                    self.start_sample(&device);
                 }
                 if let Some(r) = reply {
                     self.send(r).await;
@@ -71,7 +79,13 @@ impl Gateway {
                 if let Some(dev) = self.devices.get_mut(&device) {
                     dev.sampling = false;
                 }
+                // Even a failed read is evaluated: a `maxInterval` event waiting for it
+                // goes out with the last values known.
+                let nothing = fresh.is_empty();
                 self.absorb(&device, fresh, error).await;
+                if nothing {
+                    self.evaluate_subscriptions(&device, false).await;
+                }
             }
         }
     }
@@ -92,8 +106,8 @@ impl Gateway {
         for r in fresh {
             dev.remember(r);
         }
-        if any {
-            self.evaluate_subscriptions(device).await;
+        if any && self.subscriptions.watch(device) {
+            self.evaluate_subscriptions(device, false).await;
         }
     }
 }

@@ -23,7 +23,7 @@ use xmpp_parsers::ns;
 
 use crate::config::XmppConfig;
 use crate::log_limit::LogLimiter;
-use crate::xmpp::guard::io::{GuardStats, Guarded};
+use crate::xmpp::guard::io::{GuardStats, Guarded, RawOut};
 use crate::xmpp::guard::Limits;
 use crate::xmpp::size::encoded_len;
 use crate::xmpp::stanza::BuilderExt;
@@ -67,6 +67,9 @@ pub enum Outbound {
     One(Element),
     /// Stanzas written together, in order.
     Batch(Vec<Element>),
+    /// Stanzas the gateway serialised itself (in the stream's default namespace, within
+    /// `max_outbound_stanza_size` each), written together, in order.
+    Text(Vec<String>),
 }
 
 impl Outbound {
@@ -75,6 +78,7 @@ impl Outbound {
         match self {
             Outbound::One(_) => 1,
             Outbound::Batch(v) => v.len(),
+            Outbound::Text(v) => v.len(),
         }
     }
 
@@ -83,11 +87,15 @@ impl Outbound {
         self.len() == 0
     }
 
-    /// The stanzas, in order.
+    /// The stanzas, in order (serialised ones parsed back: for tests and diagnostics).
     pub fn into_vec(self) -> Vec<Element> {
         match self {
             Outbound::One(el) => vec![el],
             Outbound::Batch(v) => v,
+            Outbound::Text(v) => v
+                .iter()
+                .filter_map(|s| crate::xmpp::stanza_text::parse(s))
+                .collect(),
         }
     }
 }
@@ -187,14 +195,14 @@ async fn run(
             }
         };
         let reason = match connected {
-            Ok(stream) => {
+            Ok(connected) => {
                 let up_since = Instant::now();
                 let n = stats.connects.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(server = %config.server, domain = %config.domain,
                     connection = n, "component link up");
                 state.send_replace(LinkState::Up(n));
                 let ended = serve(
-                    stream,
+                    connected,
                     &config,
                     &mut settings,
                     &inbound,
@@ -261,7 +269,7 @@ fn attempt_after(attempt: u32, lasted: Duration, stable: Duration) -> u32 {
     }
 }
 
-async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<Stream, String> {
+async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<(Stream, RawOut), String> {
     // Resolve names here so `server = "xmpp.local:5347"` works without pulling in a DNS
     // resolver crate.
     let mut addrs = tokio::net::lookup_host(&config.server)
@@ -285,7 +293,9 @@ async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<Stream,
     // parser cannot be configured, and a stanza beyond its limits would end the stream
     // or, nested deep enough, the process (see `guard`).
     let limits = Limits::new(config.max_inbound_stanza_size, config.max_inbound_depth);
-    let io = tokio::io::BufStream::new(Guarded::new(tcp, limits, guard.clone()));
+    let guarded = Guarded::new(tcp, limits, guard.clone());
+    let raw = guarded.raw();
+    let io = tokio::io::BufStream::new(guarded);
     let header = StreamHeader {
         to: Some(jid.domain().as_str().into()),
         from: None,
@@ -307,7 +317,7 @@ async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<Stream,
         .map_err(|e| format!("handshake not sent: {e}"))?;
     loop {
         match stream.next().await {
-            Some(Ok(el)) if el.is("handshake", ns::COMPONENT) => return Ok(stream),
+            Some(Ok(el)) if el.is("handshake", ns::COMPONENT) => return Ok((stream, raw)),
             Some(Ok(el)) if el.name() == "error" && el.ns() == ns::STREAM => {
                 let condition = el
                     .children()
@@ -341,7 +351,7 @@ fn timeouts(keepalive: Duration) -> Timeouts {
 }
 
 async fn serve(
-    mut stream: Stream,
+    (mut stream, raw): (Stream, RawOut),
     config: &XmppConfig,
     settings: &mut watch::Receiver<XmppConfig>,
     inbound: &mpsc::Sender<Element>,
@@ -356,6 +366,8 @@ async fn serve(
     let mut last_heard = Instant::now();
     let mut writer = Writer {
         limit: config.max_outbound_stanza_size,
+        raw,
+        unflushed: false,
         stats,
         log: LogLimiter::new(10, Duration::from_secs(60)),
     };
@@ -456,6 +468,10 @@ async fn changed(settings: &mut watch::Receiver<XmppConfig>) {
 /// link.
 struct Writer<'a> {
     limit: usize,
+    /// Where serialised stanzas go, once the stream's own are flushed.
+    raw: RawOut,
+    /// Elements were fed since the last flush.
+    unflushed: bool,
     stats: &'a LinkStats,
     log: LogLimiter,
 }
@@ -472,10 +488,36 @@ impl Writer<'_> {
                 }
                 Ok(())
             }
+            Outbound::Text(texts) => {
+                if self.unflushed {
+                    // What the stream holds goes first: stanzas keep their order.
+                    SinkExt::<&Element>::flush(stream).await?;
+                    self.unflushed = false;
+                }
+                for t in texts {
+                    if t.len() > self.limit {
+                        self.stats
+                            .outbound_oversized
+                            .fetch_add(1, Ordering::Relaxed);
+                        if let Some(suppressed) = self.log.allow(Instant::now()) {
+                            tracing::error!(
+                                bytes = t.len(),
+                                limit = self.limit,
+                                suppressed,
+                                "outbound stanza over max_outbound_stanza_size not sent"
+                            );
+                        }
+                        continue;
+                    }
+                    self.raw.push(t.as_bytes());
+                }
+                Ok(())
+            }
         }
     }
 
     async fn feed_one(&mut self, stream: &mut Stream, el: Element) -> std::io::Result<()> {
+        self.unflushed = true;
         let size = encoded_len(&el);
         if size > self.limit {
             self.stats

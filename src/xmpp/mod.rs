@@ -9,6 +9,7 @@
 //!   getForm form), [`subscription`] (one IoT-events subscription: thresholds, intervals).
 
 pub mod disco;
+pub mod fields_text;
 pub mod guard;
 pub mod link;
 pub mod parameters;
@@ -17,4 +18,5 @@ pub mod presence;
 pub mod readout;
 pub mod size;
 pub mod stanza;
+pub mod stanza_text;
 pub mod subscription;

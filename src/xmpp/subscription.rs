@@ -6,11 +6,10 @@
 //! event; never sooner than `minInterval` after it. A subscription without thresholds
 //! reports on `maxInterval` only.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use fieldgate_api::{DeviceId, Reading, Value};
+use fieldgate_api::{DeviceId, Value};
 
 use crate::xmpp::payload::common::FieldTypes;
 use crate::xmpp::payload::events::Subscribe;
@@ -47,6 +46,9 @@ pub struct Subscription {
     pub min_interval: Duration,
     /// Most time between events.
     pub max_interval: Option<Duration>,
+    /// When the next `maxInterval` event is due: deadlines advance by the interval, so
+    /// events keep their rhythm whatever delays one of them.
+    pub next_max: Option<Instant>,
     /// When the last event went out.
     pub last_sent: Instant,
     /// A condition was met while `min_interval` held the event back.
@@ -64,7 +66,8 @@ pub fn numeric(v: &Value) -> Option<f64> {
 }
 
 impl Subscription {
-    /// Builds a subscription from the request. `floor` bounds `minInterval` from below.
+    /// Builds a subscription from the request. `floor` bounds both intervals from below:
+    /// `maxInterval='PT0S'` must not become a flood.
     pub fn new(
         requester: String,
         device: DeviceId,
@@ -72,6 +75,8 @@ impl Subscription {
         floor: Duration,
         now: Instant,
     ) -> Subscription {
+        let min_interval = req.min_interval.unwrap_or(floor).max(floor);
+        let max_interval = req.max_interval.map(|m| m.max(min_interval));
         Subscription {
             requester,
             seqnr: req.seqnr,
@@ -92,8 +97,10 @@ impl Subscription {
                     }
                 })
                 .collect(),
-            min_interval: req.min_interval.unwrap_or(floor).max(floor),
-            max_interval: req.max_interval,
+            min_interval,
+            max_interval,
+            next_max: max_interval.map(|m| now + m),
+            // The first event, too, waits `minInterval` (`req='true'` aside).
             last_sent: now,
             pending: false,
             immediate: req.req,
@@ -105,10 +112,11 @@ impl Subscription {
         !self.conditions.is_empty() || self.max_interval.is_some()
     }
 
-    /// Records `values` as seen and tells whether an event is due at `now`.
-    pub fn evaluate(&mut self, values: &HashMap<Arc<str>, Reading>, now: Instant) -> bool {
+    /// Records the current values (`value_of` a field, numerically) and notes whether a
+    /// threshold was crossed since the last event.
+    pub fn evaluate(&mut self, value_of: impl Fn(&str) -> Option<f64>) {
         for c in &mut self.conditions {
-            let Some(v) = values.get(c.name.as_str()).and_then(|r| numeric(&r.value)) else {
+            let Some(v) = value_of(&c.name) else {
                 continue;
             };
             match c.reference {
@@ -121,35 +129,52 @@ impl Subscription {
                 }
             }
         }
-        self.due(now)
     }
 
-    /// Whether an event is due at `now` from what is already known.
-    pub fn due(&self, now: Instant) -> bool {
-        let since = now.saturating_duration_since(self.last_sent);
-        self.immediate
-            || (self.pending && since >= self.min_interval)
-            || self.max_interval.is_some_and(|max| since >= max)
+    /// Whether an event is due at `now`. Values of a device polled every `period` have
+    /// just arrived (`arrival`): a `maxInterval` that would pass before the next poll is
+    /// served by these values rather than by stale ones at the deadline.
+    pub fn due(&self, now: Instant, arrival: Option<Duration>) -> bool {
+        if self.immediate {
+            return true;
+        }
+        if now < self.last_sent + self.min_interval {
+            return false;
+        }
+        let max_due = self.next_max.is_some_and(|d| match arrival {
+            Some(period) => now + period > d,
+            None => now >= d,
+        });
+        self.pending || max_due
     }
 
-    /// The next instant at which [`Subscription::due`] may turn true without new values.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let pending = self.pending.then(|| self.last_sent + self.min_interval);
-        let max = self.max_interval.map(|m| self.last_sent + m);
+    /// When to look at the subscription again without new values: a held-back change,
+    /// or the `maxInterval` deadline plus `grace` (a polled device's period: its next
+    /// poll should have served the deadline by then).
+    pub fn wake(&self, grace: Duration) -> Option<Instant> {
+        let earliest = self.last_sent + self.min_interval;
+        let pending = self.pending.then_some(earliest);
+        let max = self.next_max.map(|d| (d + grace).max(earliest));
         match (pending, max) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Records that an event with `values` went out at `now`: thresholds are measured from
-    /// these values from now on.
-    pub fn sent(&mut self, values: &HashMap<Arc<str>, Reading>, now: Instant) {
+    /// Records that an event went out at `now` with the current values (`value_of`):
+    /// thresholds are measured from these values from now on.
+    pub fn sent(&mut self, value_of: impl Fn(&str) -> Option<f64>, now: Instant) {
         self.last_sent = now;
         self.pending = false;
         self.immediate = false;
+        if let (Some(d), Some(m)) = (self.next_max, self.max_interval) {
+            // Early by up to a poll period, or late: the next deadline is one interval
+            // after this one, unless the subscription fell a whole interval behind.
+            let next = if d <= now + m { d + m } else { d };
+            self.next_max = Some(if next <= now { now + m } else { next });
+        }
         for c in &mut self.conditions {
-            if let Some(v) = values.get(c.name.as_str()).and_then(|r| numeric(&r.value)) {
+            if let Some(v) = value_of(&c.name) {
                 c.reference = Some(v);
             }
         }
@@ -165,59 +190,81 @@ impl Subscription {
 mod tests {
     use super::*;
     use crate::xmpp::payload::events::FieldCondition;
-    use std::time::SystemTime;
 
-    fn values(v: f64) -> HashMap<Arc<str>, Reading> {
-        let mut m = HashMap::new();
-        m.insert(
-            "t".into(),
-            Reading::new("t", Value::Double(v), SystemTime::now()),
-        );
-        m
-    }
-
-    fn sub(changed_up: Option<f64>, min: Duration, max: Option<Duration>) -> Subscription {
+    fn sub(
+        changed_up: Option<f64>,
+        min: Duration,
+        max: Option<Duration>,
+        t0: Instant,
+    ) -> Subscription {
         let mut req = Subscribe::new(1, FieldTypes::MOMENTARY);
         let mut f = FieldCondition::new("t");
         f.changed_up = changed_up;
         req.fields.push(f);
         req.min_interval = Some(min);
         req.max_interval = max;
-        Subscription::new(
-            "a@x/r".into(),
-            "d".into(),
-            &req,
-            Duration::ZERO,
-            Instant::now(),
-        )
+        Subscription::new("a@x/r".into(), "d".into(), &req, Duration::ZERO, t0)
     }
+
+    fn v(x: f64) -> impl Fn(&str) -> Option<f64> {
+        move |_| Some(x)
+    }
+
+    const S: Duration = Duration::from_secs(1);
 
     #[test]
     fn threshold_crossing_fires_after_min_interval() {
         let t0 = Instant::now();
-        let mut s = sub(Some(1.0), Duration::from_secs(5), None);
-        s.last_sent = t0;
-        assert!(!s.evaluate(&values(10.0), t0)); // first sample sets the reference
-        assert!(!s.evaluate(&values(10.5), t0 + Duration::from_secs(6)));
-        // Crossed, but only 2 s after the last event: held back.
-        s.last_sent = t0 + Duration::from_secs(5);
-        assert!(!s.evaluate(&values(11.2), t0 + Duration::from_secs(7)));
-        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(10)));
-        assert!(s.due(t0 + Duration::from_secs(10)));
-        s.sent(&values(11.2), t0 + Duration::from_secs(10));
+        let mut s = sub(Some(1.0), 5 * S, None, t0);
+        s.sent(v(10.0), t0); // the first values set the reference
+        s.evaluate(v(10.5));
+        assert!(!s.due(t0 + 6 * S, None));
+        s.sent(v(10.0), t0 + 5 * S);
+        // Crossed, but only 2 s after the last event: held back until 10 s.
+        s.evaluate(v(11.2));
+        assert!(!s.due(t0 + 7 * S, None));
+        assert_eq!(s.wake(Duration::ZERO), Some(t0 + 10 * S));
+        assert!(s.due(t0 + 10 * S, None));
+        s.sent(v(11.2), t0 + 10 * S);
         // Now measured from 11.2: a fall does not count (changedUp only).
-        assert!(!s.evaluate(&values(5.0), t0 + Duration::from_secs(20)));
+        s.evaluate(v(5.0));
+        assert!(!s.due(t0 + 20 * S, None));
     }
 
     #[test]
-    fn max_interval_fires_without_change_and_conditionless_needs_it() {
+    fn max_interval_deadlines_advance_by_the_interval() {
         let t0 = Instant::now();
-        let mut s = sub(None, Duration::ZERO, Some(Duration::from_secs(60)));
-        s.last_sent = t0;
+        let mut s = sub(None, Duration::ZERO, Some(S), t0);
         assert!(s.is_useful());
-        assert!(!s.evaluate(&values(1.0), t0 + Duration::from_secs(59)));
-        assert!(s.evaluate(&values(1.0), t0 + Duration::from_secs(60)));
-        assert!(!sub(None, Duration::ZERO, None).is_useful());
+        assert!(!s.due(t0 + S / 2, None));
+        // Sent 30 ms late: the next deadline is still t0 + 2 s, not t0 + 2.03 s.
+        let late = t0 + S + Duration::from_millis(30);
+        assert!(s.due(late, None));
+        s.sent(v(1.0), late);
+        assert_eq!(s.next_max, Some(t0 + 2 * S));
+        // A poll every second arriving 10 ms before the deadline serves it.
+        let early = t0 + 2 * S - Duration::from_millis(10);
+        assert!(!s.due(early, None));
+        assert!(s.due(early, Some(S)));
+        s.sent(v(1.0), early);
+        assert_eq!(s.next_max, Some(t0 + 3 * S));
+        // ... and the deadline's own wake-up waits a poll period for it.
+        assert_eq!(s.wake(S), Some(t0 + 4 * S));
+        // A subscription a whole interval behind starts over from now.
+        let stalled = t0 + 10 * S;
+        s.sent(v(1.0), stalled);
+        assert_eq!(s.next_max, Some(stalled + S));
+        assert!(!sub(None, Duration::ZERO, None, t0).is_useful());
+    }
+
+    #[test]
+    fn the_floor_bounds_both_intervals() {
+        let mut req = Subscribe::new(1, FieldTypes::MOMENTARY);
+        req.max_interval = Some(Duration::ZERO);
+        req.min_interval = Some(Duration::from_millis(1));
+        let s = Subscription::new("a@x/r".into(), "d".into(), &req, S, Instant::now());
+        assert_eq!(s.min_interval, S);
+        assert_eq!(s.max_interval, Some(S));
     }
 
     #[test]

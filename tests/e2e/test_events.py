@@ -46,7 +46,7 @@ PUMP, METER, TANK = (f"{d}@gw.example.test" for d in ("pump1", "meter1", "tank")
 
 @pytest.fixture(scope="module")
 def m():
-    env = ModuleEnv(DEVICES, ACCESS, users=USERS, sections={"events": {"sample_interval": "200ms"}})
+    env = ModuleEnv(DEVICES, ACCESS, users=USERS, sections={"events": {"sample_interval": "200ms", "min_interval": "200ms"}})
     yield env
     env.close()
 
@@ -312,7 +312,8 @@ def test_subscribe_access(m):
 
 
 def test_subscription_limit_per_requester(m):
-    """[events] max_per_requester (default 16); resubscribing with the same seqnr replaces."""
+    """[events] max_per_requester (default 16) per user: all of a bare JID's resources
+    share it; resubscribing with the same seqnr replaces."""
     c = m.client("bob", resource="many")
     seqnrs = [seq() for _ in range(16)]
     try:
@@ -321,10 +322,14 @@ def test_subscription_limit_per_requester(m):
         subscribe(c, METER, seqnrs[0], [{"name": "energy", "changedBy": 1e9}], momentary=True)  # a replacement
         r = c.iq(subscribe_iq(METER, seq(), [{"name": "energy", "changedBy": 1e9}], momentary=True))
         expect_error(r, "resource-constraint", "wait", text_contains=["16"])
-        # another requester is not affected
+        # another resource of the same user shares the bound: one user cannot multiply it
+        r = m.client("bob").iq(subscribe_iq(METER, seq(), [{"name": "energy", "changedBy": 1e9}],
+                                            momentary=True))
+        expect_error(r, "resource-constraint", "wait", text_contains=["16"])
+        # another user is not affected
         s = seq()
-        subscribe(m.client("bob"), METER, s, [{"name": "energy", "changedBy": 1e9}], momentary=True)
-        unsubscribe(m.client("bob"), METER, s)
+        subscribe(m.client("alice"), METER, s, [{"name": "energy", "changedBy": 1e9}], momentary=True)
+        unsubscribe(m.client("alice"), METER, s)
         # room again after an unsubscribe
         unsubscribe(c, METER, seqnrs[0])
         subscribe(c, METER, seqnrs[0], [{"name": "energy", "changedBy": 1e9}], momentary=True)

@@ -39,10 +39,30 @@ pub trait AdapterKind: Send + Sync + 'static {
     /// reloads.
     fn runtime(&self) -> Box<dyn KindRuntime>;
 
+    /// How a device of this kind with `setup` (made by this kind's `configure`) reports
+    /// its values: the core's events engine asks a device for values only where the
+    /// device does not report by itself.
+    fn reporting(&self, setup: &dyn DeviceSetup) -> Reporting {
+        let _ = setup;
+        Reporting::OnRequest
+    }
+
     /// Every option this kind reads, by the section it is written in (`modbus.connection`
     /// for `[[modbus.connection]]`, `device.modbus`, `device.field.modbus` for a field's
     /// inline table), so that a test can check each is documented.
     fn options(&self) -> Vec<(&'static str, Vec<&'static str>)>;
+}
+
+/// How a device's values reach the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reporting {
+    /// Only when asked (a read request).
+    #[default]
+    OnRequest,
+    /// The adapter polls the device every so often and reports every value it read.
+    Polled(std::time::Duration),
+    /// The device pushes values when it has them (no known period).
+    Pushed,
 }
 
 /// One device handed to [`AdapterKind::configure`].

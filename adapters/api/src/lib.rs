@@ -22,7 +22,8 @@ pub use duration::HumanDuration;
 pub use events::{DeviceEvent, EventKind, EventSink, Reachability};
 pub use field::{FieldSpec, FieldType};
 pub use kind::{
-    wrong_setup, AdapterKind, DeviceInput, DeviceSetup, FieldInput, KindRuntime, WrittenField,
+    wrong_setup, AdapterKind, DeviceInput, DeviceSetup, FieldInput, KindRuntime, Reporting,
+    WrittenField,
 };
 pub use value::{Quality, Reading, Value};
 

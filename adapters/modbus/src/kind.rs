@@ -9,6 +9,7 @@ use std::sync::Arc;
 use fieldgate_api::config::{keys_of, ConfigIssue, ConfigNode, Spanned};
 use fieldgate_api::{
     wrong_setup, Adapter, AdapterKind, DeviceId, DeviceInput, DeviceSetup, FieldSpec, KindRuntime,
+    Reporting,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -87,6 +88,13 @@ impl AdapterKind for ModbusKind {
 
     fn runtime(&self) -> Box<dyn KindRuntime> {
         Box::new(Connections::default())
+    }
+
+    fn reporting(&self, setup: &dyn DeviceSetup) -> Reporting {
+        match setup.as_any().downcast_ref::<ModbusSetup>() {
+            Some(m) => Reporting::Polled(m.device.poll.into()),
+            None => Reporting::OnRequest,
+        }
     }
 
     fn options(&self) -> Vec<(&'static str, Vec<&'static str>)> {

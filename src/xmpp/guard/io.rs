@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -25,7 +25,29 @@ pub struct GuardStats {
     pub dropped: AtomicU64,
 }
 
-/// `inner` with every inbound stanza bounded.
+/// Stanzas serialised by the gateway itself, written to the socket ahead of anything
+/// the XML stream writes after them. tokio-xmpp's stream only writes element trees; an
+/// event of thousands of values is cheaper written as text directly.
+#[derive(Debug, Default, Clone)]
+pub struct RawOut(Arc<Mutex<RawQueue>>);
+
+#[derive(Debug, Default)]
+struct RawQueue {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl RawOut {
+    /// Queues `bytes`. The caller must have flushed what the XML stream holds first, or
+    /// the bytes would overtake it.
+    pub fn push(&self, bytes: &[u8]) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.buf.extend_from_slice(bytes);
+    }
+}
+
+/// `inner` with every inbound stanza bounded, and [`RawOut`] bytes written before any
+/// later write.
 pub struct Guarded<T> {
     inner: T,
     scanner: Scanner,
@@ -35,6 +57,7 @@ pub struct Guarded<T> {
     pos: usize,
     eof: bool,
     stats: Arc<GuardStats>,
+    raw: RawOut,
 }
 
 impl<T> Guarded<T> {
@@ -48,7 +71,13 @@ impl<T> Guarded<T> {
             pos: 0,
             eof: false,
             stats,
+            raw: RawOut::default(),
         }
+    }
+
+    /// Where bytes to be written ahead of the stream's next write go.
+    pub fn raw(&self) -> RawOut {
+        self.raw.clone()
     }
 
     /// The wrapped I/O object.
@@ -113,20 +142,41 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> Guarded<T> {
+    /// Writes the queued raw bytes out, before anything else.
+    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut q = self.raw.0.lock().unwrap_or_else(|e| e.into_inner());
+        while q.pos < q.buf.len() {
+            let pos = q.pos;
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &q.buf[pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            q.pos += n;
+        }
+        q.buf.clear();
+        q.pos = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_raw(cx))?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_raw(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_raw(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -135,6 +185,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_raw(cx))?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -174,5 +225,20 @@ mod tests {
              reason='depth' limit='4' size='51'/></iq><iq/>"
         );
         assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn raw_bytes_go_out_before_later_writes() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(client, Limits::new(1024, 4), Arc::default());
+        g.write_all(b"<a/>").await.unwrap();
+        g.raw().push(b"<raw/>");
+        g.write_all(b"<b/>").await.unwrap();
+        g.raw().push(b"<last/>");
+        g.flush().await.unwrap();
+        drop(g);
+        let mut got = String::new();
+        server.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "<a/><raw/><b/><last/>");
     }
 }

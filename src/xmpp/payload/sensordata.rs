@@ -502,6 +502,55 @@ impl From<Field> for Element {
     }
 }
 
+impl Field {
+    /// Appends the field as XML text (in the sensor-data namespace, which its parent
+    /// declares): what `Element::from(self)` would write, without building the element.
+    pub fn write_text(&self, out: &mut String) {
+        use crate::xmpp::stanza_text::{push_attr, push_attr_display};
+        out.push('<');
+        out.push_str(self.value.element_name());
+        push_attr(out, "name", &self.name);
+        match &self.value {
+            FieldValue::Numeric { value, unit } => {
+                push_attr(out, "value", value.as_str());
+                push_attr(out, "unit", unit);
+            }
+            FieldValue::Enum { value, data_type } => {
+                push_attr(out, "value", value);
+                push_attr(out, "dataType", data_type);
+            }
+            FieldValue::Boolean(v) => push_attr_display(out, "value", v),
+            FieldValue::Int(v) => push_attr_display(out, "value", v),
+            FieldValue::Long(v) => push_attr_display(out, "value", v),
+            FieldValue::String(v) => push_attr(out, "value", v),
+            other => push_attr(out, "value", &other.value_text()),
+        }
+        for (name, t) in FieldTypes::ATTRIBUTES {
+            if self.types.contains(t) {
+                push_attr_display(out, name, "true");
+            }
+        }
+        for (name, q) in FieldQos::ATTRIBUTES {
+            if self.qos.contains(q) {
+                push_attr_display(out, name, "true");
+            }
+        }
+        if let Some(w) = self.writable {
+            push_attr_display(out, "writable", w);
+        }
+        for (name, v) in [
+            ("module", &self.module),
+            ("stringIds", &self.string_ids),
+            ("localizationSeed", &self.localization_seed),
+        ] {
+            if let Some(v) = v {
+                push_attr(out, name, v);
+            }
+        }
+        out.push_str("/>");
+    }
+}
+
 /// `<timestamp value/>`: the fields sampled at one instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timestamp {
