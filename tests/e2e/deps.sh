@@ -53,10 +53,13 @@ fg_apt_install() {
 # Prosody (server + prosodyctl). The tests start their own instance on free loopback
 # ports from a generated config; the packaged service is not needed and is stopped if a
 # package script started it anyway (systemd hosts).
-# socat, installed along: the Modbus RTU tests wire the gateway to pymodbus over a pty pair.
+# socat, installed along: the Modbus RTU tests wire the gateway to pymodbus over a pty pair;
+# faketime, too: the clock test fakes the gateway's wall clock.
 fg_ensure_prosody() {
     local missing=()
     command -v socat >/dev/null 2>&1 || missing+=(socat)
+    # libfaketime: the clock test steps the gateway's wall clock back mid-run.
+    compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || missing+=(faketime)
     if command -v prosody >/dev/null 2>&1 && command -v prosodyctl >/dev/null 2>&1; then
         [ "${#missing[@]}" -eq 0 ] && return 0
         fg_apt_install "${missing[@]}"
