@@ -180,7 +180,7 @@ impl Gateway {
         let Some(dev) = self.devices.get(&sub.device) else {
             return;
         };
-        if !sub.due(now, None) {
+        if !sub.due(now) {
             self.reschedule(key);
             return;
         }
@@ -266,7 +266,8 @@ impl Gateway {
                 continue;
             };
             sub.evaluate(value_in(dev));
-            if sub.due(now, arrival) {
+            let owed = arrival.is_some_and(|p| sub.owed_on_arrival(now, p));
+            if owed || sub.due(now) {
                 self.send_event(&k, now).await;
             } else {
                 self.reschedule(&k);
@@ -448,5 +449,85 @@ mod tests {
             t.gw.subscriptions.held_by("alice@example.org"),
             max as usize
         );
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod polled_tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use fieldgate_api::{DeviceEvent, EventKind, Reading, Reporting, Value};
+
+    use super::super::testing::{device, el, gateway, iq, TestGateway, ALICE};
+    use super::*;
+    use crate::xmpp::payload::sensordata::NS as SD;
+
+    const EV: &str = crate::xmpp::payload::events::NS;
+
+    /// A gateway whose `pump` is polled every `period`, events floored at the period.
+    fn polled(period: Duration) -> TestGateway {
+        let mut t = gateway(&device("pump"));
+        t.gw.cfg.events.min_interval = period;
+        let dev = t.gw.devices.get_mut("pump").unwrap();
+        dev.cfg.reporting = Reporting::Polled(period);
+        t
+    }
+
+    async fn poll(t: &mut TestGateway, level: i32) {
+        let ev = DeviceEvent {
+            device: "pump".into(),
+            kind: EventKind::Readings(vec![Reading::new(
+                "level",
+                Value::Int(level),
+                SystemTime::now(),
+            )]),
+        };
+        t.gw.on_event(ev).await;
+    }
+
+    /// The `level` values of the events sent so far.
+    fn sent(t: &mut TestGateway) -> Vec<String> {
+        let mut v = vec![];
+        while let Ok(out) = t.out.try_recv() {
+            for m in out.into_vec() {
+                if let Some(f) = m.get_child("fields", SD) {
+                    for n in f
+                        .children()
+                        .flat_map(|n| n.children())
+                        .flat_map(|t| t.children())
+                    {
+                        if n.attr("name") == Some("level") {
+                            v.push(n.attr("value").unwrap_or_default().to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn a_polled_device_s_polls_drive_its_events() {
+        let period = Duration::from_millis(100);
+        let mut t = polled(period);
+        let sub = el(&format!(
+            "<subscribe xmlns='{EV}' seqnr='1' momentary='true' maxInterval='PT0.1S'>\
+             <field name='level'/></subscribe>"
+        ));
+        let (reply, key) =
+            t.gw.on_subscribe(&iq("get", ALICE, "pump"), &"pump".into(), &sub);
+        assert_eq!(super::super::testing::condition(&reply), None);
+        t.gw.start_subscription(&key.unwrap()).await;
+        let t0 = Instant::now();
+        for i in 1..=5 {
+            // Polls jitter: every other one comes 3 ms early, less than the floor after
+            // the last event. It is delivered all the same, at once.
+            let jitter = Duration::from_millis(3 * (i % 2) as u64);
+            tokio::time::sleep_until((t0 + period * i - jitter).into()).await;
+            poll(&mut t, i as i32).await;
+        }
+        // One event per poll, each sent as its poll arrived: no read was started.
+        assert_eq!(sent(&mut t), ["1", "2", "3", "4", "5"]);
+        assert!(t.gw.tasks.is_empty(), "no read of a polled device");
     }
 }

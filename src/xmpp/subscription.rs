@@ -131,21 +131,25 @@ impl Subscription {
         }
     }
 
-    /// Whether an event is due at `now`. Values of a device polled every `period` have
-    /// just arrived (`arrival`): a `maxInterval` that would pass before the next poll is
-    /// served by these values rather than by stale ones at the deadline.
-    pub fn due(&self, now: Instant, arrival: Option<Duration>) -> bool {
+    /// Values of a device polled every `period` arrived at `now`: whether a `maxInterval`
+    /// deadline that would pass before the next poll is owed these values now, rather
+    /// than stale ones at the deadline. Not held back by `minInterval`: such events come
+    /// one per deadline (deadlines are at least the floor apart), each with a poll of its
+    /// own, and holding one back would tie the events to the moment of subscribing
+    /// instead of to the polls, up to a poll period late.
+    pub fn owed_on_arrival(&self, now: Instant, period: Duration) -> bool {
+        self.next_max.is_some_and(|d| now + period > d)
+    }
+
+    /// Whether an event is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
         if self.immediate {
             return true;
         }
         if now < self.last_sent + self.min_interval {
             return false;
         }
-        let max_due = self.next_max.is_some_and(|d| match arrival {
-            Some(period) => now + period > d,
-            None => now >= d,
-        });
-        self.pending || max_due
+        self.pending || self.next_max.is_some_and(|d| now >= d)
     }
 
     /// When to look at the subscription again without new values: a held-back change,
@@ -218,17 +222,17 @@ mod tests {
         let mut s = sub(Some(1.0), 5 * S, None, t0);
         s.sent(v(10.0), t0); // the first values set the reference
         s.evaluate(v(10.5));
-        assert!(!s.due(t0 + 6 * S, None));
+        assert!(!s.due(t0 + 6 * S));
         s.sent(v(10.0), t0 + 5 * S);
         // Crossed, but only 2 s after the last event: held back until 10 s.
         s.evaluate(v(11.2));
-        assert!(!s.due(t0 + 7 * S, None));
+        assert!(!s.due(t0 + 7 * S));
         assert_eq!(s.wake(Duration::ZERO), Some(t0 + 10 * S));
-        assert!(s.due(t0 + 10 * S, None));
+        assert!(s.due(t0 + 10 * S));
         s.sent(v(11.2), t0 + 10 * S);
         // Now measured from 11.2: a fall does not count (changedUp only).
         s.evaluate(v(5.0));
-        assert!(!s.due(t0 + 20 * S, None));
+        assert!(!s.due(t0 + 20 * S));
     }
 
     #[test]
@@ -236,17 +240,19 @@ mod tests {
         let t0 = Instant::now();
         let mut s = sub(None, Duration::ZERO, Some(S), t0);
         assert!(s.is_useful());
-        assert!(!s.due(t0 + S / 2, None));
+        assert!(!s.due(t0 + S / 2));
         // Sent 30 ms late: the next deadline is still t0 + 2 s, not t0 + 2.03 s.
         let late = t0 + S + Duration::from_millis(30);
-        assert!(s.due(late, None));
+        assert!(s.due(late));
         s.sent(v(1.0), late);
         assert_eq!(s.next_max, Some(t0 + 2 * S));
         // A poll every second arriving 10 ms before the deadline serves it.
         let early = t0 + 2 * S - Duration::from_millis(10);
-        assert!(!s.due(early, None));
-        assert!(s.due(early, Some(S)));
+        assert!(!s.due(early));
+        assert!(s.owed_on_arrival(early, S));
         s.sent(v(1.0), early);
+        // One arriving a whole period before the deadline is not.
+        assert!(!s.owed_on_arrival(early + Duration::from_millis(5), S));
         assert_eq!(s.next_max, Some(t0 + 3 * S));
         // ... and the deadline's own wake-up waits a poll period for it.
         assert_eq!(s.wake(S), Some(t0 + 4 * S));
