@@ -459,7 +459,6 @@ mod polled_tests {
     use fieldgate_api::{DeviceEvent, EventKind, Reading, Reporting, Value};
 
     use super::super::testing::{device, el, gateway, iq, TestGateway, ALICE};
-    use super::*;
     use crate::xmpp::payload::sensordata::NS as SD;
 
     const EV: &str = crate::xmpp::payload::events::NS;
