@@ -3,19 +3,30 @@
 //! bounded by the connection's timeout, so a dead unit holds the others up by at most one
 //! timeout per request, and the pollers back a dead unit off.
 //!
+//! The link is dropped on link errors, not on one unit's silence. Over Modbus TCP a unit
+//! that does not answer, answers late (the answer is recognised by its transaction id
+//! and dropped, see [`crate::instep`]) or is reported out of reach by a gateway (exception
+//! 0A / 0B) leaves the connection to the others; RTU frames carry no transaction id, so
+//! there a unit's timeout reopens the link lest its late answer be taken for the next.
+//! After every drop the next connect waits the reconnect back-off, which starts over
+//! only once a link has carried an answer.
+//!
 //! The result keeps tokio-modbus' two layers apart: [`BusError::LinkDown`] and
 //! [`BusError::Timeout`] (no usable answer) versus [`BusError::Exception`] (the device
 //! answered and said no).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldgate_api::backoff;
 use tokio::sync::{mpsc, oneshot};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, Slave, SlaveContext};
+use tokio_modbus::{ExceptionResponse, ProtocolError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Endpoint, ModbusConnection};
+use crate::instep::{self, InStep};
 use crate::types::RegisterKind;
 
 /// Requests queued per connection before a poller waits.
@@ -90,7 +101,7 @@ pub enum BusError {
     #[error("link down: {0}")]
     LinkDown(String),
     /// No answer within the connection's timeout.
-    #[error("no answer from unit {unit} within {timeout:?}")]
+    #[error("no answer from unit {unit} within {}", humantime::format_duration(*timeout))]
     Timeout {
         /// The unit asked.
         unit: u8,
@@ -128,6 +139,10 @@ pub enum Exception {
     DeviceFailure,
     /// 05/06: busy, retry later.
     Busy,
+    /// 0A: a gateway has no path to the unit.
+    GatewayPath,
+    /// 0B: a gateway got no answer from the unit.
+    GatewayTarget,
     /// Any other code.
     Other(u8),
 }
@@ -140,7 +155,9 @@ impl std::fmt::Display for Exception {
             Exception::IllegalValue => f.write_str("illegal data value (03)"),
             Exception::DeviceFailure => f.write_str("server device failure (04)"),
             Exception::Busy => f.write_str("server device busy (06)"),
-            Exception::Other(c) => write!(f, "exception code {c:#04x}"),
+            Exception::GatewayPath => f.write_str("gateway path unavailable (0A)"),
+            Exception::GatewayTarget => f.write_str("gateway target device failed to respond (0B)"),
+            Exception::Other(c) => write!(f, "exception code {c:02X}"),
         }
     }
 }
@@ -153,6 +170,8 @@ impl From<ExceptionCode> for Exception {
             ExceptionCode::IllegalDataValue => Exception::IllegalValue,
             ExceptionCode::ServerDeviceFailure => Exception::DeviceFailure,
             ExceptionCode::ServerDeviceBusy | ExceptionCode::Acknowledge => Exception::Busy,
+            ExceptionCode::GatewayPathUnavailable => Exception::GatewayPath,
+            ExceptionCode::GatewayTargetDevice => Exception::GatewayTarget,
             other => Exception::Other(u8::from(other)),
         }
     }
@@ -160,11 +179,18 @@ impl From<ExceptionCode> for Exception {
 
 impl BusError {
     /// Whether the unit gave no usable answer (the poller backs off such a unit): no
-    /// link, no answer, or an answer that is not one (wrong unit, broken frame).
+    /// link, no answer, an answer that is not one (wrong unit, broken frame), or a
+    /// gateway saying the unit behind it is out of reach.
     pub fn is_silence(&self) -> bool {
         matches!(
             self,
-            BusError::LinkDown(_) | BusError::Timeout { .. } | BusError::Protocol { .. }
+            BusError::LinkDown(_)
+                | BusError::Timeout { .. }
+                | BusError::Protocol { .. }
+                | BusError::Exception {
+                    code: Exception::GatewayPath | Exception::GatewayTarget,
+                    ..
+                }
         )
     }
 
@@ -179,6 +205,8 @@ impl BusError {
             BusError::Protocol { .. } => E::LinkDown(text),
             BusError::Exception { code, .. } => match code {
                 Exception::IllegalAddress => E::IllegalAddress(text),
+                Exception::GatewayTarget => E::Timeout(text),
+                Exception::GatewayPath => E::LinkDown(text),
                 Exception::Busy => E::Busy(text),
                 _ => E::Refused(text),
             },
@@ -230,9 +258,6 @@ impl Bus {
 }
 
 async fn run(config: ModbusConnection, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
-    let span = tracing::info_span!("modbus", connection = %config.name);
-    let _enter = span.enter();
-    drop(_enter);
     let timeout: Duration = config.timeout.into();
     let endpoint = match config.endpoint() {
         Ok(e) => e,
@@ -245,98 +270,221 @@ async fn run(config: ModbusConnection, mut rx: mpsc::Receiver<Job>, shutdown: Ca
             return;
         }
     };
-    let gap = match &endpoint {
-        Endpoint::Rtu(s) => s.frame_delay.max(s.min_frame_gap()),
-        Endpoint::RtuOverTcp { frame_delay, .. } => *frame_delay,
-        Endpoint::Tcp { .. } => Duration::ZERO,
-    };
-    let mut ctx: Option<Context> = None;
-    let mut attempt: u32 = 0;
-    let mut retry_at = Instant::now();
-    let mut last_error = String::new();
-    let mut last_frame = Instant::now();
+    let mut link = Link::new(&config, &endpoint);
     loop {
         let job = tokio::select! {
             _ = shutdown.cancelled() => break,
             j = rx.recv() => match j { Some(j) => j, None => break },
         };
-        if ctx.is_none() {
-            if Instant::now() < retry_at {
-                // Back-off: fail fast instead of hammering a dead peer for every request.
-                let _ = job.reply.send(Err(BusError::LinkDown(last_error.clone())));
+        if link.ctx.is_none() {
+            if let Err(e) = link.open(&endpoint, timeout, &shutdown).await {
+                let _ = job.reply.send(Err(e));
                 continue;
             }
-            match tokio::time::timeout(timeout.max(Duration::from_secs(1)), connect(&endpoint))
-                .await
-            {
-                Ok(Ok(c)) => {
-                    tracing::info!(connection = %config.name, "modbus connection up");
-                    ctx = Some(c);
-                    attempt = 0;
-                }
-                outcome => {
-                    let why = match outcome {
-                        Ok(Err(e)) => e,
-                        _ => "connect timed out".to_owned(),
-                    };
-                    let delay = backoff(
-                        attempt,
-                        config.reconnect_min.into(),
-                        config.reconnect_max.into(),
-                    );
-                    attempt = attempt.saturating_add(1);
-                    retry_at = Instant::now() + delay;
-                    last_error = format!("connection {}: {why}", config.name);
-                    tracing::warn!(connection = %config.name, reason = %why,
-                        retry_in_ms = delay.as_millis() as u64, "modbus connection failed");
-                    let _ = job.reply.send(Err(BusError::LinkDown(last_error.clone())));
-                    continue;
-                }
+        }
+        let answer = link.exchange(job.unit, &job.op, timeout).await;
+        let _ = job.reply.send(answer);
+    }
+    if let Some(mut c) = link.ctx {
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
+    }
+}
+
+/// The connection's state between requests: the open link, if any, and the back-off.
+struct Link<'a> {
+    config: &'a ModbusConnection,
+    ctx: Option<Context>,
+    /// Modbus TCP only: what the late-answer filter sees.
+    filter: Option<Arc<instep::Shared>>,
+    /// Whether a unit's silence leaves the link usable. Over Modbus TCP a late answer is
+    /// recognised by its transaction id; RTU frames carry none, so a late answer could be
+    /// taken for the next request's, and the link is opened afresh instead.
+    survives_silence: bool,
+    /// Silence kept between frames (RTU).
+    gap: Duration,
+    last_frame: Instant,
+    /// Reconnect attempts since the link last carried an answer.
+    attempt: u32,
+    retry_at: Instant,
+    last_error: String,
+}
+
+impl<'a> Link<'a> {
+    fn new(config: &'a ModbusConnection, endpoint: &Endpoint) -> Self {
+        let gap = match endpoint {
+            Endpoint::Rtu(s) => s.frame_delay.max(s.min_frame_gap()),
+            Endpoint::RtuOverTcp { frame_delay, .. } => *frame_delay,
+            Endpoint::Tcp { .. } => Duration::ZERO,
+        };
+        Link {
+            config,
+            ctx: None,
+            filter: None,
+            survives_silence: matches!(endpoint, Endpoint::Tcp { .. }),
+            gap,
+            last_frame: Instant::now(),
+            attempt: 0,
+            retry_at: Instant::now(),
+            last_error: String::new(),
+        }
+    }
+
+    /// Opens the link, after the back-off of the last drop. A request that arrives during
+    /// a back-off shorter than the timeout waits for it, as it would wait for a slow
+    /// answer; during a longer one it fails at once rather than queue behind a dead peer.
+    async fn open(
+        &mut self,
+        endpoint: &Endpoint,
+        timeout: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BusError> {
+        let wait = self.retry_at.saturating_duration_since(Instant::now());
+        if wait > timeout {
+            return Err(BusError::LinkDown(self.last_error.clone()));
+        }
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(BusError::LinkDown(self.last_error.clone())),
+                _ = tokio::time::sleep(wait) => {}
             }
         }
-        let Some(c) = ctx.as_mut() else { continue };
-        if !gap.is_zero() {
-            let since = last_frame.elapsed();
-            if since < gap {
-                tokio::time::sleep(gap - since).await;
+        let name = &self.config.name;
+        match tokio::time::timeout(timeout.max(Duration::from_secs(1)), connect(endpoint)).await {
+            Ok(Ok((c, filter))) => {
+                tracing::info!(connection = %name, "modbus connection up");
+                self.ctx = Some(c);
+                self.filter = filter;
+                Ok(())
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(Err(e)) => e,
+                    _ => "connect timed out".to_owned(),
+                };
+                self.dropped(format!("connection {name}: {why}"));
+                Err(BusError::LinkDown(self.last_error.clone()))
             }
         }
-        c.set_slave(Slave(job.unit));
-        let result = tokio::time::timeout(timeout, execute(c, &job.op)).await;
-        last_frame = Instant::now();
-        let answer = match result {
-            Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(code))) => Err(BusError::Exception {
-                unit: job.unit,
-                code: code.into(),
-            }),
+    }
+
+    /// The link is gone or cannot be trusted: the next connect waits the back-off, which
+    /// grows until a link carries an answer again. So a peer that takes connections and
+    /// closes them at once is not hammered, whatever the request rate.
+    fn dropped(&mut self, why: String) {
+        self.ctx = None;
+        self.filter = None;
+        let delay = backoff(
+            self.attempt,
+            self.config.reconnect_min.into(),
+            self.config.reconnect_max.into(),
+        );
+        self.attempt = self.attempt.saturating_add(1);
+        self.retry_at = Instant::now() + delay;
+        tracing::warn!(connection = %self.config.name, reason = %why,
+            retry_in_ms = delay.as_millis() as u64, "modbus connection dropped");
+        self.last_error = why;
+    }
+
+    /// Runs one request on the open link.
+    async fn exchange(
+        &mut self,
+        unit: u8,
+        op: &BusOp,
+        timeout: Duration,
+    ) -> Result<BusAnswer, BusError> {
+        let Some(c) = self.ctx.as_mut() else {
+            return Err(BusError::LinkDown(self.last_error.clone()));
+        };
+        if !self.gap.is_zero() {
+            let since = self.last_frame.elapsed();
+            if since < self.gap {
+                tokio::time::sleep(self.gap - since).await;
+            }
+        }
+        c.set_slave(Slave(unit));
+        let result = tokio::time::timeout(timeout, execute(c, op)).await;
+        self.last_frame = Instant::now();
+        let name = &self.config.name;
+        match result {
+            Ok(Ok(Ok(answer))) => {
+                self.attempt = 0;
+                Ok(answer)
+            }
+            Ok(Ok(Err(code))) => {
+                self.attempt = 0;
+                Err(BusError::Exception {
+                    unit,
+                    code: code.into(),
+                })
+            }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                ctx = None;
-                last_error = format!("connection {}: {}", config.name, transport_error(&e));
-                tracing::warn!(connection = %config.name, error = %e, "modbus connection lost");
-                Err(BusError::LinkDown(last_error.clone()))
+                tracing::debug!(connection = %name, error = %e, "modbus transport error");
+                self.dropped(format!("connection {name}: {}", transport_error(&e)));
+                Err(BusError::LinkDown(self.last_error.clone()))
+            }
+            Ok(Err(tokio_modbus::Error::Protocol(ProtocolError::FunctionCodeMismatch {
+                result: Err(ExceptionResponse { exception, .. }),
+                ..
+            }))) => {
+                // An exception whose function code is not the request's (some gateways
+                // send 0x80 with "target device failed to respond"): the header matched,
+                // so it answers this request, and what it says is the exception.
+                self.attempt = 0;
+                Err(BusError::Exception {
+                    unit,
+                    code: exception.into(),
+                })
             }
             Ok(Err(tokio_modbus::Error::Protocol(e))) => {
-                // A reply to another request or unit: the stream is out of step.
-                ctx = None;
+                // A whole frame came that does not answer the request. Over Modbus TCP
+                // the filter let through only the frame with this request's transaction
+                // id, so the stream is still in step; an RTU frame from another unit may
+                // be a late answer, and the next one would be out of step.
+                if !self.survives_silence {
+                    self.dropped(format!(
+                        "connection {name}: out of step after a bad answer from unit {unit}"
+                    ));
+                } else {
+                    self.attempt = 0;
+                }
                 Err(BusError::Protocol {
-                    unit: job.unit,
-                    text: e.to_string(),
+                    unit,
+                    text: describe_protocol_error(&e),
                 })
             }
             Err(_) => {
-                // A late answer would be taken for the next request's: start afresh.
-                ctx = None;
-                Err(BusError::Timeout {
-                    unit: job.unit,
-                    timeout,
-                })
+                let half_frame = self.filter.as_ref().is_some_and(|f| f.partial());
+                if !self.survives_silence || half_frame {
+                    self.dropped(format!(
+                        "connection {name}: reopened after unit {unit} did not answer"
+                    ));
+                }
+                Err(BusError::Timeout { unit, timeout })
             }
-        };
-        let _ = job.reply.send(answer);
+        }
     }
-    if let Some(mut c) = ctx {
-        let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
+}
+
+/// Says in words what was wrong with an answer (tokio-modbus' own message shows its
+/// types' debug output, which means nothing to the peers who read it).
+fn describe_protocol_error(e: &ProtocolError) -> String {
+    match e {
+        ProtocolError::HeaderMismatch { .. } => "the answer came from another unit".to_owned(),
+        ProtocolError::FunctionCodeMismatch { request, result } => match result {
+            Ok(r) => format!(
+                "the answer is to function {:02} instead of {:02}",
+                r.function_code().value(),
+                request.value()
+            ),
+            Err(ex) => format!(
+                "the answer is an exception to function {:02} instead of {:02}",
+                ex.function.value(),
+                request.value()
+            ),
+        },
+        // ProtocolError is non-exhaustive.
+        #[allow(unreachable_patterns)]
+        _ => "the answer does not match the request".to_owned(),
     }
 }
 
@@ -354,15 +502,16 @@ fn transport_error(e: &std::io::Error) -> String {
     }
 }
 
-async fn connect(endpoint: &Endpoint) -> Result<Context, String> {
+/// Opens the link; over Modbus TCP, with the late-answer filter in front of tokio-modbus.
+async fn connect(endpoint: &Endpoint) -> Result<(Context, Option<Arc<instep::Shared>>), String> {
     match endpoint {
         Endpoint::Tcp { host, port } => {
-            let stream = tcp(host, *port).await?;
-            Ok(tokio_modbus::client::tcp::attach(stream))
+            let (stream, shared) = InStep::new(tcp(host, *port).await?);
+            Ok((tokio_modbus::client::tcp::attach(stream), Some(shared)))
         }
         Endpoint::RtuOverTcp { host, port, .. } => {
             let stream = tcp(host, *port).await?;
-            Ok(tokio_modbus::client::rtu::attach(stream))
+            Ok((tokio_modbus::client::rtu::attach(stream), None))
         }
         Endpoint::Rtu(s) => {
             use tokio_serial::{DataBits, Parity as P, SerialPortBuilderExt, StopBits};
@@ -388,7 +537,7 @@ async fn connect(endpoint: &Endpoint) -> Result<Context, String> {
                 .stop_bits(stop_bits)
                 .open_native_async()
                 .map_err(|e| format!("cannot open {}: {e}", s.path))?;
-            Ok(tokio_modbus::client::rtu::attach(port))
+            Ok((tokio_modbus::client::rtu::attach(port), None))
         }
     }
 }

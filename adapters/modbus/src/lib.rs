@@ -24,6 +24,7 @@ mod adapter;
 mod bus;
 mod codec;
 mod config;
+mod instep;
 mod kind;
 mod plan;
 mod types;
