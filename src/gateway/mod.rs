@@ -59,7 +59,7 @@ struct Device {
     /// The last reading of each field.
     cache: cache::Cache,
     /// The last error seen: unreachable reason or failed read.
-    last_error: Option<String>,
+    last_error: Option<fieldgate_api::Reason>,
     /// Momentary values younger than this are served from `cache`.
     max_age: Duration,
     /// When the events sampler last read the device, and whether a read is under way.
@@ -348,7 +348,12 @@ impl Gateway {
                 tracing::error!(device = %cfg.id, error = %e, "adapter failed to start");
                 (
                     None,
-                    Some(Reachability::Unreachable(format!("adapter failed: {e}"))),
+                    Some(Reachability::Unreachable(
+                        fieldgate_api::Reason::with_detail(
+                            "the device's adapter could not be started",
+                            format!("adapter failed: {e}"),
+                        ),
+                    )),
                 )
             }
         };

@@ -389,9 +389,8 @@ impl Adapter for ModbusAdapter {
                                 let wait = self.poll.saturating_mul(1u32 << failures.min(6)).min(MAX_BACKOFF).max(self.poll);
                                 failures = failures.saturating_add(1);
                                 next_poll = now + wait;
-                                let why = e.to_string();
                                 dead_reason = Some(e.clone());
-                                Reachability::Unreachable(why)
+                                Reachability::Unreachable(e.reason())
                             }
                         };
                         if state.as_ref() != Some(&new_state) {

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fieldgate_api::backoff;
+use fieldgate_api::{backoff, Reason};
 use tokio::sync::{mpsc, oneshot};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, Slave, SlaveContext};
@@ -99,7 +99,7 @@ pub enum BusAnswer {
 pub enum BusError {
     /// No connection: it could not be opened or broke.
     #[error("link down: {0}")]
-    LinkDown(String),
+    LinkDown(Reason),
     /// No answer within the connection's timeout.
     #[error("no answer from unit {unit} within {}", humantime::format_duration(*timeout))]
     Timeout {
@@ -194,6 +194,15 @@ impl BusError {
         )
     }
 
+    /// Why, for the device's presence: the public text leaves out host names, ports and
+    /// device paths.
+    pub fn reason(&self) -> Reason {
+        match self {
+            BusError::LinkDown(r) => r.prefixed("link down: "),
+            other => Reason::new(other.to_string()),
+        }
+    }
+
     /// The neutral model's view: link trouble apart from the device's refusals.
     pub fn into_adapter_error(self) -> fieldgate_api::AdapterError {
         use fieldgate_api::AdapterError as E;
@@ -202,11 +211,11 @@ impl BusError {
             // The variants' own prefixes ("link down: ...") come from AdapterError.
             BusError::LinkDown(why) => E::LinkDown(why),
             BusError::Timeout { .. } => E::Timeout(text),
-            BusError::Protocol { .. } => E::LinkDown(text),
+            BusError::Protocol { .. } => E::LinkDown(Reason::new(text)),
             BusError::Exception { code, .. } => match code {
                 Exception::IllegalAddress => E::IllegalAddress(text),
                 Exception::GatewayTarget => E::Timeout(text),
-                Exception::GatewayPath => E::LinkDown(text),
+                Exception::GatewayPath => E::LinkDown(Reason::new(text)),
                 Exception::Busy => E::Busy(text),
                 _ => E::Refused(text),
             },
@@ -245,15 +254,18 @@ impl Bus {
         &self.name
     }
 
+    fn stopped(&self) -> BusError {
+        BusError::LinkDown(format!("connection {} stopped", self.name).into())
+    }
+
     /// Runs one operation for `unit`.
     pub async fn call(&self, unit: u8, op: BusOp) -> Result<BusAnswer, BusError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { unit, op, reply })
             .await
-            .map_err(|_| BusError::LinkDown(format!("connection {} stopped", self.name)))?;
-        rx.await
-            .map_err(|_| BusError::LinkDown(format!("connection {} stopped", self.name)))?
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
     }
 }
 
@@ -263,7 +275,10 @@ async fn run(config: ModbusConnection, mut rx: mpsc::Receiver<Job>, shutdown: Ca
         Ok(e) => e,
         Err(e) => {
             // Validated at load; kept as a clean refusal rather than a panic.
-            let why = format!("invalid connection {}: {e}", config.name);
+            let why = Reason::with_detail(
+                format!("invalid connection {}", config.name),
+                format!("invalid connection {}: {e}", config.name),
+            );
             while let Some(job) = rx.recv().await {
                 let _ = job.reply.send(Err(BusError::LinkDown(why.clone())));
             }
@@ -306,7 +321,7 @@ struct Link<'a> {
     /// Reconnect attempts since the link last carried an answer.
     attempt: u32,
     retry_at: Instant,
-    last_error: String,
+    last_error: Reason,
 }
 
 impl<'a> Link<'a> {
@@ -325,7 +340,7 @@ impl<'a> Link<'a> {
             last_frame: Instant::now(),
             attempt: 0,
             retry_at: Instant::now(),
-            last_error: String::new(),
+            last_error: Reason::default(),
         }
     }
 
@@ -359,9 +374,9 @@ impl<'a> Link<'a> {
             outcome => {
                 let why = match outcome {
                     Ok(Err(e)) => e,
-                    _ => "connect timed out".to_owned(),
+                    _ => Reason::new("connect timed out"),
                 };
-                self.dropped(format!("connection {name}: {why}"));
+                self.dropped(why.prefixed(&format!("connection {name}: ")));
                 Err(BusError::LinkDown(self.last_error.clone()))
             }
         }
@@ -370,7 +385,7 @@ impl<'a> Link<'a> {
     /// The link is gone or cannot be trusted: the next connect waits the back-off, which
     /// grows until a link carries an answer again. So a peer that takes connections and
     /// closes them at once is not hammered, whatever the request rate.
-    fn dropped(&mut self, why: String) {
+    fn dropped(&mut self, why: Reason) {
         self.ctx = None;
         self.filter = None;
         let delay = backoff(
@@ -419,7 +434,7 @@ impl<'a> Link<'a> {
             }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 tracing::debug!(connection = %name, error = %e, "modbus transport error");
-                self.dropped(format!("connection {name}: {}", transport_error(&e)));
+                self.dropped(format!("connection {name}: {}", transport_error(&e)).into());
                 Err(BusError::LinkDown(self.last_error.clone()))
             }
             Ok(Err(tokio_modbus::Error::Protocol(ProtocolError::FunctionCodeMismatch {
@@ -441,9 +456,12 @@ impl<'a> Link<'a> {
                 // id, so the stream is still in step; an RTU frame from another unit may
                 // be a late answer, and the next one would be out of step.
                 if !self.survives_silence {
-                    self.dropped(format!(
-                        "connection {name}: out of step after a bad answer from unit {unit}"
-                    ));
+                    self.dropped(
+                        format!(
+                            "connection {name}: out of step after a bad answer from unit {unit}"
+                        )
+                        .into(),
+                    );
                 } else {
                     self.attempt = 0;
                 }
@@ -455,9 +473,10 @@ impl<'a> Link<'a> {
             Err(_) => {
                 let half_frame = self.filter.as_ref().is_some_and(|f| f.partial());
                 if !self.survives_silence || half_frame {
-                    self.dropped(format!(
-                        "connection {name}: reopened after unit {unit} did not answer"
-                    ));
+                    self.dropped(
+                        format!("connection {name}: reopened after unit {unit} did not answer")
+                            .into(),
+                    );
                 }
                 Err(BusError::Timeout { unit, timeout })
             }
@@ -503,7 +522,7 @@ fn transport_error(e: &std::io::Error) -> String {
 }
 
 /// Opens the link; over Modbus TCP, with the late-answer filter in front of tokio-modbus.
-async fn connect(endpoint: &Endpoint) -> Result<(Context, Option<Arc<instep::Shared>>), String> {
+async fn connect(endpoint: &Endpoint) -> Result<(Context, Option<Arc<instep::Shared>>), Reason> {
     match endpoint {
         Endpoint::Tcp { host, port } => {
             let (stream, shared) = InStep::new(tcp(host, *port).await?);
@@ -536,16 +555,26 @@ async fn connect(endpoint: &Endpoint) -> Result<(Context, Option<Arc<instep::Sha
                 .parity(parity)
                 .stop_bits(stop_bits)
                 .open_native_async()
-                .map_err(|e| format!("cannot open {}: {e}", s.path))?;
+                .map_err(|e| {
+                    Reason::with_detail(
+                        format!("cannot open the serial port: {e}"),
+                        format!("cannot open {}: {e}", s.path),
+                    )
+                })?;
             Ok((tokio_modbus::client::rtu::attach(port), None))
         }
     }
 }
 
-async fn tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+async fn tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, Reason> {
     let stream = tokio::net::TcpStream::connect((host, port))
         .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        .map_err(|e| {
+            Reason::with_detail(
+                format!("cannot connect: {e}"),
+                format!("cannot connect to {host}:{port}: {e}"),
+            )
+        })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
@@ -592,4 +621,92 @@ async fn execute(
         }
         _ => BusAnswer::Done,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_modbus::FunctionCode;
+
+    #[test]
+    fn bad_answers_are_described_in_words() {
+        let texts = [
+            describe_protocol_error(&ProtocolError::HeaderMismatch {
+                message: "expected/request = Header { transaction_id: 1, unit_id: 2 }".into(),
+                result: Ok(Response::ReadHoldingRegisters(vec![1])),
+            }),
+            describe_protocol_error(&ProtocolError::FunctionCodeMismatch {
+                request: FunctionCode::ReadHoldingRegisters,
+                result: Ok(Response::ReadCoils(vec![true])),
+            }),
+            describe_protocol_error(&ProtocolError::FunctionCodeMismatch {
+                request: FunctionCode::ReadHoldingRegisters,
+                result: Err(ExceptionResponse {
+                    function: FunctionCode::Custom(0),
+                    exception: ExceptionCode::GatewayTargetDevice,
+                }),
+            }),
+        ];
+        assert_eq!(texts[0], "the answer came from another unit");
+        assert_eq!(texts[1], "the answer is to function 01 instead of 03");
+        for t in &texts {
+            assert!(!t.contains(['{', '(', ':']), "debug output in {t:?}");
+        }
+        let e = BusError::Exception {
+            unit: 3,
+            code: ExceptionCode::GatewayTargetDevice.into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "exception from unit 3: gateway target device failed to respond (0B)"
+        );
+        assert!(e.is_silence());
+        let e = BusError::Timeout {
+            unit: 2,
+            timeout: Duration::from_millis(250),
+        };
+        assert_eq!(e.to_string(), "no answer from unit 2 within 250ms");
+    }
+
+    /// The host and port stay out of what every subscriber sees.
+    #[tokio::test]
+    async fn where_the_link_goes_is_not_public() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let mut conn = ModbusConnection::new("plc", crate::Transport::Tcp);
+        conn.address = Some(format!("127.0.0.1:{port}"));
+        let stop = CancellationToken::new();
+        let (bus, task) = Bus::spawn(conn, stop.clone());
+        let op = BusOp::Read {
+            kind: RegisterKind::Holding,
+            address: 0,
+            count: 1,
+        };
+        let e = bus.call(1, op).await.unwrap_err();
+        let reason = e.reason();
+        let public = reason.public();
+        assert!(
+            public.starts_with("link down: connection plc: cannot connect"),
+            "{public}"
+        );
+        assert!(
+            !public.contains("127.0.0.1") && !public.contains(&port.to_string()),
+            "{public}"
+        );
+        let detailed = e.to_string();
+        assert!(
+            detailed.contains(&format!("127.0.0.1:{port}")),
+            "{detailed}"
+        );
+        let adapter = e.into_adapter_error();
+        assert!(
+            !adapter.public().contains("127.0.0.1"),
+            "{}",
+            adapter.public()
+        );
+        assert!(adapter.to_string().contains("127.0.0.1"), "{adapter}");
+        stop.cancel();
+        task.await.unwrap();
+    }
 }

@@ -325,7 +325,9 @@ async fn silent_unit_does_not_stall_its_neighbour() {
     let mut dead = start_on(shared, stop, 2, c(), 50);
     assert_eq!(next_reach(&mut good).await, Reachability::Reachable);
     match next_reach(&mut dead).await {
-        Reachability::Unreachable(why) => assert!(why.contains("no answer from unit 2"), "{why}"),
+        Reachability::Unreachable(why) => {
+            assert!(why.public().contains("no answer from unit 2"), "{why}")
+        }
         other => panic!("{other:?}"),
     }
     // 20 polls of 50 ms take 1 s alone; the dead unit, backed off (50 ms doubling to
@@ -427,7 +429,7 @@ async fn silent_late_and_unreachable_units_keep_the_connection() {
         (&mut gone, "gateway target device failed to respond (0B)"),
     ] {
         match next_reach(r).await {
-            Reachability::Unreachable(why) => assert!(why.contains(expect), "{why}"),
+            Reachability::Unreachable(why) => assert!(why.public().contains(expect), "{why}"),
             other => panic!("{other:?}"),
         }
     }

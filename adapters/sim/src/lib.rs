@@ -65,7 +65,7 @@ impl SimAdapter {
     /// The reachability the device has at `now`.
     fn reachability_at(&self, now: SystemTime) -> Reachability {
         if let Some(reason) = &self.config.unreachable {
-            return Reachability::Unreachable(reason.clone());
+            return Reachability::Unreachable(reason.as_str().into());
         }
         if let (Some(every), Some(dur)) = (self.config.outage_every, self.config.outage_for) {
             let t = since_epoch(now);
