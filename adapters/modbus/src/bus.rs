@@ -8,8 +8,10 @@
 //! and dropped, see [`crate::instep`]) or is reported out of reach by a gateway (exception
 //! 0A / 0B) leaves the connection to the others; RTU frames carry no transaction id, so
 //! there a unit's timeout reopens the link lest its late answer be taken for the next.
-//! After every drop the next connect waits the reconnect back-off, which starts over
-//! only once a link has carried an answer.
+//! After every link error (connect failed, the peer closed, a frame that is not Modbus)
+//! the next connect waits the reconnect back-off, which starts over only once a link has
+//! carried an answer. A link the gateway reopens itself to get back in step (RTU after a
+//! unit's timeout, half a TCP frame) is opened again at once: the peer is fine.
 //!
 //! The result keeps tokio-modbus' two layers apart: [`BusError::LinkDown`] and
 //! [`BusError::Timeout`] (no usable answer) versus [`BusError::Exception`] (the device
@@ -382,7 +384,7 @@ impl<'a> Link<'a> {
         }
     }
 
-    /// The link is gone or cannot be trusted: the next connect waits the back-off, which
+    /// The link failed: the next connect waits the back-off, which
     /// grows until a link carries an answer again. So a peer that takes connections and
     /// closes them at once is not hammered, whatever the request rate.
     fn dropped(&mut self, why: Reason) {
@@ -398,6 +400,17 @@ impl<'a> Link<'a> {
         tracing::warn!(connection = %self.config.name, reason = %why,
             retry_in_ms = delay.as_millis() as u64, "modbus connection dropped");
         self.last_error = why;
+    }
+
+    /// The link works but can no longer be trusted to be in step with the requests (a
+    /// unit's late or partial answer may still come): it is closed and opened again for
+    /// the next request, at once. Not a link error, so no back-off: the peer is fine, and
+    /// the other units on the link should not wait because of one unit.
+    fn reopen(&mut self, why: String) {
+        self.ctx = None;
+        self.filter = None;
+        tracing::debug!(connection = %self.config.name, reason = %why, "modbus connection reopened");
+        self.last_error = why.into();
     }
 
     /// Runs one request on the open link.
@@ -456,12 +469,9 @@ impl<'a> Link<'a> {
                 // id, so the stream is still in step; an RTU frame from another unit may
                 // be a late answer, and the next one would be out of step.
                 if !self.survives_silence {
-                    self.dropped(
-                        format!(
-                            "connection {name}: out of step after a bad answer from unit {unit}"
-                        )
-                        .into(),
-                    );
+                    self.reopen(format!(
+                        "connection {name}: out of step after a bad answer from unit {unit}"
+                    ));
                 } else {
                     self.attempt = 0;
                 }
@@ -473,10 +483,9 @@ impl<'a> Link<'a> {
             Err(_) => {
                 let half_frame = self.filter.as_ref().is_some_and(|f| f.partial());
                 if !self.survives_silence || half_frame {
-                    self.dropped(
-                        format!("connection {name}: reopened after unit {unit} did not answer")
-                            .into(),
-                    );
+                    self.reopen(format!(
+                        "connection {name}: reopened after unit {unit} did not answer"
+                    ));
                 }
                 Err(BusError::Timeout { unit, timeout })
             }
