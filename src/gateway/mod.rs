@@ -22,6 +22,7 @@ mod readouts;
 mod reload;
 mod replies;
 mod routing;
+mod supervise;
 mod tasks;
 #[cfg(all(test, feature = "sim"))]
 mod testing;
@@ -42,6 +43,9 @@ use crate::xmpp::presence;
 use crate::xmpp::stanza::Header;
 
 const EVENT_QUEUE: usize = 8192;
+/// Adapter tasks that ended unexpectedly, waiting for the actor: one per device at most
+/// at any time, and the actor takes them promptly.
+const EXIT_QUEUE: usize = 64;
 const COMMIT_QUEUE: usize = 1024;
 
 /// A configured device at run time.
@@ -54,6 +58,8 @@ struct Device {
     /// `None` until the adapter first reports.
     reach: Option<Reachability>,
     adapter: Option<devices::Running>,
+    /// Unexpected ends of its adapter since it last ran long: drives the restart back-off.
+    adapter_failures: u32,
     /// The field catalogue, shared with readout tasks.
     specs: Arc<[FieldSpec]>,
     /// The last reading of each field.
@@ -131,6 +137,9 @@ struct Gateway {
     next_iq: u64,
     /// What each adapter kind's devices share.
     runtimes: devices::Runtimes,
+    /// Adapter tasks that ended without being asked to, and the restarts they wait for.
+    exits: mpsc::Receiver<devices::Exit>,
+    restarts: supervise::Restarts,
     /// Log lines about refused and unroutable stanzas, which anyone can cause.
     refused_log: PerSender,
     unroutable_log: LogLimiter,
@@ -217,6 +226,8 @@ pub async fn run(
             }
             Some(el) = inbound.recv() => gw.handle(el).await,
             Some(ev) = ev_rx.recv() => gw.on_event(ev).await,
+            Some(exit) = gw.exits.recv() => gw.on_adapter_exit(exit).await,
+            _ = until(gw.restarts.next()) => gw.restart_due().await,
             _ = tick(&mut watchdog) => supervisor.watchdog(),
         }
     }
@@ -279,6 +290,14 @@ fn release_free_memory() {
     }
 }
 
+/// Sleeps until `at`, or for ever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn tick(iv: &mut Option<tokio::time::Interval>) {
     match iv {
         Some(iv) => {
@@ -298,6 +317,7 @@ impl Gateway {
         events: EventSink,
         link_settings: tokio::sync::watch::Sender<crate::config::XmppConfig>,
     ) -> Gateway {
+        let (exit_tx, exits) = mpsc::channel(EXIT_QUEUE);
         let mut gw = Gateway {
             order: Vec::new(),
             devices: BTreeMap::new(),
@@ -314,7 +334,9 @@ impl Gateway {
             subscriptions: HashMap::new(),
             liveness: HashMap::new(),
             next_iq: 0,
-            runtimes: devices::Runtimes::default(),
+            runtimes: devices::Runtimes::new(exit_tx),
+            exits,
+            restarts: supervise::Restarts::default(),
             refused_log: PerSender::new(3, 20, Duration::from_secs(60)),
             unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
             cfg: cfg.clone(),
@@ -371,6 +393,7 @@ impl Gateway {
                 caps,
                 reach,
                 adapter,
+                adapter_failures: 0,
                 cache: cache::Cache::new(specs.clone()),
                 specs,
                 last_error: None,
@@ -391,6 +414,7 @@ impl Gateway {
     ) -> Option<tokio::task::JoinHandle<()>> {
         self.order.retain(|d| d != id);
         self.forget_device(id);
+        self.restarts.cancel(id);
         let dev = self.devices.remove(id)?;
         if self.link_up {
             for sub in self.subscribers.get(&*dev.cfg.id).into_iter().flatten() {

@@ -85,6 +85,16 @@ pub fn iq(type_: &str, from: &str, to: &str) -> Header {
     Header::parse(&el).unwrap()
 }
 
+impl TestGateway {
+    /// The next adapter task that ended unexpectedly (within 5 s).
+    pub async fn exits(&mut self) -> crate::devices::Exit {
+        tokio::time::timeout(std::time::Duration::from_secs(5), self.gw.exits.recv())
+            .await
+            .expect("an adapter exit within 5 s")
+            .expect("the runtimes hold the sender")
+    }
+}
+
 /// `xml` as an element.
 pub fn el(xml: &str) -> Element {
     xml.parse().unwrap()

@@ -375,6 +375,13 @@ impl Adapter for ModbusAdapter {
                     _ = ctx.shutdown.cancelled() => break,
                     _ = tokio::time::sleep_until(next_poll.into()) => {
                         let result = self.poll_cycle(&ctx.events).await;
+                        if result.is_err() && self.bus.is_closed() && !ctx.shutdown.is_cancelled() {
+                            // The connection task is gone (it failed): end, so that the
+                            // gateway restarts this device, and with it the connection.
+                            tracing::error!(device = %self.device, connection = %self.bus.name(),
+                                "modbus connection task ended; stopping the device's adapter");
+                            break;
+                        }
                         let now = Instant::now();
                         let new_state = match &result {
                             Ok(()) => {

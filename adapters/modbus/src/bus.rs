@@ -256,6 +256,12 @@ impl Bus {
         &self.name
     }
 
+    /// Whether the connection task has ended (shutdown, or a fault): its devices cannot
+    /// be served until it is started again.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     fn stopped(&self) -> BusError {
         BusError::LinkDown(format!("connection {} stopped", self.name).into())
     }
