@@ -26,6 +26,7 @@ mod codec;
 mod config;
 mod instep;
 mod kind;
+mod link;
 mod plan;
 mod types;
 
