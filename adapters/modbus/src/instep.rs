@@ -104,6 +104,15 @@ impl<S> InStep<S> {
             data = &data[n..];
             if self.out_header_len == 6 {
                 let h = self.out_header;
+                // An answer sorted for the previous request but not read (it came just
+                // as that request timed out) is stale now.
+                if self.ready_at < self.ready.len() && !self.raw {
+                    self.shared.stale.fetch_add(1, Ordering::Relaxed);
+                }
+                if !self.raw {
+                    self.ready.clear();
+                    self.ready_at = 0;
+                }
                 self.expected = Some(u16::from_be_bytes([h[0], h[1]]));
                 self.out_remaining = usize::from(u16::from_be_bytes([h[4], h[5]]));
                 self.out_header_len = 0;
@@ -252,6 +261,24 @@ mod tests {
         assert_eq!(got, answer);
         assert_eq!(shared.stale(), 1);
         assert!(!shared.partial());
+    }
+
+    #[tokio::test]
+    async fn an_answer_not_read_before_the_next_request_is_dropped() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let (mut s, shared) = InStep::new(client);
+        s.write_all(&frame(1, 2, &[3, 0, 0, 0, 1])).await.unwrap();
+        // the answer arrives complete, and one byte of it is read before the timeout
+        server.write_all(&frame(1, 2, &[3, 2, 0, 9])).await.unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.unwrap();
+        s.write_all(&frame(2, 1, &[3, 0, 0, 0, 1])).await.unwrap();
+        let answer = frame(2, 1, &[3, 2, 0, 5]);
+        server.write_all(&answer).await.unwrap();
+        let mut got = vec![0u8; answer.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, answer);
+        assert_eq!(shared.stale(), 1);
     }
 
     #[tokio::test]
