@@ -240,9 +240,11 @@ impl Gateway {
             let (fresh, error) = match readout::read(adapter.as_ref(), &id, fields, timeout).await {
                 Ok(o) => (
                     o.readings,
-                    o.failures.first().map(|(n, e)| format!("{n}: {e}")),
+                    o.failures
+                        .first()
+                        .map(|(n, e)| e.reason().prefixed(&format!("{n}: "))),
                 ),
-                Err(e) => (vec![], Some(e.to_string())),
+                Err(e) => (vec![], Some(e.reason())),
             };
             Done::Sample {
                 device: id,
@@ -300,9 +302,12 @@ impl Gateway {
         };
         // A subscriber who lost the right to read loses the subscription.
         let who = xmpp_parsers::jid::Jid::new(&key.0).map(|j| j.to_bare());
-        let allowed = who.is_ok_and(|w| {
-            access::check(&self.cfg.access, &dev.cfg.access, Right::Read, &w).is_ok()
-        });
+        let may = |right| {
+            who.as_ref()
+                .is_ok_and(|w| access::check(&self.cfg.access, &dev.cfg.access, right, w).is_ok())
+        };
+        let allowed = may(Right::Read);
+        let detailed = may(Right::Control);
         if !allowed {
             tracing::info!(device = %sub.device, requester = %key.0, "subscription ended: read right revoked");
             self.subscriptions.remove(key);
@@ -321,7 +326,7 @@ impl Gateway {
         }
         let stamp = SystemTime::now();
         fields.extend(
-            extra_fields(dev, &sub.types)
+            extra_fields(dev, &sub.types, detailed)
                 .into_iter()
                 .filter(|f| sub.wants(&f.name))
                 .map(|f| (stamp, f)),

@@ -23,6 +23,7 @@ mod reload;
 mod replies;
 mod routing;
 mod subscriptions;
+mod supervise;
 mod tasks;
 #[cfg(all(test, feature = "sim"))]
 mod testing;
@@ -43,6 +44,9 @@ use crate::xmpp::presence;
 use crate::xmpp::stanza::Header;
 
 const EVENT_QUEUE: usize = 8192;
+/// Adapter tasks that ended unexpectedly, waiting for the actor: one per device at most
+/// at any time, and the actor takes them promptly.
+const EXIT_QUEUE: usize = 64;
 const COMMIT_QUEUE: usize = 1024;
 
 /// A configured device at run time.
@@ -55,12 +59,14 @@ struct Device {
     /// `None` until the adapter first reports.
     reach: Option<Reachability>,
     adapter: Option<devices::Running>,
+    /// Unexpected ends of its adapter since it last ran long: drives the restart back-off.
+    adapter_failures: u32,
     /// The field catalogue, shared with readout tasks.
     specs: Arc<[FieldSpec]>,
     /// The last reading of each field.
     cache: cache::Cache,
     /// The last error seen: unreachable reason or failed read.
-    last_error: Option<String>,
+    last_error: Option<fieldgate_api::Reason>,
     /// Momentary values younger than this are served from `cache`.
     max_age: Duration,
     /// Whether the events engine's read of the device is under way.
@@ -135,6 +141,9 @@ struct Gateway {
     next_iq: u64,
     /// What each adapter kind's devices share.
     runtimes: devices::Runtimes,
+    /// Adapter tasks that ended without being asked to, and the restarts they wait for.
+    exits: mpsc::Receiver<devices::Exit>,
+    restarts: supervise::Restarts,
     /// Log lines about refused and unroutable stanzas, which anyone can cause.
     refused_log: PerSender,
     unroutable_log: LogLimiter,
@@ -192,7 +201,7 @@ pub async fn run(
                 Err(e) if e.is_panic() => tracing::error!(error = %e, "a readout or write task panicked"),
                 Err(_) => {}
             },
-            _ = sleep_until(wake), if wake.is_some() => gw.on_wake().await,
+            _ = until(wake), if wake.is_some() => gw.on_wake().await,
             _ = liveness_tick.tick(), if !gw.subscriptions.is_empty() => {
                 gw.probe_subscribers(Instant::now()).await
             }
@@ -225,6 +234,8 @@ pub async fn run(
             }
             Some(el) = inbound.recv() => gw.handle(el).await,
             Some(ev) = ev_rx.recv() => gw.on_event(ev).await,
+            Some(exit) = gw.exits.recv() => gw.on_adapter_exit(exit).await,
+            _ = until(gw.restarts.next()) => gw.restart_due().await,
             _ = tick(&mut watchdog) => supervisor.watchdog(),
         }
     }
@@ -287,8 +298,8 @@ fn release_free_memory() {
     }
 }
 
-/// Resolves at `at`; never without one.
-async fn sleep_until(at: Option<Instant>) {
+/// Sleeps until `at`, or for ever.
+async fn until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
@@ -314,6 +325,7 @@ impl Gateway {
         events: EventSink,
         link_settings: tokio::sync::watch::Sender<crate::config::XmppConfig>,
     ) -> Gateway {
+        let (exit_tx, exits) = mpsc::channel(EXIT_QUEUE);
         let mut gw = Gateway {
             order: Vec::new(),
             devices: BTreeMap::new(),
@@ -330,7 +342,9 @@ impl Gateway {
             subscriptions: Default::default(),
             liveness: HashMap::new(),
             next_iq: 0,
-            runtimes: devices::Runtimes::default(),
+            runtimes: devices::Runtimes::new(exit_tx),
+            exits,
+            restarts: supervise::Restarts::default(),
             refused_log: PerSender::new(3, 20, Duration::from_secs(60)),
             unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
             cfg: cfg.clone(),
@@ -364,7 +378,12 @@ impl Gateway {
                 tracing::error!(device = %cfg.id, error = %e, "adapter failed to start");
                 (
                     None,
-                    Some(Reachability::Unreachable(format!("adapter failed: {e}"))),
+                    Some(Reachability::Unreachable(
+                        fieldgate_api::Reason::with_detail(
+                            "the device's adapter could not be started",
+                            format!("adapter failed: {e}"),
+                        ),
+                    )),
                 )
             }
         };
@@ -382,6 +401,7 @@ impl Gateway {
                 caps,
                 reach,
                 adapter,
+                adapter_failures: 0,
                 cache: cache::Cache::new(specs.clone()),
                 specs,
                 last_error: None,
@@ -401,6 +421,7 @@ impl Gateway {
     ) -> Option<tokio::task::JoinHandle<()>> {
         self.order.retain(|d| d != id);
         self.forget_device(id);
+        self.restarts.cancel(id);
         let dev = self.devices.remove(id)?;
         if self.link_up {
             for sub in self.subscribers.get(&*dev.cfg.id).into_iter().flatten() {

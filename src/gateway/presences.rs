@@ -18,7 +18,10 @@ impl Gateway {
     pub(super) fn presence_of(dev: &Device, to: &str) -> Element {
         match &dev.reach {
             Some(Reachability::Reachable) => presence::available(&dev.full, to, &dev.caps),
-            Some(Reachability::Unreachable(why)) => presence::unavailable(&dev.full, to, why),
+            // Seen by every subscriber: the public text only.
+            Some(Reachability::Unreachable(why)) => {
+                presence::unavailable(&dev.full, to, why.public())
+            }
             None => presence::unavailable(&dev.full, to, "starting: device state not known yet"),
         }
     }

@@ -15,7 +15,7 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use super::replies::{bad_request, forbidden, not_found};
 use super::tasks::Done;
 use super::{Device, Gateway};
-use crate::access::Right;
+use crate::access::{self, Right};
 use crate::xmpp::payload::common::{FieldQos, FieldTypes, NodeRef};
 use crate::xmpp::payload::sensordata::{Accepted, Cancel, Cancelled, Field, FieldValue, Req};
 use crate::xmpp::payload::xsd::XsDateTime;
@@ -40,7 +40,9 @@ pub(super) const EXTRA_NAMES: &[&str] = &[
 
 /// Status fields (reachability, last error) and identity fields (name, model, serial,
 /// vendor from the configuration), as requested.
-pub(super) fn extra_fields(dev: &Device, types: &FieldTypes) -> Vec<Field> {
+/// `detailed`: the requester holds the control right and may see where the device is
+/// reached (host names, ports, device paths) in the last error.
+pub(super) fn extra_fields(dev: &Device, types: &FieldTypes, detailed: bool) -> Vec<Field> {
     let mut out = Vec::new();
     let flags = |t: FieldTypes| t;
     if types.contains(FieldTypes::STATUS) {
@@ -52,7 +54,7 @@ pub(super) fn extra_fields(dev: &Device, types: &FieldTypes) -> Vec<Field> {
         );
         if let Some(e) = &dev.last_error {
             out.push(
-                Field::new("lastError", FieldValue::String(e.clone()))
+                Field::new("lastError", FieldValue::String(e.text(detailed).to_owned()))
                     .with_types(FieldTypes::STATUS)
                     .with_qos(FieldQos::AUTOMATIC_READOUT),
             );
@@ -201,7 +203,16 @@ impl Gateway {
             .and_then(|w| w.duration_since(now).ok())
             .filter(|wait| !wait.is_zero())
             .map(|wait| Instant::now() + wait);
-        let extra = extra_fields(dev, &types)
+        // Who may control the device may see where it is reached; readers see sentences
+        // without host names, ports or device paths.
+        let detailed = access::check(
+            &self.cfg.access,
+            &dev.cfg.access,
+            Right::Control,
+            &h.from.to_bare(),
+        )
+        .is_ok();
+        let extra = extra_fields(dev, &types, detailed)
             .into_iter()
             .filter(|f| named(&f.name))
             .collect();
@@ -227,6 +238,7 @@ impl Gateway {
             timeout: self.cfg.readout.timeout,
             max_age: dev.max_age,
             max_stanza: self.cfg.xmpp.max_outbound_stanza_size,
+            detailed,
         };
         let accepted = h.result(Some(
             Accepted {
@@ -271,7 +283,7 @@ impl Gateway {
 
 #[cfg(all(test, feature = "sim"))]
 mod tests {
-    use super::super::testing::{condition, device, el, gateway, iq, ALICE, MALLORY};
+    use super::super::testing::{condition, device, el, gateway, iq, ALICE, BOB, MALLORY};
     use super::*;
 
     const SD: &str = crate::xmpp::payload::sensordata::NS;
@@ -295,6 +307,48 @@ mod tests {
         assert!(reply.has_child("accepted", SD));
         let job = job.expect("a readout to run");
         assert_eq!(job.wanted.len(), 3, "momentary: every field");
+    }
+
+    /// Where a device is reached (host, port, device path) is for the log and for those
+    /// who may control it; subscribers and readers get the sentence without it.
+    #[tokio::test]
+    async fn readers_and_subscribers_see_no_host_names() {
+        let mut t = gateway(&device("pump"));
+        let id: DeviceId = "pump".into();
+        let why = fieldgate_api::Reason::with_detail(
+            "link down: connection plc: cannot connect: Connection refused",
+            "link down: connection plc: cannot connect to 10.1.2.3:502: Connection refused",
+        );
+        t.gw.on_event(fieldgate_api::DeviceEvent {
+            device: id.clone(),
+            kind: fieldgate_api::EventKind::Reachability(Reachability::Unreachable(why)),
+        })
+        .await;
+        let dev = &t.gw.devices[&id];
+        let presence = Gateway::presence_of(dev, "bob@example.org");
+        let status = presence.children().find(|c| c.name() == "status").unwrap();
+        assert_eq!(
+            status.text(),
+            "link down: connection plc: cannot connect: Connection refused"
+        );
+        let status_req = el(&format!(
+            "<req xmlns='{SD}' seqnr='1' status='true'><field name='lastError'/></req>"
+        ));
+        let last_error = |from: &str| {
+            let (_, job) = t.gw.accept_req(&iq("get", from, "pump"), &id, &status_req);
+            let job = job.unwrap();
+            let f = job.extra.iter().find(|f| f.name == "lastError").unwrap();
+            match &f.value {
+                FieldValue::String(s) => s.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(!last_error(BOB).contains("10.1.2.3"), "{}", last_error(BOB));
+        assert!(
+            last_error(ALICE).contains("10.1.2.3:502"),
+            "{}",
+            last_error(ALICE)
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use fieldgate_api::{DeviceId, Reading};
+use fieldgate_api::{DeviceId, Reading, Reason};
 use tokio_xmpp::minidom::Element;
 
 use super::Gateway;
@@ -15,7 +15,7 @@ pub(super) enum Done {
         key: (String, u64),
         device: DeviceId,
         fresh: Vec<Reading>,
-        error: Option<String>,
+        error: Option<Reason>,
     },
     /// A write was applied (or failed): the written fields' cached values are stale.
     Write {
@@ -28,7 +28,7 @@ pub(super) enum Done {
     Sample {
         device: DeviceId,
         fresh: Vec<Reading>,
-        error: Option<String>,
+        error: Option<Reason>,
     },
 }
 
@@ -94,7 +94,7 @@ impl Gateway {
         &mut self,
         device: &DeviceId,
         fresh: Vec<Reading>,
-        error: Option<String>,
+        error: Option<Reason>,
     ) {
         let Some(dev) = self.devices.get_mut(device) else {
             return;

@@ -18,8 +18,10 @@ use crate::xmpp::stanza::Header;
 /// The component domain of [`gateway`].
 pub const DOMAIN: &str = "gw.example.org";
 
-/// A reader and controller of every device, and somebody with no right at all.
+/// A reader and controller of every device, a subscriber and reader who may not
+/// control, and somebody with no right at all.
 pub const ALICE: &str = "alice@example.org/app";
+pub const BOB: &str = "bob@example.org/app";
 pub const MALLORY: &str = "mallory@elsewhere.example/x";
 
 /// The gateway and its outbound queue. Keep the receivers alive: the actor's sends fail
@@ -32,11 +34,12 @@ pub struct TestGateway {
 }
 
 /// A gateway with `devices` (TOML `[[device]]` tables) where alice may read and control
-/// everything. Needs a Tokio runtime: adapters are started.
+/// everything, and bob subscribe and read. Needs a Tokio runtime: adapters are started.
 pub fn gateway(devices: &str) -> TestGateway {
     let text = format!(
         "[xmpp]\nserver = \"127.0.0.1:5347\"\ndomain = \"{DOMAIN}\"\nsecret = \"s\"\n\
-         [access]\nsubscribe = [\"alice@example.org\"]\nread = [\"alice@example.org\"]\n\
+         [access]\nsubscribe = [\"alice@example.org\", \"bob@example.org\"]\n\
+         read = [\"alice@example.org\", \"bob@example.org\"]\n\
          control = [\"alice@example.org\"]\n[state]\ndir = \"/nonexistent-test-state\"\n{devices}"
     );
     let cfg = config::parse(Path::new("test.toml"), &text).expect("test config");
@@ -80,6 +83,16 @@ pub fn iq(type_: &str, from: &str, to: &str) -> Header {
     .parse()
     .unwrap();
     Header::parse(&el).unwrap()
+}
+
+impl TestGateway {
+    /// The next adapter task that ended unexpectedly (within 5 s).
+    pub async fn exits(&mut self) -> crate::devices::Exit {
+        tokio::time::timeout(std::time::Duration::from_secs(5), self.gw.exits.recv())
+            .await
+            .expect("an adapter exit within 5 s")
+            .expect("the runtimes hold the sender")
+    }
 }
 
 /// `xml` as an element.

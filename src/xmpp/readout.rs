@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fieldgate_api::{AdapterError, AdapterRequest, FieldSpec, FieldType, Quality, Reading, Value};
+use fieldgate_api::{
+    AdapterError, AdapterRequest, FieldSpec, FieldType, Quality, Reading, Reason, Value,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_xmpp::minidom::Element;
@@ -98,6 +100,9 @@ pub struct Readout {
     pub timeout: Duration,
     /// Bound on each message sent, in bytes (`max_outbound_stanza_size`).
     pub max_stanza: usize,
+    /// Whether the requester may see the detailed error texts (it holds the control
+    /// right), or only the public ones.
+    pub detailed: bool,
 }
 
 /// Unknown fields a failure names one by one; the rest are counted in one more error.
@@ -191,19 +196,16 @@ impl Readout {
     /// The requester's misnamed fields: the first few by name (clipped), the rest
     /// counted, so that thousands of unknown filters cannot make a reply thousands of
     /// errors long.
-    fn unknown_failures(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self
+    fn unknown_failures(&self) -> Vec<(String, Reason)> {
+        let mut v: Vec<(String, Reason)> = self
             .unknown
             .iter()
             .take(LISTED_UNKNOWN)
-            .map(|n| (clip(n).into_owned(), "unknown field".to_owned()))
+            .map(|n| (clip(n).into_owned(), "unknown field".into()))
             .collect();
         if self.unknown.len() > LISTED_UNKNOWN {
             let more = self.unknown.len() - LISTED_UNKNOWN;
-            v.push((
-                format!("{more} more"),
-                "unknown fields, not listed".to_owned(),
-            ));
+            v.push((format!("{more} more"), "unknown fields, not listed".into()));
         }
         v
     }
@@ -215,7 +217,7 @@ impl Readout {
         self,
         out: mpsc::Sender<Outbound>,
         cancel: CancellationToken,
-    ) -> (Vec<Reading>, Option<String>) {
+    ) -> (Vec<Reading>, Option<Reason>) {
         if let Some(when) = self.when {
             if when > Instant::now() {
                 tokio::select! {
@@ -245,18 +247,20 @@ impl Readout {
             match outcome {
                 Ok(o) => {
                     for (name, err) in o.failures {
-                        failures.push((name, err.to_string()));
+                        failures.push((name, err.reason()));
                     }
                     for r in o.readings {
                         fresh.push(r.clone());
                         values.insert(r.field.clone(), r);
                     }
                 }
-                Err(e) => failures.extend(to_read.iter().map(|n| (n.clone(), e.to_string()))),
+                Err(e) => failures.extend(to_read.iter().map(|n| (n.clone(), e.reason()))),
             }
         }
         // A field the requester misnamed is its mistake, not the device's last error.
-        let first_error = failures.get(misnamed).map(|(n, why)| format!("{n}: {why}"));
+        let first_error = failures
+            .get(misnamed)
+            .map(|(n, why)| why.prefixed(&format!("{n}: ")));
         let messages = self.finish(&values, failures, SystemTime::now());
         let _ = out.send(messages.into()).await;
         (fresh, first_error)
@@ -268,7 +272,7 @@ impl Readout {
     fn finish(
         &self,
         values: &HashMap<Arc<str>, Reading>,
-        failures: Vec<(String, String)>,
+        failures: Vec<(String, Reason)>,
         now: SystemTime,
     ) -> Vec<Element> {
         let wanted: HashSet<&str> = self.wanted.iter().map(|n| &**n).collect();
@@ -304,6 +308,7 @@ impl Readout {
                 errors: failures
                     .into_iter()
                     .map(|(name, why)| {
+                        let why = why.text(self.detailed);
                         ReadoutError::new(node.clone(), ts, format!("{name}: {why}"))
                     })
                     .collect(),
@@ -442,6 +447,7 @@ mod tests {
             timeout: Duration::from_millis(50),
             max_age: Duration::from_secs(60),
             max_stanza: 64 * 1024,
+            detailed: false,
         }
     }
 
@@ -520,6 +526,51 @@ mod tests {
             .unwrap()
             .text()
             .contains("unknown field"));
+    }
+
+    /// A link-down failure names the host and port only to a requester allowed to see
+    /// them (one holding the control right); the device's last error keeps both texts.
+    #[tokio::test]
+    async fn failure_texts_keep_host_names_for_the_detailed_view() {
+        for detailed in [false, true] {
+            let (tx, mut requests) = mpsc::channel(1);
+            tokio::spawn(async move {
+                if let Some(AdapterRequest::Read { fields, reply, .. }) = requests.recv().await {
+                    let why = Reason::with_detail(
+                        "connection plc: cannot connect",
+                        "connection plc: cannot connect to 10.1.2.3:502",
+                    );
+                    let failures = fields
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|f| (f, AdapterError::LinkDown(why.clone())))
+                        .collect();
+                    let _ = reply.send(fieldgate_api::ReadOutcome {
+                        readings: vec![],
+                        failures,
+                    });
+                }
+            });
+            let mut r = aged(readout(SystemTime::now(), &[]), 61);
+            r.adapter = Some(tx);
+            r.detailed = detailed;
+            let (out, mut rx) = mpsc::channel(8);
+            let (_, err) = r.run(out, CancellationToken::new()).await;
+            let batch = rx.recv().await.unwrap().into_vec();
+            let failure = batch
+                .iter()
+                .find_map(|m| m.get_child("failure", crate::xmpp::payload::sensordata::NS))
+                .unwrap();
+            let text = failure.children().next().unwrap().text();
+            assert!(
+                text.starts_with("p: link down: connection plc: cannot connect"),
+                "{text}"
+            );
+            assert_eq!(text.contains("10.1.2.3:502"), detailed, "{text}");
+            let err = err.unwrap();
+            assert!(!err.public().contains("10.1.2.3"), "{err:?}");
+            assert!(err.detailed().contains("10.1.2.3:502"), "{err:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ import time
 
 from conftest import ALICE_BOB_ACCESS, standard_devices
 from harness import parse_disco_info, sim_device, wait_for
+from iot import NS_SD, IotClient, req_iq
 
 # --------------------------------------------------------------------------------------
 # 5. simulated outages
@@ -33,6 +34,55 @@ def test_outage_flips_presence(env):
     assert up.caps is not None
     outage = up.at - down.at
     assert 0.3 < outage < 3.0, f"outage_for=1s but presence was unavailable for {outage:.2f}s"
+
+
+# --------------------------------------------------------------------------------------
+# 5b. supervised adapter tasks (an injected fault)
+
+
+def test_a_panicking_adapter_is_restarted_with_back_off(env):
+    """A device whose adapter task panics (the sim's fault injection: at its first read)
+    goes unavailable with a reason, is restarted after a back-off that grows with each
+    failure, and serves again; the device beside it and the gateway are not disturbed."""
+    gw = env.new_gateway()
+    gw.write_config([sim_device("fragile", sim={"fault_panic_after_reads": 1}), sim_device("steady")],
+                    access=ALICE_BOB_ACCESS)
+    gw.start()
+    alice = IotClient(env.prosody, "alice", resource="supervision")
+    env.clients.append(alice)
+    alice.connect()
+    fragile, steady = env.dev("fragile"), env.dev("steady")
+    m = alice.mark()
+    alice.subscribe(fragile)
+    alice.subscribe(steady)
+    alice.wait_presence(fragile, "available", m)
+    steady_up = alice.wait_presence(steady, "available", m)
+
+    outages = []
+    for seqnr in (1, 2):
+        m, mk = alice.mark(), alice.mark_stanzas()
+        r = alice.iq(req_iq(fragile, seqnr, momentary=True))
+        assert r.ok, f"readout refused: {r.condition} {r.text}"
+        # the readout the panic interrupted still ends, with a failure
+        ended = alice.wait_readout_end(seqnr, mk)
+        assert ended[-1].tag == f"{{{NS_SD}}}failure", [p.tag for p in ended]
+        down = alice.wait_presence(fragile, "unavailable", m, timeout=5)
+        assert down.status == "the device's adapter failed and is being restarted", down.status
+        back = alice.wait_presence(fragile, "available", alice.presences.index(down) + 1, timeout=10)
+        outages.append(back.at - down.at)
+    # restarted after 0.5 s (jittered from 0.4 to 0.6 s), then after 1 s (0.8 to 1.2 s)
+    assert 0.3 < outages[0] < 0.9, outages
+    assert outages[1] > 0.75 and outages[1] > outages[0], outages
+
+    log = gw.log_text()
+    assert log.count("adapter task ended unexpectedly") == 2, gw.log_tail()
+    assert "simulated fault" in log
+    assert gw.running
+    alice.barrier(env.domain)
+    assert not [p for p in alice.presences_since(0, steady) if p.type == "unavailable" and p.at > steady_up.at]
+    mk = alice.mark_stanzas()
+    assert alice.iq(req_iq(steady, 3, momentary=True)).ok
+    assert alice.wait_readout_end(3, mk)[-1].tag == f"{{{NS_SD}}}fields"
 
 
 # --------------------------------------------------------------------------------------

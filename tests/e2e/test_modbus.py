@@ -32,8 +32,9 @@ from modbus_sim import (PtyPair, PymodbusServer, RawModbusTcp, decode, encode, e
 NS_SD = "urn:xmpp:iot:sensordata"
 NS_CTL = "urn:xmpp:iot:control"
 WRITE_FCS = {5, 6, 15, 16, 22}
-ACCESS = {"subscribe": ["alice@example.test"], "read": ["alice@example.test"],
-          "control": ["alice@example.test"]}
+# bob may read but not control: he must not learn where the devices are reached
+ACCESS = {"subscribe": ["alice@example.test", "bob@example.test"],
+          "read": ["alice@example.test", "bob@example.test"], "control": ["alice@example.test"]}
 FAST = {"timeout": "200ms", "reconnect_min": "100ms", "reconnect_max": "1s"}
 ENUM = {0: "off", 1: "heating", 2: "hot-water", 3: "eco"}
 
@@ -115,6 +116,7 @@ class ModbusWorld:
         self.env = None
         self.seq = itertools.count(1)
         self.alice: XmppClient | None = None
+        self.bob: XmppClient | None = None
 
     def server(self, name: str, units: dict, **kw) -> PymodbusServer:
         s = PymodbusServer(self.root / "modbus", name, units, **kw)
@@ -122,7 +124,7 @@ class ModbusWorld:
         return s
 
     def start(self) -> None:
-        self.env = make_env(self.root, users=("alice",))
+        self.env = make_env(self.root, users=("alice", "bob"))
         self.main = self.server("main", {1: MAIN_TABLES})
         self.multi = self.server("multi", {1: {"holding": [(0, 4)]}, 2: {"holding": [(0, 4)]}}, silent_units=(7,))
         self.flaky = self.server("flaky", {1: {"holding": [(0, 4)]}})
@@ -191,6 +193,9 @@ class ModbusWorld:
         self.alice = XmppClient(self.env.prosody, "alice", resource="modbus")
         self.env.clients.append(self.alice)
         self.alice.connect()
+        self.bob = XmppClient(self.env.prosody, "bob", resource="modbus")
+        self.env.clients.append(self.bob)
+        self.bob.connect()
 
     # the hand-written server's answers, per unit:
     #   1 correct, reads and writes          6 acknowledges writes but keeps its value
@@ -247,8 +252,9 @@ class ModbusWorld:
 
     # -- XEP-0323 / XEP-0325
 
-    def readout(self, device_id: str, fields: tuple[str, ...] = (), timeout: float = 10.0) -> Readout:
-        c = self.client()
+    def readout(self, device_id: str, fields: tuple[str, ...] = (), timeout: float = 10.0,
+                client: XmppClient | None = None) -> Readout:
+        c = client or self.client()
         jid = self.dev(device_id)
         seqnr = next(self.seq)
         with c.cond:
@@ -584,11 +590,18 @@ def test_reconnect_after_server_restart(mb):
     down = c.wait_presence(rc, "unavailable", m, timeout=10)
     assert time.monotonic() - t0 < 5, "unavailable took more than a few poll intervals"
     assert down.status and "flaky" in down.status, f"no reason naming the connection: {down.status!r}"
-    # reconnecting fails while the server is away: the reason follows
+    # reconnecting fails while the server is away: the reason follows, without the host and
+    # port (every subscriber sees the status)
     refused = c.wait_presence(rc, "unavailable", m, timeout=10, pred=lambda p: "cannot connect" in p.status)
-    assert f"127.0.0.1:{s.port}" in refused.status, refused.status
+    assert "127.0.0.1" not in refused.status and f":{s.port}" not in refused.status, refused.status
+    # alice holds the control right: her readout says where the gateway tried to connect
     r = mb.readout("rc")
     assert not r.values and r.failures and "flaky" in r.failures[0], r.failures
+    assert f"127.0.0.1:{s.port}" in r.failures[0], r.failures
+    # bob may only read: the same sentence without the host and port
+    rb = mb.readout("rc", client=mb.bob)
+    assert not rb.values and rb.failures and "cannot connect" in rb.failures[0], rb.failures
+    assert "127.0.0.1" not in rb.failures[0] and f":{s.port}" not in rb.failures[0], rb.failures
     # a write to a device that is down: nothing applied, try later
     w = mb.set("rc", [("int", "v", "1")])
     assert w.type == "error" and (w.condition, w.error_type) == ("service-unavailable", "wait"), brief(w)

@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::{DeviceId, Reading};
+use crate::{DeviceId, Reading, Reason};
 
 /// Whether the core can reach a device through its bus. Drives the device's presence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reachability {
     /// The bus answers.
     Reachable,
-    /// The device cannot be reached; the text says why and becomes the presence status.
-    Unreachable(String),
+    /// The device cannot be reached; the reason's public text becomes the presence
+    /// status, seen by every subscriber.
+    Unreachable(Reason),
 }
 
 /// What happened to a device.

@@ -14,6 +14,7 @@ mod duration;
 mod events;
 mod field;
 mod kind;
+mod reason;
 mod value;
 
 pub use adapter::{Adapter, AdapterContext, AdapterRequest, ReadOutcome};
@@ -25,6 +26,7 @@ pub use kind::{
     wrong_setup, AdapterKind, DeviceInput, DeviceSetup, FieldInput, KindRuntime, Reporting,
     WrittenField,
 };
+pub use reason::Reason;
 pub use value::{Quality, Reading, Value};
 
 /// A device's identifier: its JID localpart, unique within one gateway.
@@ -38,7 +40,7 @@ pub type DeviceId = std::sync::Arc<str>;
 pub enum AdapterError {
     /// The bus or connection to the device is down; retrying later may succeed.
     #[error("link down: {0}")]
-    LinkDown(String),
+    LinkDown(Reason),
     /// The device answered and refused the request (an exception, a rejected value).
     #[error("device refused: {0}")]
     Refused(String),
@@ -68,4 +70,24 @@ pub enum AdapterError {
     /// The adapter is shutting down or has stopped.
     #[error("adapter stopped")]
     Stopped,
+}
+
+impl AdapterError {
+    /// The text for any peer who may see the device: like `Display` (the log's text),
+    /// without what a link-down reason keeps for the log and the control right (host
+    /// names, ports, device paths).
+    pub fn public(&self) -> String {
+        match self {
+            AdapterError::LinkDown(r) => format!("link down: {}", r.public()),
+            other => other.to_string(),
+        }
+    }
+
+    /// Both texts as a [`Reason`].
+    pub fn reason(&self) -> Reason {
+        match self {
+            AdapterError::LinkDown(r) => r.prefixed("link down: "),
+            other => Reason::new(other.to_string()),
+        }
+    }
 }

@@ -375,6 +375,13 @@ impl Adapter for ModbusAdapter {
                     _ = ctx.shutdown.cancelled() => break,
                     _ = tokio::time::sleep_until(next_poll.into()) => {
                         let result = self.poll_cycle(&ctx.events).await;
+                        if result.is_err() && self.bus.is_closed() && !ctx.shutdown.is_cancelled() {
+                            // The connection task is gone (it failed): end, so that the
+                            // gateway restarts this device, and with it the connection.
+                            tracing::error!(device = %self.device, connection = %self.bus.name(),
+                                "modbus connection task ended; stopping the device's adapter");
+                            break;
+                        }
                         let now = Instant::now();
                         let new_state = match &result {
                             Ok(()) => {
@@ -389,9 +396,8 @@ impl Adapter for ModbusAdapter {
                                 let wait = self.poll.saturating_mul(1u32 << failures.min(6)).min(MAX_BACKOFF).max(self.poll);
                                 failures = failures.saturating_add(1);
                                 next_poll = now + wait;
-                                let why = e.to_string();
                                 dead_reason = Some(e.clone());
-                                Reachability::Unreachable(why)
+                                Reachability::Unreachable(e.reason())
                             }
                         };
                         if state.as_ref() != Some(&new_state) {

@@ -3,19 +3,30 @@
 //! bounded by the connection's timeout, so a dead unit holds the others up by at most one
 //! timeout per request, and the pollers back a dead unit off.
 //!
+//! The link is dropped on link errors, not on one unit's silence. Over Modbus TCP a unit
+//! that does not answer, answers late (the answer is recognised by its transaction id
+//! and dropped, see [`crate::instep`]) or is reported out of reach by a gateway (exception
+//! 0A / 0B) leaves the connection to the others; RTU frames carry no transaction id, so
+//! there a unit's timeout reopens the link lest its late answer be taken for the next.
+//! After every link error (connect failed, the peer closed, a frame that is not Modbus)
+//! the next connect waits the reconnect back-off, which starts over only once a link has
+//! carried an answer. A link the gateway reopens itself to get back in step (RTU after a
+//! unit's timeout, half a TCP frame) is opened again at once: the peer is fine.
+//!
 //! The result keeps tokio-modbus' two layers apart: [`BusError::LinkDown`] and
 //! [`BusError::Timeout`] (no usable answer) versus [`BusError::Exception`] (the device
 //! answered and said no).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fieldgate_api::backoff;
+use fieldgate_api::Reason;
 use tokio::sync::{mpsc, oneshot};
-use tokio_modbus::client::{Client, Context};
-use tokio_modbus::prelude::{ExceptionCode, Request, Response, Slave, SlaveContext};
+use tokio_modbus::client::Client;
+use tokio_modbus::prelude::ExceptionCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Endpoint, ModbusConnection};
+use crate::config::ModbusConnection;
+use crate::link::Link;
 use crate::types::RegisterKind;
 
 /// Requests queued per connection before a poller waits.
@@ -88,9 +99,9 @@ pub enum BusAnswer {
 pub enum BusError {
     /// No connection: it could not be opened or broke.
     #[error("link down: {0}")]
-    LinkDown(String),
+    LinkDown(Reason),
     /// No answer within the connection's timeout.
-    #[error("no answer from unit {unit} within {timeout:?}")]
+    #[error("no answer from unit {unit} within {}", humantime::format_duration(*timeout))]
     Timeout {
         /// The unit asked.
         unit: u8,
@@ -128,6 +139,10 @@ pub enum Exception {
     DeviceFailure,
     /// 05/06: busy, retry later.
     Busy,
+    /// 0A: a gateway has no path to the unit.
+    GatewayPath,
+    /// 0B: a gateway got no answer from the unit.
+    GatewayTarget,
     /// Any other code.
     Other(u8),
 }
@@ -140,7 +155,9 @@ impl std::fmt::Display for Exception {
             Exception::IllegalValue => f.write_str("illegal data value (03)"),
             Exception::DeviceFailure => f.write_str("server device failure (04)"),
             Exception::Busy => f.write_str("server device busy (06)"),
-            Exception::Other(c) => write!(f, "exception code {c:#04x}"),
+            Exception::GatewayPath => f.write_str("gateway path unavailable (0A)"),
+            Exception::GatewayTarget => f.write_str("gateway target device failed to respond (0B)"),
+            Exception::Other(c) => write!(f, "exception code {c:02X}"),
         }
     }
 }
@@ -153,6 +170,8 @@ impl From<ExceptionCode> for Exception {
             ExceptionCode::IllegalDataValue => Exception::IllegalValue,
             ExceptionCode::ServerDeviceFailure => Exception::DeviceFailure,
             ExceptionCode::ServerDeviceBusy | ExceptionCode::Acknowledge => Exception::Busy,
+            ExceptionCode::GatewayPathUnavailable => Exception::GatewayPath,
+            ExceptionCode::GatewayTargetDevice => Exception::GatewayTarget,
             other => Exception::Other(u8::from(other)),
         }
     }
@@ -160,12 +179,28 @@ impl From<ExceptionCode> for Exception {
 
 impl BusError {
     /// Whether the unit gave no usable answer (the poller backs off such a unit): no
-    /// link, no answer, or an answer that is not one (wrong unit, broken frame).
+    /// link, no answer, an answer that is not one (wrong unit, broken frame), or a
+    /// gateway saying the unit behind it is out of reach.
     pub fn is_silence(&self) -> bool {
         matches!(
             self,
-            BusError::LinkDown(_) | BusError::Timeout { .. } | BusError::Protocol { .. }
+            BusError::LinkDown(_)
+                | BusError::Timeout { .. }
+                | BusError::Protocol { .. }
+                | BusError::Exception {
+                    code: Exception::GatewayPath | Exception::GatewayTarget,
+                    ..
+                }
         )
+    }
+
+    /// Why, for the device's presence: the public text leaves out host names, ports and
+    /// device paths.
+    pub fn reason(&self) -> Reason {
+        match self {
+            BusError::LinkDown(r) => r.prefixed("link down: "),
+            other => Reason::new(other.to_string()),
+        }
     }
 
     /// The neutral model's view: link trouble apart from the device's refusals.
@@ -176,9 +211,11 @@ impl BusError {
             // The variants' own prefixes ("link down: ...") come from AdapterError.
             BusError::LinkDown(why) => E::LinkDown(why),
             BusError::Timeout { .. } => E::Timeout(text),
-            BusError::Protocol { .. } => E::LinkDown(text),
+            BusError::Protocol { .. } => E::LinkDown(Reason::new(text)),
             BusError::Exception { code, .. } => match code {
                 Exception::IllegalAddress => E::IllegalAddress(text),
+                Exception::GatewayTarget => E::Timeout(text),
+                Exception::GatewayPath => E::LinkDown(Reason::new(text)),
                 Exception::Busy => E::Busy(text),
                 _ => E::Refused(text),
             },
@@ -217,230 +254,150 @@ impl Bus {
         &self.name
     }
 
+    /// Whether the connection task has ended (shutdown, or a fault): its devices cannot
+    /// be served until it is started again.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn stopped(&self) -> BusError {
+        BusError::LinkDown(format!("connection {} stopped", self.name).into())
+    }
+
     /// Runs one operation for `unit`.
     pub async fn call(&self, unit: u8, op: BusOp) -> Result<BusAnswer, BusError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { unit, op, reply })
             .await
-            .map_err(|_| BusError::LinkDown(format!("connection {} stopped", self.name)))?;
-        rx.await
-            .map_err(|_| BusError::LinkDown(format!("connection {} stopped", self.name)))?
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
     }
 }
 
 async fn run(config: ModbusConnection, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
-    let span = tracing::info_span!("modbus", connection = %config.name);
-    let _enter = span.enter();
-    drop(_enter);
     let timeout: Duration = config.timeout.into();
     let endpoint = match config.endpoint() {
         Ok(e) => e,
         Err(e) => {
             // Validated at load; kept as a clean refusal rather than a panic.
-            let why = format!("invalid connection {}: {e}", config.name);
+            let why = Reason::with_detail(
+                format!("invalid connection {}", config.name),
+                format!("invalid connection {}: {e}", config.name),
+            );
             while let Some(job) = rx.recv().await {
                 let _ = job.reply.send(Err(BusError::LinkDown(why.clone())));
             }
             return;
         }
     };
-    let gap = match &endpoint {
-        Endpoint::Rtu(s) => s.frame_delay.max(s.min_frame_gap()),
-        Endpoint::RtuOverTcp { frame_delay, .. } => *frame_delay,
-        Endpoint::Tcp { .. } => Duration::ZERO,
-    };
-    let mut ctx: Option<Context> = None;
-    let mut attempt: u32 = 0;
-    let mut retry_at = Instant::now();
-    let mut last_error = String::new();
-    let mut last_frame = Instant::now();
+    let mut link = Link::new(&config, &endpoint);
     loop {
         let job = tokio::select! {
             _ = shutdown.cancelled() => break,
             j = rx.recv() => match j { Some(j) => j, None => break },
         };
-        if ctx.is_none() {
-            if Instant::now() < retry_at {
-                // Back-off: fail fast instead of hammering a dead peer for every request.
-                let _ = job.reply.send(Err(BusError::LinkDown(last_error.clone())));
+        if link.ctx.is_none() {
+            if let Err(e) = link.open(&endpoint, timeout, &shutdown).await {
+                let _ = job.reply.send(Err(e));
                 continue;
             }
-            match tokio::time::timeout(timeout.max(Duration::from_secs(1)), connect(&endpoint))
-                .await
-            {
-                Ok(Ok(c)) => {
-                    tracing::info!(connection = %config.name, "modbus connection up");
-                    ctx = Some(c);
-                    attempt = 0;
-                }
-                outcome => {
-                    let why = match outcome {
-                        Ok(Err(e)) => e,
-                        _ => "connect timed out".to_owned(),
-                    };
-                    let delay = backoff(
-                        attempt,
-                        config.reconnect_min.into(),
-                        config.reconnect_max.into(),
-                    );
-                    attempt = attempt.saturating_add(1);
-                    retry_at = Instant::now() + delay;
-                    last_error = format!("connection {}: {why}", config.name);
-                    tracing::warn!(connection = %config.name, reason = %why,
-                        retry_in_ms = delay.as_millis() as u64, "modbus connection failed");
-                    let _ = job.reply.send(Err(BusError::LinkDown(last_error.clone())));
-                    continue;
-                }
-            }
         }
-        let Some(c) = ctx.as_mut() else { continue };
-        if !gap.is_zero() {
-            let since = last_frame.elapsed();
-            if since < gap {
-                tokio::time::sleep(gap - since).await;
-            }
-        }
-        c.set_slave(Slave(job.unit));
-        let result = tokio::time::timeout(timeout, execute(c, &job.op)).await;
-        last_frame = Instant::now();
-        let answer = match result {
-            Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(code))) => Err(BusError::Exception {
-                unit: job.unit,
-                code: code.into(),
-            }),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                ctx = None;
-                last_error = format!("connection {}: {}", config.name, transport_error(&e));
-                tracing::warn!(connection = %config.name, error = %e, "modbus connection lost");
-                Err(BusError::LinkDown(last_error.clone()))
-            }
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
-                // A reply to another request or unit: the stream is out of step.
-                ctx = None;
-                Err(BusError::Protocol {
-                    unit: job.unit,
-                    text: e.to_string(),
-                })
-            }
-            Err(_) => {
-                // A late answer would be taken for the next request's: start afresh.
-                ctx = None;
-                Err(BusError::Timeout {
-                    unit: job.unit,
-                    timeout,
-                })
-            }
-        };
+        let answer = link.exchange(job.unit, &job.op, timeout).await;
         let _ = job.reply.send(answer);
     }
-    if let Some(mut c) = ctx {
+    if let Some(mut c) = link.ctx {
         let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
     }
 }
 
-/// Describes a transport failure. tokio-modbus reports a stream that the peer closed as
-/// `io::Error::last_os_error()`, which carries whatever errno happened to be set (EAGAIN,
-/// EINPROGRESS, ...): say what actually happened instead.
-fn transport_error(e: &std::io::Error) -> String {
-    use std::io::ErrorKind as K;
-    match (e.kind(), e.raw_os_error()) {
-        (K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe, _) => {
-            format!("the peer closed the connection ({e})")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::describe_protocol_error;
+    use tokio_modbus::prelude::Response;
+    use tokio_modbus::FunctionCode;
+    use tokio_modbus::{ExceptionResponse, ProtocolError};
+
+    #[test]
+    fn bad_answers_are_described_in_words() {
+        let texts = [
+            describe_protocol_error(&ProtocolError::HeaderMismatch {
+                message: "expected/request = Header { transaction_id: 1, unit_id: 2 }".into(),
+                result: Ok(Response::ReadHoldingRegisters(vec![1])),
+            }),
+            describe_protocol_error(&ProtocolError::FunctionCodeMismatch {
+                request: FunctionCode::ReadHoldingRegisters,
+                result: Ok(Response::ReadCoils(vec![true])),
+            }),
+            describe_protocol_error(&ProtocolError::FunctionCodeMismatch {
+                request: FunctionCode::ReadHoldingRegisters,
+                result: Err(ExceptionResponse {
+                    function: FunctionCode::Custom(0),
+                    exception: ExceptionCode::GatewayTargetDevice,
+                }),
+            }),
+        ];
+        assert_eq!(texts[0], "the answer came from another unit");
+        assert_eq!(texts[1], "the answer is to function 01 instead of 03");
+        for t in &texts {
+            assert!(!t.contains(['{', '(', ':']), "debug output in {t:?}");
         }
-        (K::WouldBlock, _) | (_, Some(0 | 11 | 115)) => "the peer closed the connection".into(),
-        _ => e.to_string(),
+        let e = BusError::Exception {
+            unit: 3,
+            code: ExceptionCode::GatewayTargetDevice.into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "exception from unit 3: gateway target device failed to respond (0B)"
+        );
+        assert!(e.is_silence());
+        let e = BusError::Timeout {
+            unit: 2,
+            timeout: Duration::from_millis(250),
+        };
+        assert_eq!(e.to_string(), "no answer from unit 2 within 250ms");
     }
-}
 
-async fn connect(endpoint: &Endpoint) -> Result<Context, String> {
-    match endpoint {
-        Endpoint::Tcp { host, port } => {
-            let stream = tcp(host, *port).await?;
-            Ok(tokio_modbus::client::tcp::attach(stream))
-        }
-        Endpoint::RtuOverTcp { host, port, .. } => {
-            let stream = tcp(host, *port).await?;
-            Ok(tokio_modbus::client::rtu::attach(stream))
-        }
-        Endpoint::Rtu(s) => {
-            use tokio_serial::{DataBits, Parity as P, SerialPortBuilderExt, StopBits};
-            let data_bits = match s.data_bits {
-                5 => DataBits::Five,
-                6 => DataBits::Six,
-                7 => DataBits::Seven,
-                _ => DataBits::Eight,
-            };
-            let parity = match s.parity {
-                crate::config::Parity::None => P::None,
-                crate::config::Parity::Even => P::Even,
-                crate::config::Parity::Odd => P::Odd,
-            };
-            let stop_bits = if s.stop_bits == 2 {
-                StopBits::Two
-            } else {
-                StopBits::One
-            };
-            let port = tokio_serial::new(&s.path, s.baud)
-                .data_bits(data_bits)
-                .parity(parity)
-                .stop_bits(stop_bits)
-                .open_native_async()
-                .map_err(|e| format!("cannot open {}: {e}", s.path))?;
-            Ok(tokio_modbus::client::rtu::attach(port))
-        }
+    /// The host and port stay out of what every subscriber sees.
+    #[tokio::test]
+    async fn where_the_link_goes_is_not_public() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let mut conn = ModbusConnection::new("plc", crate::Transport::Tcp);
+        conn.address = Some(format!("127.0.0.1:{port}"));
+        let stop = CancellationToken::new();
+        let (bus, task) = Bus::spawn(conn, stop.clone());
+        let op = BusOp::Read {
+            kind: RegisterKind::Holding,
+            address: 0,
+            count: 1,
+        };
+        let e = bus.call(1, op).await.unwrap_err();
+        let reason = e.reason();
+        let public = reason.public();
+        assert!(
+            public.starts_with("link down: connection plc: cannot connect"),
+            "{public}"
+        );
+        assert!(
+            !public.contains("127.0.0.1") && !public.contains(&port.to_string()),
+            "{public}"
+        );
+        let detailed = e.to_string();
+        assert!(
+            detailed.contains(&format!("127.0.0.1:{port}")),
+            "{detailed}"
+        );
+        let adapter = e.into_adapter_error();
+        assert!(
+            !adapter.public().contains("127.0.0.1"),
+            "{}",
+            adapter.public()
+        );
+        assert!(adapter.to_string().contains("127.0.0.1"), "{adapter}");
+        stop.cancel();
+        task.await.unwrap();
     }
-}
-
-async fn tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
-    let stream = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-async fn execute(
-    c: &mut Context,
-    op: &BusOp,
-) -> Result<Result<BusAnswer, ExceptionCode>, tokio_modbus::Error> {
-    let request = match op {
-        BusOp::Read {
-            kind,
-            address,
-            count,
-        } => match kind {
-            RegisterKind::Coil => Request::ReadCoils(*address, *count),
-            RegisterKind::Discrete => Request::ReadDiscreteInputs(*address, *count),
-            RegisterKind::Holding => Request::ReadHoldingRegisters(*address, *count),
-            RegisterKind::Input => Request::ReadInputRegisters(*address, *count),
-        },
-        BusOp::WriteCoil { address, value } => Request::WriteSingleCoil(*address, *value),
-        BusOp::WriteCoils { address, values } => {
-            Request::WriteMultipleCoils(*address, values.as_slice().into())
-        }
-        BusOp::WriteRegister { address, value } => Request::WriteSingleRegister(*address, *value),
-        BusOp::WriteRegisters { address, values } => {
-            Request::WriteMultipleRegisters(*address, values.as_slice().into())
-        }
-        BusOp::MaskWrite { address, and, or } => Request::MaskWriteRegister(*address, *and, *or),
-    };
-    let expected = match op {
-        BusOp::Read { count, .. } => Some(usize::from(*count)),
-        _ => None,
-    };
-    Ok(c.call(request).await?.map(|response| match response {
-        Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits) => {
-            // Coil answers are padded to whole bytes.
-            if let Some(n) = expected {
-                bits.truncate(n);
-            }
-            BusAnswer::Bits(bits)
-        }
-        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) => {
-            BusAnswer::Words(words)
-        }
-        _ => BusAnswer::Done,
-    }))
 }

@@ -103,8 +103,9 @@ pub struct ModbusConnection {
     /// connection as suspect. Default `"1s"`, 10 ms to 5 min.
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
-    /// First wait before reconnecting after the link failed; doubled after each failed
-    /// attempt up to `reconnect_max`. Default `"500ms"`.
+    /// First wait before reconnecting after the link failed or was dropped; doubled after
+    /// each drop up to `reconnect_max`, and starting over once a link carried an answer.
+    /// Default `"500ms"`.
     #[serde(default = "default_reconnect_min")]
     pub reconnect_min: HumanDuration,
     /// Longest wait between reconnection attempts. Default `"30s"`, at most 10 min.

@@ -239,7 +239,9 @@ impl Connections {
     /// The bus for `config`, started if it is not running with exactly this config.
     fn get(&mut self, config: &ModbusConnection, parent: &CancellationToken) -> Bus {
         if let Some((running, bus)) = self.running.get(&config.name) {
-            if running == config {
+            // A closed bus is one whose task failed: a device restarted after it starts
+            // the connection again.
+            if running == config && !bus.is_closed() {
                 return bus.clone();
             }
         }
@@ -299,5 +301,35 @@ impl KindRuntime for Connections {
             }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose task ended (a fault) is started again for the next device
+    /// built on it, which is how a restarted device gets a working connection back.
+    #[tokio::test]
+    async fn a_failed_connection_is_started_again() {
+        let mut conns = Connections::default();
+        let mut config = ModbusConnection::new("plc", crate::Transport::Tcp);
+        config.address = Some("127.0.0.1:1".into());
+        let first_parent = CancellationToken::new();
+        let first = conns.get(&config, &first_parent);
+        assert!(
+            !conns.get(&config, &first_parent).is_closed(),
+            "shared while it runs"
+        );
+        // the task ends without the runtime being told (here: its token)
+        first_parent.cancel();
+        for t in conns.tasks.drain(..) {
+            t.await.unwrap();
+        }
+        assert!(first.is_closed());
+        let parent = CancellationToken::new();
+        let again = conns.get(&config, &parent);
+        assert!(!again.is_closed());
+        parent.cancel();
     }
 }

@@ -24,7 +24,9 @@ mod adapter;
 mod bus;
 mod codec;
 mod config;
+mod instep;
 mod kind;
+mod link;
 mod plan;
 mod types;
 

@@ -23,13 +23,18 @@ use tokio_modbus::server::tcp::Server;
 use tokio_modbus::server::Service;
 use tokio_util::sync::CancellationToken;
 
-/// Unit 1 answers from `regs` / `coils`; unit 2 never answers; unit 3 refuses reads of
-/// address 500 and above with "illegal data address".
+/// Like a TCP gateway in front of several units: unit 1 answers from `regs` / `coils`;
+/// unit 2 never answers (the server stays responsive to the others); unit 3 refuses
+/// reads of address 500 and above with "illegal data address"; unit 4 answers 300 ms
+/// late, with registers plus 1,000; unit 5 gets "gateway target device failed to
+/// respond" (0B).
 #[derive(Clone)]
 struct Plc {
     regs: Arc<Mutex<Vec<u16>>>,
     coils: Arc<Mutex<Vec<bool>>>,
     requests: Arc<Mutex<u64>>,
+    /// Connections accepted.
+    connections: Arc<Mutex<u64>>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
@@ -44,7 +49,20 @@ impl Service for Plc {
         *self.requests.lock().unwrap() += 1;
         let unit = req.slave;
         if unit == 2 {
-            return Box::pin(std::future::pending());
+            return Box::pin(async { Ok(None) });
+        }
+        if unit == 5 {
+            return Box::pin(async { Err(ExceptionCode::GatewayTargetDevice) });
+        }
+        if let (4, Request::ReadHoldingRegisters(a, n)) = (unit, &req.request) {
+            let late: Vec<u16> = self.regs.lock().unwrap()[*a as usize..(*a + *n) as usize]
+                .iter()
+                .map(|v| v + 1000)
+                .collect();
+            return Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(Some(Response::ReadHoldingRegisters(late)))
+            });
         }
         let regs = self.regs.clone();
         let coils = self.coils.clone();
@@ -90,6 +108,7 @@ async fn serve(listener: TcpListener, plc: Plc) {
     let server = Server::new(listener);
     let on_connected = |stream, _addr| {
         let plc = plc.clone();
+        *plc.connections.lock().unwrap() += 1;
         async move { Ok(Some((plc, stream))) }
     };
     let _ = server.serve(&on_connected, |_e| {}).await;
@@ -104,6 +123,7 @@ fn plc() -> Plc {
         regs: Arc::new(Mutex::new(regs)),
         coils: Arc::new(Mutex::new(vec![false; 64])),
         requests: Arc::default(),
+        connections: Arc::default(),
     }
 }
 
@@ -124,14 +144,25 @@ struct Running {
 }
 
 fn bus(port: u16) -> (fieldgate_modbus::Bus, CancellationToken) {
+    let (bus, stop, _task) = bus_task(port);
+    (bus, stop)
+}
+
+fn bus_task(
+    port: u16,
+) -> (
+    fieldgate_modbus::Bus,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let mut conn = ModbusConnection::new("plc", Transport::Tcp);
     conn.address = Some(format!("127.0.0.1:{port}"));
     conn.timeout = HumanDuration::from_millis(200);
     conn.reconnect_min = HumanDuration::from_millis(50);
     conn.reconnect_max = HumanDuration::from_millis(200);
     let stop = CancellationToken::new();
-    let (bus, _task) = fieldgate_modbus::Bus::spawn(conn, stop.clone());
-    (bus, stop)
+    let (bus, task) = fieldgate_modbus::Bus::spawn(conn, stop.clone());
+    (bus, stop, task)
 }
 
 fn start(port: u16, unit: u8, fields: Vec<(&str, ModbusField, bool)>, poll_ms: u64) -> Running {
@@ -294,7 +325,9 @@ async fn silent_unit_does_not_stall_its_neighbour() {
     let mut dead = start_on(shared, stop, 2, c(), 50);
     assert_eq!(next_reach(&mut good).await, Reachability::Reachable);
     match next_reach(&mut dead).await {
-        Reachability::Unreachable(why) => assert!(why.contains("no answer from unit 2"), "{why}"),
+        Reachability::Unreachable(why) => {
+            assert!(why.public().contains("no answer from unit 2"), "{why}")
+        }
         other => panic!("{other:?}"),
     }
     // 20 polls of 50 ms take 1 s alone; the dead unit, backed off (50 ms doubling to
@@ -372,4 +405,94 @@ async fn server_restart_is_survived() {
     tokio::spawn(serve(l, plc()));
     assert_eq!(next_reach(&mut r).await, Reachability::Reachable);
     r.stop.cancel();
+}
+
+/// Behind a TCP gateway, units that do not answer, answer late or are reported out of
+/// reach by the gateway are their own problem: the unit beside them keeps being served
+/// on the same connection, with its own values (a late answer is never taken for
+/// another request's).
+#[tokio::test]
+async fn silent_late_and_unreachable_units_keep_the_connection() {
+    let (l, port) = listener().await;
+    let plc = plc();
+    tokio::spawn(serve(l, plc.clone()));
+    let (shared, stop) = bus(port);
+    let c = || vec![("c", field(RegisterKind::Holding, 9, DataType::U16), false)];
+    let mut good = start_on(shared.clone(), stop.clone(), 1, c(), 50);
+    let mut silent = start_on(shared.clone(), stop.clone(), 2, c(), 50);
+    let mut late = start_on(shared.clone(), stop.clone(), 4, c(), 50);
+    let mut gone = start_on(shared, stop.clone(), 5, c(), 50);
+    assert_eq!(next_reach(&mut good).await, Reachability::Reachable);
+    for (r, expect) in [
+        (&mut silent, "no answer from unit 2 within 200ms"),
+        (&mut late, "no answer from unit 4 within 200ms"),
+        (&mut gone, "gateway target device failed to respond (0B)"),
+    ] {
+        match next_reach(r).await {
+            Reachability::Unreachable(why) => assert!(why.public().contains(expect), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    for _ in 0..20 {
+        assert_eq!(reading(&mut good, "c").await, Value::Int(9));
+    }
+    // A readout of the late unit after its back-off: still no value of its own, and
+    // unit 1's next answer is unit 1's.
+    let rx = ask_read_all(&good, "u1").await;
+    let out = rx.await.unwrap();
+    assert_eq!(out.readings[0].value, Value::Int(9), "{out:?}");
+    assert_eq!(
+        *plc.connections.lock().unwrap(),
+        1,
+        "a unit's silence dropped the connection"
+    );
+    stop.cancel();
+}
+
+/// A peer that takes connections and closes them at once: whatever the request rate,
+/// reconnects are spaced by the growing back-off (50 ms doubling to 200 ms here), not
+/// made for every request.
+#[tokio::test]
+async fn every_drop_waits_the_back_off() {
+    let (l, port) = listener().await;
+    let accepts: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let seen = accepts.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            seen.lock().unwrap().push(std::time::Instant::now());
+            drop(s);
+        }
+    });
+    let (bus, stop, task) = bus_task(port);
+    let t0 = std::time::Instant::now();
+    let (mut calls, mut failures) = (0, 0);
+    while t0.elapsed() < Duration::from_millis(1500) {
+        let op = fieldgate_modbus::BusOp::Read {
+            kind: RegisterKind::Holding,
+            address: 0,
+            count: 1,
+        };
+        calls += 1;
+        if bus.call(1, op).await.is_err() {
+            failures += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let accepts = accepts.lock().unwrap();
+    assert_eq!(failures, calls);
+    // 0, 50, 100, 200, 200, ... ms (jittered from 80 %): about 8 in 1.5 s
+    assert!(
+        (3..=14).contains(&accepts.len()),
+        "{} connections in 1.5 s",
+        accepts.len()
+    );
+    for w in accepts.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(38),
+            "reconnected after {:?}",
+            w[1] - w[0]
+        );
+    }
 }

@@ -17,6 +17,10 @@ pub struct SimDevice {
     pub outage_every: Option<HumanDuration>,
     /// Length of each simulated outage.
     pub outage_for: Option<HumanDuration>,
+    /// Fault injection, for testing the gateway's supervision of adapter tasks: the
+    /// device's task panics while serving its Nth read request, counted from each start.
+    /// Never set in production.
+    pub fault_panic_after_reads: Option<u32>,
 }
 
 /// A constant as written in TOML.

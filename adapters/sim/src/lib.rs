@@ -47,6 +47,9 @@ impl SimAdapter {
                 Ok((spec, sim))
             })
             .collect::<Result<Vec<_>, String>>()?;
+        if config.fault_panic_after_reads == Some(0) {
+            return Err("fault_panic_after_reads counts from 1".into());
+        }
         if config.outage_every.is_some() != config.outage_for.is_some() {
             return Err("outage_every and outage_for go together".into());
         }
@@ -65,7 +68,7 @@ impl SimAdapter {
     /// The reachability the device has at `now`.
     fn reachability_at(&self, now: SystemTime) -> Reachability {
         if let Some(reason) = &self.config.unreachable {
-            return Reachability::Unreachable(reason.clone());
+            return Reachability::Unreachable(reason.as_str().into());
         }
         if let (Some(every), Some(dur)) = (self.config.outage_every, self.config.outage_for) {
             let t = since_epoch(now);
@@ -181,6 +184,7 @@ impl Adapter for SimAdapter {
     fn run(self: Box<Self>, mut ctx: AdapterContext) -> BoxFuture<'static, ()> {
         async move {
             let mut overrides: HashMap<String, Value> = HashMap::new();
+            let mut reads: u32 = 0;
             let mut state = self.reachability_at(SystemTime::now());
             if !ctx.events.reachability(&self.device, state.clone()).await {
                 return;
@@ -202,6 +206,10 @@ impl Adapter for SimAdapter {
                     req = ctx.requests.recv() => match req {
                         None => break,
                         Some(AdapterRequest::Read { fields, reply, .. }) => {
+                            reads = reads.saturating_add(1);
+                            if self.config.fault_panic_after_reads == Some(reads) {
+                                panic!("simulated fault: read {reads} (fault_panic_after_reads)");
+                            }
                             let _ = reply.send(self.read(fields, &overrides));
                         }
                         Some(AdapterRequest::Write { params, reply, .. }) => {
