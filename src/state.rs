@@ -42,7 +42,8 @@ pub enum StateError {
 /// Loads the subscribers from `dir`, creating the directory if needed and checking that
 /// it is writable (better to fail at start than to lose the first subscription).
 ///
-/// A file that does not parse is moved aside, not deleted, and the gateway starts empty.
+/// A file that does not parse (bad JSON, invalid UTF-8, or a directory in its place) is
+/// moved aside, not deleted, and the gateway starts empty.
 pub fn load(dir: &Path) -> Result<Subscribers, StateError> {
     let dir_err = |source| StateError::Dir {
         dir: dir.to_owned(),
@@ -54,23 +55,25 @@ pub fn load(dir: &Path) -> Result<Subscribers, StateError> {
     let _ = std::fs::remove_file(&probe);
 
     let path = dir.join(FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let bytes = match std::fs::symlink_metadata(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Subscribers::new()),
         Err(source) => return Err(StateError::Read { path, source }),
+        // A directory or device in its place is corruption too: moving it aside lets the
+        // gateway start, and the next save writes a file again.
+        Ok(m) if !m.is_file() => Err(format!("not a regular file ({:?})", m.file_type())),
+        Ok(_) => match std::fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(source) => return Err(StateError::Read { path, source }),
+        },
     };
-    match serde_json::from_str(&text) {
+    // Parsed from bytes: invalid UTF-8 is a parse error like any other damage.
+    let parsed = bytes.and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+    match parsed {
         Ok(s) => Ok(s),
-        Err(e) => {
-            let aside = dir.join(format!(
-                "{FILE}.corrupt-{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs()
-            ));
-            tracing::error!(file = %path.display(), error = %e, kept_as = %aside.display(),
-                "subscriber file does not parse; moved aside, starting with no subscribers");
+        Err(why) => {
+            let aside = aside_name(dir);
+            tracing::error!(file = %path.display(), error = %why, kept_as = %aside.display(),
+                "subscriber file is unusable; moved aside, starting with no subscribers");
             std::fs::rename(&path, &aside).map_err(|source| StateError::Read {
                 path: path.clone(),
                 source,
@@ -78,6 +81,22 @@ pub fn load(dir: &Path) -> Result<Subscribers, StateError> {
             Ok(Subscribers::new())
         }
     }
+}
+
+/// A name for a damaged subscriber file that no earlier one has taken: a rename over an
+/// older copy would destroy it.
+fn aside_name(dir: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut aside = dir.join(format!("{FILE}.corrupt-{secs}"));
+    let mut n = 1;
+    while std::fs::symlink_metadata(&aside).is_ok() {
+        aside = dir.join(format!("{FILE}.corrupt-{secs}-{n}"));
+        n += 1;
+    }
+    aside
 }
 
 /// Writes `subs` to `dir` atomically and durably.
@@ -158,6 +177,38 @@ mod tests {
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
         assert!(kept);
+    }
+
+    fn kept_aside(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
+            .count()
+    }
+
+    #[test]
+    fn invalid_utf8_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), b"{\"pump\": [\"a\xff@b\"]}").unwrap();
+        assert!(load(dir.path()).unwrap().is_empty());
+        assert_eq!(kept_aside(dir.path()), 1);
+        assert!(!dir.path().join(FILE).exists());
+    }
+
+    #[test]
+    fn a_directory_in_place_of_the_file_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(FILE)).unwrap();
+        std::fs::write(dir.path().join(FILE).join("x"), b"kept").unwrap();
+        assert!(load(dir.path()).unwrap().is_empty());
+        assert_eq!(kept_aside(dir.path()), 1);
+        assert!(!dir.path().join(FILE).exists());
+        // and the next save works
+        let mut s = Subscribers::new();
+        s.entry("d".into()).or_default().insert("a@b".into());
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), s);
     }
 
     #[tokio::test]

@@ -153,10 +153,14 @@ impl PartialEq for DeviceConfig {
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => return Err(location::invalid_utf8(path, e)),
+    };
     parse(path, &text)
 }
 
@@ -165,6 +169,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let ctx = location::Ctx { path, text };
     let raw: schema::RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
+        if let Some((key, message)) = location::missing_value(text, span.start) {
+            return ctx.error(span, Some(key), message);
+        }
         ctx.error(
             span.clone(),
             location::key_at(text, &span),
@@ -452,6 +459,39 @@ secret = "s"
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn a_key_with_no_value_says_a_value_is_missing() {
+        let e = err(&format!("{BASE}keepalive = \n"));
+        assert_eq!((e.line, e.key.as_deref()), (6, Some("xmpp.keepalive")));
+        assert!(e.message.contains("no value"), "{}", e.message);
+        // also at the end of the file without a newline, and before another key
+        let e = err(&format!("{BASE}keepalive ="));
+        assert_eq!(e.line, 6);
+        assert!(e.message.contains("no value"), "{}", e.message);
+        let e = err(&format!("{BASE}keepalive =  # seconds\nresource = \"x\"\n"));
+        assert_eq!((e.line, e.key.as_deref()), (6, Some("xmpp.keepalive")));
+        assert!(e.message.contains("no value"), "{}", e.message);
+        let e = err(&format!("{BASE}[[device]]\nid = \"a\"\nadapter =\n"));
+        assert_eq!((e.line, e.key.as_deref()), (8, Some("device[0].adapter")));
+    }
+
+    #[test]
+    fn invalid_utf8_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let mut bytes = BASE.as_bytes().to_vec();
+        bytes.extend_from_slice(b"resource = \"gw\xff\"\n");
+        std::fs::write(&path, bytes).unwrap();
+        let e = match load(&path) {
+            Err(ConfigError::Invalid(l)) => *l,
+            other => panic!("expected a located error, got {other:?}"),
+        };
+        assert_eq!((e.line, e.column), (6, 15), "{e}");
+        assert!(e.message.contains("UTF-8"), "{}", e.message);
+        assert!(e.message.contains("0xff"), "{}", e.message);
+        assert_eq!(e.key.as_deref(), Some("xmpp.resource"));
     }
 
     #[test]
