@@ -38,7 +38,6 @@ use crate::log_limit::{LogLimiter, PerSender};
 use crate::state::{self, Commit, Subscribers};
 use crate::xmpp::disco::DeviceDisco;
 use crate::xmpp::link::{self, LinkState, Outbound};
-use crate::xmpp::presence;
 use crate::xmpp::stanza::Header;
 
 const EVENT_QUEUE: usize = 8192;
@@ -96,6 +95,9 @@ pub trait Supervisor: Send {
     fn watchdog_interval(&self) -> Option<Duration>;
     /// A one-line status for `systemctl status`.
     fn status(&mut self, text: &str);
+    /// A reload (SIGHUP) finished: applied, or refused and the running configuration
+    /// kept. Nothing to tell systemd, whose `ExecReload=` does not wait for it.
+    fn reloaded(&mut self) {}
 }
 
 /// Signals the gateway reacts to.
@@ -131,6 +133,10 @@ struct Gateway {
     next_iq: u64,
     /// What each adapter kind's devices share.
     runtimes: devices::Runtimes,
+    /// A configuration being read for a reload.
+    reloading: reload::Reloading,
+    /// Adapters of removed devices, stopping: a reload does not wait for them.
+    stopping: JoinSet<()>,
     /// Log lines about refused and unroutable stanzas, which anyone can cause.
     refused_log: PerSender,
     unroutable_log: LogLimiter,
@@ -189,7 +195,21 @@ pub async fn run(
             },
             _ = events_tick.tick(), if !gw.subscriptions.is_empty() => gw.events_tick().await,
             _ = controls.shutdown.cancelled() => break,
-            Some(()) = controls.reload.recv() => gw.reload().await,
+            Some(()) = controls.reload.recv() => gw.request_reload(),
+            loaded = gw.reloading.loaded(), if gw.reloading.loading() => {
+                if gw.apply_reload(loaded).await {
+                    supervisor.reloaded();
+                    gw.reload_again();
+                }
+            }
+            // A chunk of a reload's device changes per turn, so the other branches (the
+            // watchdog among them) are served in between.
+            _ = std::future::ready(()), if gw.reloading.applying() => {
+                if gw.apply_steps().await {
+                    supervisor.reloaded();
+                    gw.reload_again();
+                }
+            }
             changed = link_state.changed() => {
                 if changed.is_err() {
                     tracing::error!("component link task ended unexpectedly");
@@ -235,6 +255,8 @@ pub async fn run(
         .filter_map(|d| d.adapter.map(|a| a.task))
         .collect();
     let runtimes = std::mem::take(&mut gw.runtimes);
+    let mut stopping = std::mem::take(&mut gw.stopping);
+    let reloading = std::mem::take(&mut gw.reloading);
     // Dropping the gateway drops the last senders: the persister writes what is queued
     // and ends, then the link flushes, sends the stream footer and ends.
     drop(gw);
@@ -247,6 +269,8 @@ pub async fn run(
     for t in tasks {
         let _ = tokio::time::timeout_at(deadline, t).await;
     }
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, stopping.join_next()).await {}
+    reloading.finish(deadline).await;
     runtimes.join(deadline).await;
     tracing::info!(
         connects = link_stats.connects.load(Ordering::Relaxed),
@@ -315,6 +339,8 @@ impl Gateway {
             liveness: HashMap::new(),
             next_iq: 0,
             runtimes: devices::Runtimes::default(),
+            reloading: reload::Reloading::default(),
+            stopping: JoinSet::new(),
             refused_log: PerSender::new(3, 20, Duration::from_secs(60)),
             unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
             cfg: cfg.clone(),
@@ -375,27 +401,6 @@ impl Gateway {
                 written: HashMap::new(),
             },
         );
-    }
-
-    /// Stops a device's adapter and forgets it; its subscribers stay on file, so the
-    /// device comes back to them if it is configured again.
-    async fn remove_device(
-        &mut self,
-        id: &DeviceId,
-        why: &str,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        self.order.retain(|d| d != id);
-        self.forget_device(id);
-        let dev = self.devices.remove(id)?;
-        if self.link_up {
-            for sub in self.subscribers.get(&*dev.cfg.id).into_iter().flatten() {
-                self.send(presence::unavailable(&dev.full, sub, why)).await;
-            }
-        }
-        dev.adapter.map(|a| {
-            a.cancel.cancel();
-            a.task
-        })
     }
 
     async fn on_event(&mut self, ev: DeviceEvent) {
