@@ -28,6 +28,10 @@ pub struct Config {
     pub xmpp: XmppConfig,
     /// Gateway-wide access lists.
     pub access: Lists,
+    /// Presence subscriptions (device, bare JID) the gateway keeps at most; beyond it a
+    /// new `subscribe` is refused, so `subscribe = ["*"]` cannot grow the list and the
+    /// state file without bound.
+    pub max_subscriptions: usize,
     /// Directory of persistent state.
     pub state_dir: PathBuf,
     /// Sensor-data readouts.
@@ -196,7 +200,7 @@ pub fn options() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out = vec![
         ("", keys_of::<RawConfig>().to_vec()),
         ("xmpp", keys_of::<RawXmpp>().to_vec()),
-        ("access", keys_of::<RawAccess>().to_vec()),
+        ("access", keys_of::<RawGatewayAccess>().to_vec()),
         ("state", keys_of::<RawState>().to_vec()),
         ("readout", keys_of::<RawReadout>().to_vec()),
         ("events", keys_of::<RawEvents>().to_vec()),
@@ -229,10 +233,11 @@ impl Config {
         let n = |l: &Option<Vec<Entry>>| l.as_ref().map_or(0, Vec::len);
         let _ = writeln!(
             s,
-            "access: subscribe {} entries, read {}, control {}",
+            "access: subscribe {} entries, read {}, control {}; at most {} subscriptions",
             n(&self.access.subscribe),
             n(&self.access.read),
-            n(&self.access.control)
+            n(&self.access.control),
+            self.max_subscriptions
         );
         let _ = writeln!(s, "state: {}", self.state_dir.display());
         let _ = writeln!(s, "devices: {}", self.devices.len());
@@ -278,6 +283,16 @@ secret = "s"
         assert_eq!(c.xmpp.ping_target, "example.org");
         assert_eq!(c.xmpp.resource, "gw");
         assert_eq!(c.access, Lists::default());
+        assert_eq!(c.max_subscriptions, 10_000);
+        let e = err(&format!("{BASE}[access]\nmax_subscriptions = 0\n"));
+        assert_eq!(e.key.as_deref(), Some("access.max_subscriptions"));
+        #[cfg(feature = "sim")]
+        {
+            let e = err(&format!(
+                "{BASE}[[device]]\nid = \"d\"\nadapter = \"sim\"\n[device.access]\nmax_subscriptions = 5\n"
+            ));
+            assert!(e.message.contains("max_subscriptions"), "{}", e.message);
+        }
         assert!(c.devices.is_empty());
         assert!(!format!("{:?}", c.xmpp).contains("\"s\""));
     }

@@ -113,6 +113,10 @@ struct Gateway {
     order: Vec<DeviceId>,
     devices: BTreeMap<DeviceId, Device>,
     subscribers: Subscribers,
+    /// Entries in `subscribers`, those waiting to be saved included.
+    n_subscriptions: usize,
+    /// Subscriptions refused because the persister's queue was full.
+    commits_refused: u64,
     out: mpsc::Sender<Outbound>,
     commits: mpsc::Sender<Commit<Element>>,
     events: EventSink,
@@ -163,11 +167,18 @@ pub async fn run(
         stats: link_stats,
         settings: link_settings,
     } = link;
+    if n_subs > cfg.max_subscriptions {
+        tracing::warn!(subscriptions = n_subs, max_subscriptions = cfg.max_subscriptions,
+            "more subscriptions on file than [access] max_subscriptions: all kept, new ones refused");
+    }
     let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+    let (failed_tx, mut failed_rx) = mpsc::channel(COMMIT_QUEUE);
     let persister = tokio::spawn(state::persister(
         cfg.state_dir.clone(),
+        subscribers.clone(),
         commit_rx,
         outbound.clone(),
+        failed_tx,
     ));
     let (ev_tx, mut ev_rx) = mpsc::channel::<DeviceEvent>(EVENT_QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
@@ -237,6 +248,7 @@ pub async fn run(
             }
             Some(el) = inbound.recv() => gw.handle(el).await,
             Some(ev) = ev_rx.recv() => gw.on_event(ev).await,
+            Some(f) = failed_rx.recv() => gw.on_failed_save(f).await,
             _ = tick(&mut watchdog) => supervisor.watchdog(),
         }
     }
@@ -261,7 +273,13 @@ pub async fn run(
     // and ends, then the link flushes, sends the stream footer and ends.
     drop(gw);
     adapters_root.cancel();
-    let _ = tokio::time::timeout_at(deadline, persister).await;
+    match tokio::time::timeout_at(deadline, persister).await {
+        Ok(Ok(writes)) => tracing::debug!(writes, "subscriber file closed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "subscriber persister failed"),
+        Err(_) => tracing::error!(
+            "subscriber persister did not finish in time: recent changes may be lost"
+        ),
+    }
     if tokio::time::timeout_at(deadline, link_task).await.is_err() {
         tracing::warn!("component link did not close in time");
         link_cancel.cancel();
@@ -322,10 +340,13 @@ impl Gateway {
         events: EventSink,
         link_settings: tokio::sync::watch::Sender<crate::config::XmppConfig>,
     ) -> Gateway {
+        let n_subscriptions = subscribers.values().map(|s| s.len()).sum();
         let mut gw = Gateway {
             order: Vec::new(),
             devices: BTreeMap::new(),
             subscribers,
+            n_subscriptions,
+            commits_refused: 0,
             out,
             commits,
             events,

@@ -171,6 +171,14 @@ impl Gateway {
         }
         r.applying = true;
         self.cfg.access = new.access.clone();
+        self.cfg.max_subscriptions = new.max_subscriptions;
+        if self.n_subscriptions > self.cfg.max_subscriptions {
+            tracing::warn!(
+                subscriptions = self.n_subscriptions,
+                max_subscriptions = self.cfg.max_subscriptions,
+                "more subscriptions than [access] max_subscriptions: all kept, new ones refused"
+            );
+        }
         self.cfg.readout = new.readout.clone();
         self.cfg.events = new.events.clone();
         // A device without a max_age of its own follows [readout].max_age.
