@@ -438,7 +438,10 @@ mod tests {
         })
         .await
         .unwrap();
-        let f = frx.recv().await.unwrap();
+        let f = tokio::time::timeout(Duration::from_secs(5), frx.recv())
+            .await
+            .expect("the failed subscription handed back")
+            .unwrap();
         assert_eq!(f.commit.changes, vec![add("d", "new@b")]);
         assert_eq!(f.commit.then_send, vec!["subscribed".to_owned()]);
         assert!(orx.try_recv().is_err(), "nothing promised");

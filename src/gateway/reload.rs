@@ -27,7 +27,7 @@ const CHUNK: usize = 256;
 /// One device-level change of a reload.
 enum Step {
     Remove(DeviceId, &'static str),
-    Add(DeviceConfig),
+    Add(Box<DeviceConfig>),
 }
 
 /// A reload under way: the file being read, then the device changes being applied.
@@ -162,10 +162,10 @@ impl Gateway {
         for d in &new.devices {
             match self.devices.get(&d.id) {
                 None => {
-                    r.steps.push_back(Step::Add(d.clone()));
+                    r.steps.push_back(Step::Add(Box::new(d.clone())));
                     r.added += 1;
                 }
-                Some(dev) if dev.cfg != *d => r.steps.push_back(Step::Add(d.clone())),
+                Some(dev) if dev.cfg != *d => r.steps.push_back(Step::Add(Box::new(d.clone()))),
                 Some(_) => {}
             }
         }
@@ -201,7 +201,7 @@ impl Gateway {
                 Step::Add(cfg) => {
                     // Removals come first, so a chunk's adds follow all its removals.
                     self.remove_devices(std::mem::take(&mut gone)).await;
-                    self.add_device(cfg);
+                    self.add_device(*cfg);
                 }
             }
         }
