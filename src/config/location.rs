@@ -156,6 +156,47 @@ pub(super) fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
     table(doc.as_table(), "", &covers)
 }
 
+/// `key =` with nothing after it on the line: the TOML parser only says which characters
+/// it expected there. Returns the dotted key path and a message that names the problem.
+pub(super) fn missing_value(text: &str, at: usize) -> Option<(String, String)> {
+    let at = at.min(text.len());
+    if !text.is_char_boundary(at) {
+        return None;
+    }
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let before = text[line_start..at].trim_end();
+    let after = text[at..line_end].trim_start();
+    let written_key = before.strip_suffix('=')?.trim();
+    if written_key.is_empty() || !(after.is_empty() || after.starts_with('#')) {
+        return None;
+    }
+    // With a placeholder value the text parses as far as this line, so the key path
+    // (with its table and array indices) can be read off it.
+    let patched = format!("{}0{}", &text[..at], &text[at..]);
+    let key = key_at(&patched, &(at..at + 1)).unwrap_or_else(|| written_key.to_owned());
+    let message = format!(
+        "`{written_key}` has no value: write one after `=`, or leave the line out for the default"
+    );
+    Some((key, message))
+}
+
+/// The error for a file that is not UTF-8, at the first bad byte.
+pub(super) fn invalid_utf8(path: &Path, e: std::string::FromUtf8Error) -> ConfigError {
+    let at = e.utf8_error().valid_up_to();
+    let bytes = e.into_bytes();
+    let bad = bytes[at];
+    // The lossy copy is identical up to the bad byte, so positions and the key path
+    // worked out on it hold for the file.
+    let text = String::from_utf8_lossy(&bytes);
+    let ctx = Ctx { path, text: &text };
+    ctx.error(
+        at..at + 1,
+        key_at(&text, &(at..at + 1)),
+        format!("invalid UTF-8 (byte 0x{bad:02x}): the file must be UTF-8 text"),
+    )
+}
+
 /// The file being validated: errors are located in it.
 pub(super) struct Ctx<'a> {
     pub(super) path: &'a Path,

@@ -28,6 +28,10 @@ pub struct Config {
     pub xmpp: XmppConfig,
     /// Gateway-wide access lists.
     pub access: Lists,
+    /// Presence subscriptions (device, bare JID) the gateway keeps at most; beyond it a
+    /// new `subscribe` is refused, so `subscribe = ["*"]` cannot grow the list and the
+    /// state file without bound.
+    pub max_subscriptions: usize,
     /// Directory of persistent state.
     pub state_dir: PathBuf,
     /// Sensor-data readouts.
@@ -158,10 +162,14 @@ impl PartialEq for DeviceConfig {
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => return Err(location::invalid_utf8(path, e)),
+    };
     parse(path, &text)
 }
 
@@ -170,6 +178,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let ctx = location::Ctx { path, text };
     let raw: schema::RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
+        if let Some((key, message)) = location::missing_value(text, span.start) {
+            return ctx.error(span, Some(key), message);
+        }
         ctx.error(
             span.clone(),
             location::key_at(text, &span),
@@ -194,7 +205,7 @@ pub fn options() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out = vec![
         ("", keys_of::<RawConfig>().to_vec()),
         ("xmpp", keys_of::<RawXmpp>().to_vec()),
-        ("access", keys_of::<RawAccess>().to_vec()),
+        ("access", keys_of::<RawGatewayAccess>().to_vec()),
         ("state", keys_of::<RawState>().to_vec()),
         ("readout", keys_of::<RawReadout>().to_vec()),
         ("events", keys_of::<RawEvents>().to_vec()),
@@ -227,10 +238,11 @@ impl Config {
         let n = |l: &Option<Vec<Entry>>| l.as_ref().map_or(0, Vec::len);
         let _ = writeln!(
             s,
-            "access: subscribe {} entries, read {}, control {}",
+            "access: subscribe {} entries, read {}, control {}; at most {} subscriptions",
             n(&self.access.subscribe),
             n(&self.access.read),
-            n(&self.access.control)
+            n(&self.access.control),
+            self.max_subscriptions
         );
         let _ = writeln!(s, "state: {}", self.state_dir.display());
         let _ = writeln!(s, "devices: {}", self.devices.len());
@@ -276,6 +288,16 @@ secret = "s"
         assert_eq!(c.xmpp.ping_target, "example.org");
         assert_eq!(c.xmpp.resource, "gw");
         assert_eq!(c.access, Lists::default());
+        assert_eq!(c.max_subscriptions, 10_000);
+        let e = err(&format!("{BASE}[access]\nmax_subscriptions = 0\n"));
+        assert_eq!(e.key.as_deref(), Some("access.max_subscriptions"));
+        #[cfg(feature = "sim")]
+        {
+            let e = err(&format!(
+                "{BASE}[[device]]\nid = \"d\"\nadapter = \"sim\"\n[device.access]\nmax_subscriptions = 5\n"
+            ));
+            assert!(e.message.contains("max_subscriptions"), "{}", e.message);
+        }
         assert!(c.devices.is_empty());
         assert!(!format!("{:?}", c.xmpp).contains("\"s\""));
     }
@@ -457,6 +479,39 @@ secret = "s"
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn a_key_with_no_value_says_a_value_is_missing() {
+        let e = err(&format!("{BASE}keepalive = \n"));
+        assert_eq!((e.line, e.key.as_deref()), (6, Some("xmpp.keepalive")));
+        assert!(e.message.contains("no value"), "{}", e.message);
+        // also at the end of the file without a newline, and before another key
+        let e = err(&format!("{BASE}keepalive ="));
+        assert_eq!(e.line, 6);
+        assert!(e.message.contains("no value"), "{}", e.message);
+        let e = err(&format!("{BASE}keepalive =  # seconds\nresource = \"x\"\n"));
+        assert_eq!((e.line, e.key.as_deref()), (6, Some("xmpp.keepalive")));
+        assert!(e.message.contains("no value"), "{}", e.message);
+        let e = err(&format!("{BASE}[[device]]\nid = \"a\"\nadapter =\n"));
+        assert_eq!((e.line, e.key.as_deref()), (8, Some("device[0].adapter")));
+    }
+
+    #[test]
+    fn invalid_utf8_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let mut bytes = BASE.as_bytes().to_vec();
+        bytes.extend_from_slice(b"resource = \"gw\xff\"\n");
+        std::fs::write(&path, bytes).unwrap();
+        let e = match load(&path) {
+            Err(ConfigError::Invalid(l)) => *l,
+            other => panic!("expected a located error, got {other:?}"),
+        };
+        assert_eq!((e.line, e.column), (6, 15), "{e}");
+        assert!(e.message.contains("UTF-8"), "{}", e.message);
+        assert!(e.message.contains("0xff"), "{}", e.message);
+        assert_eq!(e.key.as_deref(), Some("xmpp.resource"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use toml::Spanned;
 pub(super) struct RawConfig {
     pub(super) xmpp: Spanned<RawXmpp>,
     #[serde(default)]
-    pub(super) access: RawAccess,
+    pub(super) access: RawGatewayAccess,
     #[serde(default)]
     pub(super) state: RawState,
     #[serde(default)]
@@ -49,6 +49,27 @@ pub(super) struct RawAccess {
     pub(super) subscribe: Option<Vec<Spanned<String>>>,
     pub(super) read: Option<Vec<Spanned<String>>>,
     pub(super) control: Option<Vec<Spanned<String>>>,
+}
+
+/// The top-level `[access]`: the lists, and what applies to the gateway as a whole.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGatewayAccess {
+    pub(super) subscribe: Option<Vec<Spanned<String>>>,
+    pub(super) read: Option<Vec<Spanned<String>>>,
+    pub(super) control: Option<Vec<Spanned<String>>>,
+    pub(super) max_subscriptions: Option<Spanned<i64>>,
+}
+
+impl RawGatewayAccess {
+    /// The lists alone, as a device's `[device.access]` has them.
+    pub(super) fn lists(&self) -> RawAccess {
+        RawAccess {
+            subscribe: self.subscribe.clone(),
+            read: self.read.clone(),
+            control: self.control.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -161,7 +161,13 @@ impl Ctx<'_> {
         let max_inbound_depth =
             self.count(&x.max_inbound_depth, "xmpp.max_inbound_depth", 64, 8..=256)?;
 
-        let access = self.lists(&raw.access, "access")?;
+        let access = self.lists(&raw.access.lists(), "access")?;
+        let max_subscriptions = self.count(
+            &raw.access.max_subscriptions,
+            "access.max_subscriptions",
+            10_000,
+            1..=1_000_000,
+        )?;
         let state_dir = raw
             .state
             .dir
@@ -302,6 +308,7 @@ impl Ctx<'_> {
                 max_inbound_depth,
             },
             access,
+            max_subscriptions,
             state_dir,
             readout,
             events,

@@ -1,6 +1,8 @@
 //! Routes the IoT payloads addressed to a device (XEP-0323 readouts, XEP-0325 control, IoT
 //! events) to their handlers, and forgets a requester or a device everywhere at once.
 
+use std::collections::HashSet;
+
 use fieldgate_api::DeviceId;
 use tokio_xmpp::minidom::Element;
 
@@ -123,21 +125,19 @@ impl Gateway {
         }
     }
 
-    /// Ends the readouts and subscriptions concerning a device being removed.
-    pub(super) fn forget_device(&mut self, id: &DeviceId) {
+    /// Ends the readouts and subscriptions concerning devices being removed, in one pass
+    /// over each (a reload may remove thousands).
+    pub(super) fn forget_devices(&mut self, gone: &HashSet<DeviceId>) {
         let keys: Vec<_> = self
             .sessions
             .iter()
-            .filter(|(_, s)| &s.device == id)
+            .filter(|(_, s)| gone.contains(&s.device))
             .map(|(k, _)| k.clone())
             .collect();
         for k in &keys {
             self.end_session(k);
         }
-        self.subscriptions.retain(|_, s| &s.device != id);
-        if let Some(dev) = self.devices.get_mut(id) {
-            dev.sampling = false;
-        }
+        self.subscriptions.retain(|_, s| !gone.contains(&s.device));
     }
 }
 

@@ -40,7 +40,6 @@ use crate::log_limit::{LogLimiter, PerSender};
 use crate::state::{self, Commit, Subscribers};
 use crate::xmpp::disco::DeviceDisco;
 use crate::xmpp::link::{self, LinkState, Outbound};
-use crate::xmpp::presence;
 use crate::xmpp::stanza::Header;
 
 const EVENT_QUEUE: usize = 8192;
@@ -106,6 +105,9 @@ pub trait Supervisor: Send {
     fn watchdog_interval(&self) -> Option<Duration>;
     /// A one-line status for `systemctl status`.
     fn status(&mut self, text: &str);
+    /// A reload (SIGHUP) finished: applied, or refused and the running configuration
+    /// kept. Nothing to tell systemd, whose `ExecReload=` does not wait for it.
+    fn reloaded(&mut self) {}
 }
 
 /// Signals the gateway reacts to.
@@ -121,6 +123,10 @@ struct Gateway {
     order: Vec<DeviceId>,
     devices: BTreeMap<DeviceId, Device>,
     subscribers: Subscribers,
+    /// Entries in `subscribers`, those waiting to be saved included.
+    n_subscriptions: usize,
+    /// Subscriptions refused because the persister's queue was full.
+    commits_refused: u64,
     out: mpsc::Sender<Outbound>,
     commits: mpsc::Sender<Commit<Element>>,
     events: EventSink,
@@ -144,6 +150,10 @@ struct Gateway {
     /// Adapter tasks that ended without being asked to, and the restarts they wait for.
     exits: mpsc::Receiver<devices::Exit>,
     restarts: supervise::Restarts,
+    /// A configuration being read for a reload.
+    reloading: reload::Reloading,
+    /// Adapters of removed devices, stopping: a reload does not wait for them.
+    stopping: JoinSet<()>,
     /// Log lines about refused and unroutable stanzas, which anyone can cause.
     refused_log: PerSender,
     unroutable_log: LogLimiter,
@@ -170,11 +180,18 @@ pub async fn run(
         stats: link_stats,
         settings: link_settings,
     } = link;
+    if n_subs > cfg.max_subscriptions {
+        tracing::warn!(subscriptions = n_subs, max_subscriptions = cfg.max_subscriptions,
+            "more subscriptions on file than [access] max_subscriptions: all kept, new ones refused");
+    }
     let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+    let (failed_tx, mut failed_rx) = mpsc::channel(COMMIT_QUEUE);
     let persister = tokio::spawn(state::persister(
         cfg.state_dir.clone(),
+        subscribers.clone(),
         commit_rx,
         outbound.clone(),
+        failed_tx,
     ));
     let (ev_tx, mut ev_rx) = mpsc::channel::<DeviceEvent>(EVENT_QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
@@ -206,7 +223,21 @@ pub async fn run(
                 gw.probe_subscribers(Instant::now()).await
             }
             _ = controls.shutdown.cancelled() => break,
-            Some(()) = controls.reload.recv() => gw.reload().await,
+            Some(()) = controls.reload.recv() => gw.request_reload(),
+            loaded = gw.reloading.loaded(), if gw.reloading.loading() => {
+                if gw.apply_reload(loaded).await {
+                    supervisor.reloaded();
+                    gw.reload_again();
+                }
+            }
+            // A chunk of a reload's device changes per turn, so the other branches (the
+            // watchdog among them) are served in between.
+            _ = std::future::ready(()), if gw.reloading.applying() => {
+                if gw.apply_steps().await {
+                    supervisor.reloaded();
+                    gw.reload_again();
+                }
+            }
             changed = link_state.changed() => {
                 if changed.is_err() {
                     tracing::error!("component link task ended unexpectedly");
@@ -236,6 +267,7 @@ pub async fn run(
             Some(ev) = ev_rx.recv() => gw.on_event(ev).await,
             Some(exit) = gw.exits.recv() => gw.on_adapter_exit(exit).await,
             _ = until(gw.restarts.next()) => gw.restart_due().await,
+            Some(f) = failed_rx.recv() => gw.on_failed_save(f).await,
             _ = tick(&mut watchdog) => supervisor.watchdog(),
         }
     }
@@ -254,11 +286,19 @@ pub async fn run(
         .filter_map(|d| d.adapter.map(|a| a.task))
         .collect();
     let runtimes = std::mem::take(&mut gw.runtimes);
+    let mut stopping = std::mem::take(&mut gw.stopping);
+    let reloading = std::mem::take(&mut gw.reloading);
     // Dropping the gateway drops the last senders: the persister writes what is queued
     // and ends, then the link flushes, sends the stream footer and ends.
     drop(gw);
     adapters_root.cancel();
-    let _ = tokio::time::timeout_at(deadline, persister).await;
+    match tokio::time::timeout_at(deadline, persister).await {
+        Ok(Ok(writes)) => tracing::debug!(writes, "subscriber file closed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "subscriber persister failed"),
+        Err(_) => tracing::error!(
+            "subscriber persister did not finish in time: recent changes may be lost"
+        ),
+    }
     if tokio::time::timeout_at(deadline, link_task).await.is_err() {
         tracing::warn!("component link did not close in time");
         link_cancel.cancel();
@@ -266,6 +306,8 @@ pub async fn run(
     for t in tasks {
         let _ = tokio::time::timeout_at(deadline, t).await;
     }
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, stopping.join_next()).await {}
+    reloading.finish(deadline).await;
     runtimes.join(deadline).await;
     tracing::info!(
         connects = link_stats.connects.load(Ordering::Relaxed),
@@ -326,10 +368,13 @@ impl Gateway {
         link_settings: tokio::sync::watch::Sender<crate::config::XmppConfig>,
     ) -> Gateway {
         let (exit_tx, exits) = mpsc::channel(EXIT_QUEUE);
+        let n_subscriptions = subscribers.values().map(|s| s.len()).sum();
         let mut gw = Gateway {
             order: Vec::new(),
             devices: BTreeMap::new(),
             subscribers,
+            n_subscriptions,
+            commits_refused: 0,
             out,
             commits,
             events,
@@ -345,6 +390,8 @@ impl Gateway {
             runtimes: devices::Runtimes::new(exit_tx),
             exits,
             restarts: supervise::Restarts::default(),
+            reloading: reload::Reloading::default(),
+            stopping: JoinSet::new(),
             refused_log: PerSender::new(3, 20, Duration::from_secs(60)),
             unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
             cfg: cfg.clone(),
@@ -410,28 +457,6 @@ impl Gateway {
                 written: HashMap::new(),
             },
         );
-    }
-
-    /// Stops a device's adapter and forgets it; its subscribers stay on file, so the
-    /// device comes back to them if it is configured again.
-    async fn remove_device(
-        &mut self,
-        id: &DeviceId,
-        why: &str,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        self.order.retain(|d| d != id);
-        self.forget_device(id);
-        self.restarts.cancel(id);
-        let dev = self.devices.remove(id)?;
-        if self.link_up {
-            for sub in self.subscribers.get(&*dev.cfg.id).into_iter().flatten() {
-                self.send(presence::unavailable(&dev.full, sub, why)).await;
-            }
-        }
-        dev.adapter.map(|a| {
-            a.cancel.cancel();
-            a.task
-        })
     }
 
     async fn on_event(&mut self, ev: DeviceEvent) {

@@ -29,18 +29,49 @@ pub const MALLORY: &str = "mallory@elsewhere.example/x";
 pub struct TestGateway {
     pub gw: Gateway,
     pub out: mpsc::Receiver<Outbound>,
-    _commits: mpsc::Receiver<crate::state::Commit<Element>>,
+    /// What the actor hands the persister; [`TestGateway::persist`] runs a real one.
+    pub commits: Option<mpsc::Receiver<crate::state::Commit<Element>>>,
     _events: mpsc::Receiver<fieldgate_api::DeviceEvent>,
+}
+
+impl TestGateway {
+    /// Runs a persister on `dir` (empty at start) for this gateway, as `run` does: what
+    /// it releases goes to the outbound queue, failed subscriptions to the receiver.
+    pub fn persist(
+        &mut self,
+        dir: &Path,
+    ) -> (
+        tokio::task::JoinHandle<u64>,
+        mpsc::Receiver<crate::state::Failed<Element>>,
+    ) {
+        let (failed_tx, failed) = mpsc::channel(16);
+        let task = tokio::spawn(crate::state::persister(
+            dir.to_owned(),
+            Default::default(),
+            self.commits.take().expect("one persister"),
+            self.gw.out.clone(),
+            failed_tx,
+        ));
+        (task, failed)
+    }
 }
 
 /// A gateway with `devices` (TOML `[[device]]` tables) where alice may read and control
 /// everything, and bob subscribe and read. Needs a Tokio runtime: adapters are started.
 pub fn gateway(devices: &str) -> TestGateway {
+    gateway_with(
+        "subscribe = [\"alice@example.org\", \"bob@example.org\"]\n\
+         read = [\"alice@example.org\", \"bob@example.org\"]\n\
+         control = [\"alice@example.org\"]\n",
+        devices,
+    )
+}
+
+/// A gateway with `access` (the body of the `[access]` section) and `devices`.
+pub fn gateway_with(access: &str, devices: &str) -> TestGateway {
     let text = format!(
         "[xmpp]\nserver = \"127.0.0.1:5347\"\ndomain = \"{DOMAIN}\"\nsecret = \"s\"\n\
-         [access]\nsubscribe = [\"alice@example.org\", \"bob@example.org\"]\n\
-         read = [\"alice@example.org\", \"bob@example.org\"]\n\
-         control = [\"alice@example.org\"]\n[state]\ndir = \"/nonexistent-test-state\"\n{devices}"
+         [access]\n{access}[state]\ndir = \"/nonexistent-test-state\"\n{devices}"
     );
     let cfg = config::parse(Path::new("test.toml"), &text).expect("test config");
     let (out_tx, out) = mpsc::channel(1024);
@@ -58,7 +89,7 @@ pub fn gateway(devices: &str) -> TestGateway {
     TestGateway {
         gw,
         out,
-        _commits: commits,
+        commits: Some(commits),
         _events: events,
     }
 }

@@ -123,6 +123,32 @@ def test_gateway_restart_keeps_subscribers(env, gw):
     assert not [p for p in alice.presences_since(m) if p.type in ("subscribed", "unsubscribed")]
 
 
+def test_a_subscription_that_cannot_be_saved_is_refused(env, gw):
+    """A failed write of the subscriber file refuses the subscription: no `subscribed`
+    promises what a restart would forget."""
+    blocker = gw.state_dir / "subscribers.json.tmp"
+    blocker.mkdir()  # where the temporary file goes: the write fails, also as root
+    alice = env.client("alice")
+    pump = env.dev("pump1")
+    log_at = gw.log_size()
+    m = alice.mark()
+    alice.subscribe(pump)
+    alice.wait_presence(pump, "unsubscribed", m, timeout=10)
+    alice.barrier(env.domain)
+    assert not [p for p in alice.presences_since(m, pump) if p.type == "subscribed"]
+    assert alice.fetch_roster().get(pump) in (None, "none")
+    refused = [line for line in gw.log_since(log_at).splitlines()
+               if "subscription refused: it could not be saved" in line and "device=pump1" in line]
+    assert refused, f"refusal not logged\n{gw.log_tail()}"
+
+    # once the directory is usable again, a subscription is stored and approved
+    blocker.rmdir()
+    m = alice.mark()
+    alice.subscribe(pump)
+    alice.wait_presence(pump, "subscribed", m, timeout=10)
+    assert "alice@example.test" in (gw.state_dir / "subscribers.json").read_text()
+
+
 def test_sigint_also_withdraws_presence(env, gw):
     alice = env.client("alice")
     pump = env.dev("pump1")
