@@ -97,10 +97,12 @@ pub struct ReadoutConfig {
     pub max_age: Duration,
     /// How long a readout waits for the device before reporting the fields as failed.
     pub timeout: Duration,
-    /// Readouts one requester (full JID) may have running at once.
+    /// Readouts one user (bare JID, all resources together) may have running or queued.
     pub max_per_requester: usize,
     /// Parameters one control `set` may carry.
     pub max_set_params: usize,
+    /// Control `set`s one user (bare JID) may have in flight at once.
+    pub max_writes_per_requester: usize,
 }
 
 /// `[events]`: change-event subscriptions.
@@ -114,6 +116,8 @@ pub struct EventsConfig {
     /// The shortest time between two events of one subscription: a `minInterval` or
     /// `maxInterval` below it is raised to it.
     pub min_interval: Duration,
+    /// How often a requester holding subscriptions or queued readouts is pinged.
+    pub liveness_interval: Duration,
 }
 
 /// One `[[device]]`.

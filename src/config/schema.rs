@@ -85,6 +85,7 @@ pub(super) struct RawReadout {
     pub(super) timeout: Option<Spanned<HumanDuration>>,
     pub(super) max_per_requester: Option<Spanned<i64>>,
     pub(super) max_set_params: Option<Spanned<i64>>,
+    pub(super) max_writes_per_requester: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -93,6 +94,7 @@ pub(super) struct RawEvents {
     pub(super) max_per_requester: Option<Spanned<i64>>,
     pub(super) sample_interval: Option<Spanned<HumanDuration>>,
     pub(super) min_interval: Option<Spanned<HumanDuration>>,
+    pub(super) liveness_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// One `[[device]]` (its adapter's table aside).

@@ -201,6 +201,12 @@ impl Ctx<'_> {
                 256,
                 1..=100_000,
             )?,
+            max_writes_per_requester: self.count(
+                &raw.readout.max_writes_per_requester,
+                "readout.max_writes_per_requester",
+                16,
+                1..=100_000,
+            )?,
         };
         let events = EventsConfig {
             max_per_requester: self.count(
@@ -221,6 +227,13 @@ impl Ctx<'_> {
                 "events.min_interval",
                 Duration::from_secs(1),
                 Duration::from_millis(10),
+                Duration::from_secs(3600),
+            )?,
+            liveness_interval: dur(
+                &raw.events.liveness_interval,
+                "events.liveness_interval",
+                Duration::from_secs(30),
+                Duration::from_secs(1),
                 Duration::from_secs(3600),
             )?,
         };

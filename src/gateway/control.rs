@@ -23,6 +23,8 @@ use crate::xmpp::stanza::Header;
 pub(super) struct WriteJob {
     /// The iq to answer; `None` for a message `set`, which gets no reply.
     pub(super) header: Option<Header>,
+    /// Who asked (full JID): writes in flight are bounded per user.
+    pub(super) requester: String,
     pub(super) device: DeviceId,
     pub(super) params: Vec<(String, Value)>,
 }
@@ -176,6 +178,17 @@ impl Gateway {
                 response(ResponseCode::NotFound),
             ));
         }
+        let in_flight = self.writes_per_requester.held(&h.from.to_string());
+        let most = self.cfg.readout.max_writes_per_requester;
+        if in_flight >= most {
+            return Ok(h.error_with(
+                ErrorType::Wait,
+                DefinedCondition::ResourceConstraint,
+                &format!("{in_flight} writes in flight; at most {most} per user"),
+                vec![],
+                response(ResponseCode::OtherError),
+            ));
+        }
         let count = set.params.len() + set.form.as_ref().map_or(0, |f| f.fields.len());
         let max = self.cfg.readout.max_set_params;
         if count > max {
@@ -191,6 +204,7 @@ impl Gateway {
         match parameters::validate(&dev.specs, &set) {
             Ok(params) => Err(Box::new(WriteJob {
                 header: Some(h.clone()),
+                requester: h.from.to_string(),
                 device: id.clone(),
                 params,
             })),
@@ -253,6 +267,7 @@ impl Gateway {
         };
         let adapter = dev.adapter.as_ref().map(|a| a.requests.clone());
         let timeout = self.cfg.readout.timeout;
+        self.writes_per_requester.take(&job.requester);
         self.tasks.spawn(async move {
             let fields: Vec<String> = job.params.iter().map(|(n, _)| n.clone()).collect();
             let result = write(adapter, &job.device, job.params, timeout).await;
@@ -265,6 +280,7 @@ impl Gateway {
             // The reply goes out from the actor, after it has forgotten the cached values
             // of the written fields: a readout right after `setResponse` sees the write.
             Done::Write {
+                requester: job.requester,
                 device: job.device,
                 fields,
                 reply: job.header.as_ref().map(|h| write_reply(h, &result)),
@@ -395,5 +411,25 @@ mod actor_tests {
             .gw
             .on_set(&iq("set", ALICE, "pump"), &id, &set(ok))
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn writes_in_flight_are_bounded_per_user() {
+        let mut t = gateway(&device("pump"));
+        let id: DeviceId = "pump".into();
+        let max = t.gw.cfg.readout.max_writes_per_requester;
+        for _ in 0..max {
+            t.gw.writes_per_requester.take(ALICE);
+        }
+        let set = set("<double name='setpoint' value='2'/>");
+        // another resource of the same user shares the bound
+        let h = iq("set", "alice@example.org/other", "pump");
+        let Ok(refused) = t.gw.on_set(&h, &id, &set) else {
+            panic!("the write was started");
+        };
+        assert_eq!(condition(&refused).as_deref(), Some("resource-constraint"));
+        // one write done: room again
+        t.gw.writes_per_requester.give_back(ALICE);
+        assert!(t.gw.on_set(&h, &id, &set).is_err(), "a write to start");
     }
 }

@@ -12,7 +12,7 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use super::readouts::{extra_fields, for_this_node, EXTRA_NAMES};
 use super::replies::{bad_request, forbidden, not_found};
-use super::subscriptions::{bare_of, SubKey, Wake};
+use super::subscriptions::{SubKey, Wake};
 use super::tasks::Done;
 use super::{Device, Gateway};
 use crate::access::{self, Right};
@@ -68,7 +68,7 @@ impl Gateway {
         }
         let requester = h.from.to_string();
         let key = (requester.clone(), req.seqnr);
-        let held = self.subscriptions.held_by(bare_of(&requester));
+        let held = self.subscriptions.held_by(&requester);
         let max = self.cfg.events.max_per_requester;
         if !self.subscriptions.contains_key(&key) && held >= max {
             let text = format!("{held} subscriptions held; at most {max} per user");

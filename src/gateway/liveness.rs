@@ -10,10 +10,6 @@ use tokio_xmpp::minidom::Element;
 use super::Gateway;
 use crate::xmpp::stanza::Header;
 
-/// How often a subscriber is pinged to learn whether it is still there: the server keeps
-/// no presence for it towards the device, and events to a gone client would pile up in
-/// its offline storage.
-pub(super) const LIVENESS_EVERY: Duration = Duration::from_secs(30);
 /// How often the liveness of subscribers is looked at.
 pub(super) const LIVENESS_TICK: Duration = Duration::from_secs(1);
 /// How long a liveness ping may stay unanswered.
@@ -40,11 +36,22 @@ pub(super) fn ping(from: &str, to: &str, id: &str) -> Element {
 
 impl Gateway {
     /// Pings subscribers now and then; one that does not answer loses its subscriptions.
+    /// Requesters holding subscriptions or queued readouts are pinged every
+    /// `[events] liveness_interval` to learn whether they are still there: the server
+    /// keeps no presence for them towards the device, and what they hold would otherwise
+    /// be held for good.
     pub(super) async fn probe_subscribers(&mut self, now: Instant) {
+        let every = self.cfg.events.liveness_interval;
         let mut requesters: HashMap<String, DeviceId> = HashMap::new();
         for s in self.subscriptions.values() {
             requesters
                 .entry(s.requester.clone())
+                .or_insert_with(|| s.device.clone());
+        }
+        // A readout queued for later (`when`) is held for a requester who may be gone.
+        for ((who, _), s) in &self.sessions {
+            requesters
+                .entry(who.clone())
                 .or_insert_with(|| s.device.clone());
         }
         self.liveness.retain(|who, _| requesters.contains_key(who));
@@ -55,10 +62,7 @@ impl Gateway {
             match &l.outstanding {
                 Some((_, sent)) if now.duration_since(*sent) > LIVENESS_TIMEOUT => gone.push(who),
                 Some(_) => {}
-                None if l
-                    .last_probe
-                    .is_none_or(|t| now.duration_since(t) >= LIVENESS_EVERY) =>
-                {
+                None if l.last_probe.is_none_or(|t| now.duration_since(t) >= every) => {
                     self.next_iq += 1;
                     let id = format!("{LIVENESS_ID}{}", self.next_iq);
                     l.last_probe = Some(now);
@@ -146,8 +150,9 @@ mod tests {
         // long after the timeout: nothing outstanding, so nothing is forgotten
         t.gw.probe_subscribers(t0 + LIVENESS_TIMEOUT * 2).await;
         assert_eq!(t.gw.subscriptions.len(), 1);
-        // and the next probe comes after LIVENESS_EVERY
-        t.gw.probe_subscribers(t0 + LIVENESS_EVERY).await;
+        // and the next probe comes after [events] liveness_interval
+        t.gw.probe_subscribers(t0 + t.gw.cfg.events.liveness_interval)
+            .await;
         sent_ping(&mut t.out);
     }
 

@@ -17,6 +17,7 @@ mod control;
 mod dispatch;
 mod events;
 mod liveness;
+mod per_user;
 mod presences;
 mod readouts;
 mod reload;
@@ -138,7 +139,9 @@ struct Gateway {
     /// Readouts in progress, by (requester full JID, seqnr).
     sessions: HashMap<(String, u64), readouts::Session>,
     /// Readouts in progress per requester.
-    sessions_per_requester: HashMap<String, usize>,
+    sessions_per_requester: per_user::PerUser,
+    /// Writes in flight per user.
+    writes_per_requester: per_user::PerUser,
     /// Event subscriptions, by (requester full JID, seqnr), and their deadlines.
     subscriptions: subscriptions::Subscriptions,
     /// Liveness probes of subscribers, by requester full JID.
@@ -219,7 +222,7 @@ pub async fn run(
                 Err(_) => {}
             },
             _ = until(wake), if wake.is_some() => gw.on_wake().await,
-            _ = liveness_tick.tick(), if !gw.subscriptions.is_empty() => {
+            _ = liveness_tick.tick(), if !gw.subscriptions.is_empty() || !gw.sessions.is_empty() => {
                 gw.probe_subscribers(Instant::now()).await
             }
             _ = controls.shutdown.cancelled() => break,
@@ -383,7 +386,8 @@ impl Gateway {
             link_settings,
             tasks: JoinSet::new(),
             sessions: HashMap::new(),
-            sessions_per_requester: HashMap::new(),
+            sessions_per_requester: Default::default(),
+            writes_per_requester: Default::default(),
             subscriptions: Default::default(),
             liveness: HashMap::new(),
             next_iq: 0,

@@ -113,7 +113,7 @@ impl Gateway {
                 cancel: cancel.clone(),
             },
         );
-        *self.sessions_per_requester.entry(requester).or_default() += 1;
+        self.sessions_per_requester.take(&requester);
         let out = self.out.clone();
         let device = id.clone();
         let task = async move {
@@ -156,18 +156,14 @@ impl Gateway {
             );
             return (e, None);
         }
-        let running = self
-            .sessions_per_requester
-            .get(&requester)
-            .copied()
-            .unwrap_or(0);
+        let running = self.sessions_per_requester.held(&requester);
         if running >= self.cfg.readout.max_per_requester {
             tracing::warn!(device = %id, from = %requester, running, "readout refused: too many in progress");
             let e = h.error(
                 ErrorType::Wait,
                 DefinedCondition::ResourceConstraint,
                 &format!(
-                    "{running} readouts in progress; at most {} per requester",
+                    "{running} readouts in progress or queued; at most {} per user",
                     self.cfg.readout.max_per_requester
                 ),
                 None,
@@ -271,12 +267,7 @@ impl Gateway {
             return false;
         };
         s.cancel.cancel();
-        if let Some(n) = self.sessions_per_requester.get_mut(&key.0) {
-            *n -= 1;
-            if *n == 0 {
-                self.sessions_per_requester.remove(&key.0);
-            }
-        }
+        self.sessions_per_requester.give_back(&key.0);
         true
     }
 }
@@ -366,16 +357,21 @@ mod tests {
         let (reply, _) = t.gw.accept_req(&h, &id, &req(7, ""));
         assert_eq!(condition(&reply).as_deref(), Some("conflict"));
         let max = t.gw.cfg.readout.max_per_requester;
-        t.gw.sessions_per_requester.insert(ALICE.to_owned(), max);
+        for _ in 0..max {
+            t.gw.sessions_per_requester.take(ALICE);
+        }
         let (reply, job) = t.gw.accept_req(&h, &id, &req(8, ""));
         assert_eq!(condition(&reply).as_deref(), Some("resource-constraint"));
         assert!(job.is_none());
-        // another requester is not affected
+        // another resource of the same user shares the budget
         let (reply, _) = t.gw.accept_req(
             &iq("get", "alice@example.org/other", "pump"),
             &id,
             &req(8, ""),
         );
+        assert_eq!(condition(&reply).as_deref(), Some("resource-constraint"));
+        // another user does not
+        let (reply, _) = t.gw.accept_req(&iq("get", BOB, "pump"), &id, &req(8, ""));
         assert_eq!(condition(&reply), None);
     }
 
@@ -414,7 +410,7 @@ mod tests {
                 cancel: token.clone(),
             },
         );
-        t.gw.sessions_per_requester.insert(ALICE.to_owned(), 1);
+        t.gw.sessions_per_requester.take(ALICE);
         let reply = t.gw.on_cancel(&h, &cancel);
         assert!(reply.has_child("cancelled", SD));
         assert!(token.is_cancelled());

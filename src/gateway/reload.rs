@@ -293,7 +293,7 @@ impl Gateway {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sim"))]
 impl Gateway {
     /// Reads the file and applies it, as the actor's loop does over two turns.
     pub(super) async fn reload(&mut self) {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use fieldgate_api::DeviceId;
 
+use super::per_user::PerUser;
 use crate::xmpp::subscription::Subscription;
 
 /// A subscription's key: (requester full JID, seqnr).
@@ -27,18 +28,13 @@ pub(super) struct Subscriptions {
     by_key: HashMap<SubKey, Subscription>,
     by_device: HashMap<DeviceId, HashSet<SubKey>>,
     /// Subscriptions held per bare JID (all its resources together).
-    per_bare: HashMap<String, usize>,
+    per_user: PerUser,
     wakes: HashMap<Wake, Instant>,
     timeline: BTreeSet<(Instant, Wake)>,
 }
 
-/// The bare part of a full JID as written (`user@host/res` → `user@host`).
-pub(super) fn bare_of(full: &str) -> &str {
-    full.split_once('/').map_or(full, |(b, _)| b)
-}
-
 impl Subscriptions {
-    #[cfg(test)]
+    #[cfg(all(test, feature = "sim"))]
     pub(super) fn len(&self) -> usize {
         self.by_key.len()
     }
@@ -63,9 +59,9 @@ impl Subscriptions {
         self.by_key.values()
     }
 
-    /// How many subscriptions the bare JID `bare` holds.
-    pub(super) fn held_by(&self, bare: &str) -> usize {
-        self.per_bare.get(bare).copied().unwrap_or(0)
+    /// How many subscriptions the user of `jid` (full or bare) holds.
+    pub(super) fn held_by(&self, jid: &str) -> usize {
+        self.per_user.held(jid)
     }
 
     /// The keys of the subscriptions to device `id`.
@@ -87,7 +83,7 @@ impl Subscriptions {
         if let Some(old) = self.remove(&k) {
             drop(old);
         }
-        *self.per_bare.entry(bare_of(&k.0).to_owned()).or_default() += 1;
+        self.per_user.take(&k.0);
         self.by_device.entry(device).or_default().insert(k.clone());
         self.by_key.insert(k, s);
     }
@@ -101,13 +97,7 @@ impl Subscriptions {
                 self.schedule(Wake::Sample(s.device.clone()), None);
             }
         }
-        let bare = bare_of(&k.0);
-        if let Some(n) = self.per_bare.get_mut(bare) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_bare.remove(bare);
-            }
-        }
+        self.per_user.give_back(&k.0);
         self.schedule(Wake::Subscription(k.clone()), None);
         Some(s)
     }

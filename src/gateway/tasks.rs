@@ -19,6 +19,7 @@ pub(super) enum Done {
     },
     /// A write was applied (or failed): the written fields' cached values are stale.
     Write {
+        requester: String,
         device: DeviceId,
         fields: Vec<String>,
         /// The iq reply, sent once the cache no longer holds the old values.
@@ -45,10 +46,12 @@ impl Gateway {
                 self.absorb(&device, fresh, error).await;
             }
             Done::Write {
+                requester,
                 device,
                 fields,
                 reply,
             } => {
+                self.writes_per_requester.give_back(&requester);
                 if let Some(dev) = self.devices.get_mut(&device) {
                     let now = Instant::now();
                     for f in fields {
@@ -118,7 +121,7 @@ mod tests {
 
     use fieldgate_api::{Reading, Value};
 
-    use super::super::testing::{device, gateway};
+    use super::super::testing::{device, gateway, ALICE};
     use super::*;
 
     fn setpoint(v: f64, stamp: SystemTime) -> Reading {
@@ -134,6 +137,7 @@ mod tests {
         let overlapped = setpoint(1.0, SystemTime::now());
         tokio::time::sleep(Duration::from_millis(2)).await;
         t.gw.on_done(Done::Write {
+            requester: ALICE.into(),
             device: id.clone(),
             fields: vec!["setpoint".into()],
             reply: None,
