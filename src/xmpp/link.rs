@@ -23,6 +23,7 @@ use xmpp_parsers::ns;
 
 use crate::config::XmppConfig;
 use crate::log_limit::LogLimiter;
+use crate::xmpp::fair::{self, FairReceiver, FairSender};
 use crate::xmpp::guard::io::{GuardStats, Guarded, RawOut};
 use crate::xmpp::guard::Limits;
 use crate::xmpp::size::encoded_len;
@@ -114,8 +115,8 @@ impl From<Vec<Element>> for Outbound {
 
 /// The gateway's handles to the link task.
 pub struct LinkChannels {
-    /// Stanzas received from the server.
-    pub inbound: mpsc::Receiver<Element>,
+    /// Stanzas received from the server, senders served in turn.
+    pub inbound: FairReceiver,
     /// Stanzas to send. Dropping every sender closes the stream cleanly and ends the task.
     pub outbound: mpsc::Sender<Outbound>,
     /// Current link state.
@@ -128,9 +129,15 @@ pub struct LinkChannels {
 
 /// Queue sizes: large enough for a presence burst of thousands of devices.
 const INBOUND_QUEUE: usize = 4096;
-const OUTBOUND_QUEUE: usize = 4096;
+/// Inbound stanzas one sender (bare JID) may have waiting: more than any client waits
+/// for at once, a fraction of the queue, so one flooder cannot fill it.
+const INBOUND_PER_SENDER: usize = 512;
+const OUTBOUND_QUEUE: usize = 64;
+/// The component socket's send buffer (the kernel doubles it).
+const SEND_BUFFER: u32 = 32 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_ID_PREFIX: &str = "fg-ka-";
+const WINDOW_ID_PREFIX: &str = "fg-fc-";
 
 /// Starts the link task. It runs until every outbound sender is dropped (then it closes
 /// the stream politely) or `shutdown` is cancelled (then it stops at once).
@@ -138,7 +145,7 @@ pub fn spawn(
     config: XmppConfig,
     shutdown: CancellationToken,
 ) -> (LinkChannels, tokio::task::JoinHandle<()>) {
-    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (in_tx, in_rx) = fair::channel(INBOUND_PER_SENDER, INBOUND_QUEUE);
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (state_tx, state_rx) = watch::channel(LinkState::Down("not connected yet".into()));
     let stats = Arc::new(LinkStats::default());
@@ -179,7 +186,7 @@ enum End {
 
 async fn run(
     mut settings: watch::Receiver<XmppConfig>,
-    inbound: mpsc::Sender<Element>,
+    inbound: FairSender,
     mut outbound: mpsc::Receiver<Outbound>,
     state: watch::Sender<LinkState>,
     stats: Arc<LinkStats>,
@@ -281,7 +288,19 @@ async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<(Stream
     let jid: Jid = BareJid::new(&config.domain)
         .map_err(|e| format!("bad domain: {e}"))?
         .into();
-    let tcp = tokio::net::TcpStream::connect(addr)
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    // What the kernel holds is sent in order, whoever it is for: kept small, the queue
+    // in front of it (where a flooder's answers wait their turn) holds the rest.
+    if let Err(e) = socket.set_send_buffer_size(SEND_BUFFER) {
+        tracing::debug!(error = %e, "cannot bound the component link's send buffer");
+    }
+    let tcp = socket
+        .connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     // A readout answers with an iq result and then a message; with Nagle's algorithm the
@@ -354,7 +373,7 @@ async fn serve(
     (mut stream, raw): (Stream, RawOut),
     config: &XmppConfig,
     settings: &mut watch::Receiver<XmppConfig>,
-    inbound: &mpsc::Sender<Element>,
+    inbound: &FairSender,
     outbound: &mut mpsc::Receiver<Outbound>,
     stats: &LinkStats,
     shutdown: &CancellationToken,
@@ -368,9 +387,16 @@ async fn serve(
         limit: config.max_outbound_stanza_size,
         raw,
         unflushed: false,
+        written: 0,
         stats,
         log: LogLimiter::new(10, Duration::from_secs(60)),
     };
+    // Whether written stanzas wait to be flushed. The flush is polled together with the
+    // read side: a server slow to take what we write must not stop us reading what it
+    // sends (it would queue other users' requests behind a flooder's answers).
+    let mut flushing = false;
+    let mut closed = false;
+    let mut window = Window::default();
     loop {
         tokio::select! {
             biased;
@@ -379,7 +405,60 @@ async fn serve(
                 close(&mut stream).await;
                 return End::Reconfigure;
             }
-            out = outbound.recv() => {
+            io = read_or_flush(&mut stream, flushing) => match io {
+                Io::Flushed(Err(e)) => return End::Lost(format!("write failed: {e}")),
+                Io::Flushed(Ok(())) => {
+                    flushing = false;
+                    if closed {
+                        close(&mut stream).await;
+                        return End::Finished;
+                    }
+                }
+                Io::Read(item) => match item {
+                    Some(Ok(el)) => {
+                        last_heard = Instant::now();
+                        if window.answered(&el) || is_keepalive_reply(&el) {
+                            continue;
+                        }
+                        if el.name() == "error" && el.ns() == ns::STREAM {
+                            let condition = el.children().next().map_or("unknown", |c| c.name());
+                            return End::Lost(format!("stream error from server: {condition}"));
+                        }
+                        if let Err((why, el)) = inbound.push(el) {
+                            let n = stats.inbound_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                            // The first drop and every power of two: a flood is one line a
+                            // doubling, with the sender that caused the last one.
+                            if n.is_power_of_two() {
+                                tracing::warn!(dropped_total = n, stanza = el.name(),
+                                    sender = fair::sender_of(&el), reason = ?why,
+                                    "gateway inbound queue: stanza dropped");
+                            }
+                        }
+                    }
+                    Some(Err(ReadError::SoftTimeout)) => {
+                        tracing::debug!("link silent: sending keep-alive ping");
+                        ping_seq += 1;
+                        if let Err(e) = stream.feed(&ping(config, ping_seq)).await {
+                            return End::Lost(format!("write failed: {e}"));
+                        }
+                        flushing = true;
+                    }
+                    Some(Err(ReadError::ParseError(e))) => {
+                        // Non-fatal by tokio-xmpp's contract: the stream goes on.
+                        tracing::warn!(error = %e, "unparseable element from server ignored");
+                    }
+                    Some(Err(ReadError::HardError(e))) => return End::Lost(format!("read failed: {e}")),
+                    Some(Err(ReadError::StreamFooterReceived)) | None => {
+                        return End::Lost("the server closed the stream".into())
+                    }
+                },
+            },
+            _ = window.stalled(), if !window.open(writer.written) => {
+                tracing::warn!(window = WINDOW,
+                    "the server did not answer a flow-control ping: writing on regardless");
+                window.forget();
+            }
+            out = outbound.recv(), if !flushing && !closed && window.open(writer.written) => {
                 let Some(out) = out else {
                     close(&mut stream).await;
                     return End::Finished;
@@ -389,7 +468,6 @@ async fn serve(
                 if let Err(e) = writer.feed(&mut stream, out).await {
                     return End::Lost(format!("write failed: {e}"));
                 }
-                let mut closed = false;
                 for _ in 0..256 {
                     match outbound.try_recv() {
                         Ok(out) => if let Err(e) = writer.feed(&mut stream, out).await {
@@ -399,60 +477,138 @@ async fn serve(
                         Err(mpsc::error::TryRecvError::Disconnected) => { closed = true; break; }
                     }
                 }
-                if let Err(e) = SinkExt::<&Element>::flush(&mut stream).await {
-                    return End::Lost(format!("write failed: {e}"));
-                }
-                if closed {
-                    close(&mut stream).await;
-                    return End::Finished;
-                }
-            }
-            item = stream.next() => match item {
-                Some(Ok(el)) => {
-                    last_heard = Instant::now();
-                    if is_keepalive_reply(&el) {
-                        continue;
-                    }
-                    if el.name() == "error" && el.ns() == ns::STREAM {
-                        let condition = el.children().next().map_or("unknown", |c| c.name());
-                        return End::Lost(format!("stream error from server: {condition}"));
-                    }
-                    if let Err(mpsc::error::TrySendError::Full(el)) = inbound.try_send(el) {
-                        let n = stats.inbound_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n.is_power_of_two() {
-                            tracing::warn!(dropped_total = n, stanza = el.name(),
-                                "gateway inbound queue full: stanza dropped");
-                        }
-                    }
-                }
-                Some(Err(ReadError::SoftTimeout)) => {
-                    tracing::debug!("link silent: sending keep-alive ping");
-                    ping_seq += 1;
-                    if let Err(e) = stream.send(&ping(config, ping_seq)).await {
+                writer.unflushed = false;
+                if let Some(marker) = window.marker(writer.written, config) {
+                    if let Err(e) = stream.feed(&marker).await {
                         return End::Lost(format!("write failed: {e}"));
                     }
                 }
-                Some(Err(ReadError::ParseError(e))) => {
-                    // Non-fatal by tokio-xmpp's contract: the stream goes on.
-                    tracing::warn!(error = %e, "unparseable element from server ignored");
-                }
-                Some(Err(ReadError::HardError(e))) => return End::Lost(format!("read failed: {e}")),
-                Some(Err(ReadError::StreamFooterReceived)) | None => {
-                    return End::Lost("the server closed the stream".into())
-                }
-            },
+                flushing = true;
+            }
             _ = keepalive.tick() => {
                 if last_heard.elapsed() > config.keepalive * 3 {
                     return End::Lost(format!(
                         "no traffic from the server for {:?}", last_heard.elapsed()));
                 }
                 ping_seq += 1;
-                if let Err(e) = stream.send(&ping(config, ping_seq)).await {
+                if let Err(e) = stream.feed(&ping(config, ping_seq)).await {
                     return End::Lost(format!("write failed: {e}"));
                 }
+                flushing = true;
             }
         }
     }
+}
+
+/// How much the gateway has written that the server may not have processed yet. The
+/// kernel and the server's own buffers would otherwise hold megabytes of a flooder's
+/// answers, which the server works through in order, every other user's behind them.
+/// Every half window a ping goes to the server; it answers once it has processed what
+/// came before, and writing waits while more than a window is unanswered. What waits
+/// stays in the gateway's queue, in front of which the gateway decides (in turn per user).
+const WINDOW: u64 = 64 * 1024;
+/// How long an unanswered window ping holds writing up before it is given up on.
+const WINDOW_PATIENCE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Window {
+    next_id: u64,
+    /// Pings sent, oldest first: (id, bytes written when it was sent, when).
+    pending: std::collections::VecDeque<(u64, u64, Instant)>,
+    /// Bytes the server has processed (as of the last answered ping).
+    acked: u64,
+    /// Bytes written when the last ping went out.
+    marked: u64,
+}
+
+impl Window {
+    /// Whether more may be written now.
+    fn open(&self, written: u64) -> bool {
+        written.saturating_sub(self.acked) < WINDOW
+    }
+
+    /// A ping to send, if half a window was written since the last one.
+    fn marker(&mut self, written: u64, config: &XmppConfig) -> Option<Element> {
+        if written.saturating_sub(self.marked) < WINDOW / 2 {
+            return None;
+        }
+        self.next_id += 1;
+        self.marked = written;
+        self.pending
+            .push_back((self.next_id, written, Instant::now()));
+        Some(
+            Element::builder("iq", ns::COMPONENT)
+                .a("type", "get")
+                .a("id", format!("{WINDOW_ID_PREFIX}{}", self.next_id))
+                .a("from", config.domain.as_str())
+                .a("to", config.ping_target.as_str())
+                .append(Element::builder("ping", ns::PING).build())
+                .build(),
+        )
+    }
+
+    /// Takes the server's answer to a window ping (result or error alike).
+    fn answered(&mut self, el: &Element) -> bool {
+        let Some(id) = el
+            .attr("id")
+            .and_then(|id| id.strip_prefix(WINDOW_ID_PREFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            return false;
+        };
+        if el.name() != "iq" || !matches!(el.attr("type"), Some("result" | "error")) {
+            return false;
+        }
+        while let Some(&(n, bytes, _)) = self.pending.front() {
+            if n > id {
+                break;
+            }
+            self.acked = self.acked.max(bytes);
+            self.pending.pop_front();
+        }
+        true
+    }
+
+    /// Resolves when the oldest unanswered ping has waited too long.
+    async fn stalled(&self) {
+        match self.pending.front() {
+            Some(&(_, _, sent)) => tokio::time::sleep_until((sent + WINDOW_PATIENCE).into()).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Treats every ping sent as answered.
+    fn forget(&mut self) {
+        if let Some(&(_, bytes, _)) = self.pending.back() {
+            self.acked = self.acked.max(bytes);
+        }
+        self.pending.clear();
+    }
+}
+
+/// What [`read_or_flush`] saw first.
+enum Io {
+    Read(Option<Result<Element, ReadError>>),
+    Flushed(std::io::Result<()>),
+}
+
+/// The next stanza from the server or, if `flushing`, the end of the flush, whichever
+/// comes first.
+fn read_or_flush(
+    stream: &mut Stream,
+    flushing: bool,
+) -> impl std::future::Future<Output = Io> + '_ {
+    std::future::poll_fn(move |cx| {
+        if let std::task::Poll::Ready(item) = stream.poll_next_unpin(cx) {
+            return std::task::Poll::Ready(Io::Read(item));
+        }
+        if flushing {
+            if let std::task::Poll::Ready(r) = SinkExt::<&Element>::poll_flush_unpin(stream, cx) {
+                return std::task::Poll::Ready(Io::Flushed(r));
+            }
+        }
+        std::task::Poll::Pending
+    })
 }
 
 /// Resolves when new settings arrive; never, once the gateway has dropped the sender
@@ -472,6 +628,8 @@ struct Writer<'a> {
     raw: RawOut,
     /// Elements were fed since the last flush.
     unflushed: bool,
+    /// Bytes of stanzas written on this connection.
+    written: u64,
     stats: &'a LinkStats,
     log: LogLimiter,
 }
@@ -509,6 +667,7 @@ impl Writer<'_> {
                         }
                         continue;
                     }
+                    self.written += t.len() as u64;
                     self.raw.push(t.as_bytes());
                 }
                 Ok(())
@@ -519,6 +678,7 @@ impl Writer<'_> {
     async fn feed_one(&mut self, stream: &mut Stream, el: Element) -> std::io::Result<()> {
         self.unflushed = true;
         let size = encoded_len(&el);
+        self.written += size as u64;
         if size > self.limit {
             self.stats
                 .outbound_oversized

@@ -9,6 +9,7 @@
 //!   getForm form), [`subscription`] (one IoT-events subscription: thresholds, intervals).
 
 pub mod disco;
+pub mod fair;
 pub mod fields_text;
 pub mod guard;
 pub mod link;
