@@ -380,7 +380,7 @@ impl Gateway {
 
 #[cfg(all(test, feature = "sim"))]
 mod tests {
-    use super::super::testing::{condition, device, el, gateway, iq, ALICE, MALLORY};
+    use super::super::testing::{condition, device, el, gateway, iq, ALICE, BOB, MALLORY};
     use super::*;
 
     const EV: &str = crate::xmpp::payload::events::NS;
@@ -454,6 +454,47 @@ mod tests {
             t.gw.subscriptions.held_by("alice@example.org"),
             max as usize
         );
+    }
+    #[tokio::test]
+    async fn a_subscription_ended_by_a_reload_is_logged() {
+        let mut t = gateway(&device("pump"));
+        let id: DeviceId = "pump".into();
+        let bob = iq("get", BOB, "pump");
+        let (r, _) =
+            t.gw.on_subscribe(&bob, &id, &subscribe(4, "maxInterval='PT1M'", ""));
+        assert_eq!(condition(&r), None);
+        // The reloaded policy lets bob read no more.
+        t.gw.cfg.access.read = Some(vec![
+            crate::access::Entry::parse("alice@example.org").unwrap()
+        ]);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || LogSink(sink.clone()))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || t.gw.enforce_read_access());
+        assert_eq!(t.gw.subscriptions.held_by(BOB), 0);
+        let text = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("event subscription ended by a configuration reload")
+                && text.contains("read right revoked")
+                && text.contains("bob@example.org/"),
+            "{text}"
+        );
+    }
+
+    struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }
 

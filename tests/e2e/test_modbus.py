@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from harness import (NS_CLIENT, REPO_ROOT, IqReply, XmppClient, gateway_bin, gateway_toml, make_env,
-                     run_cli)
+                     run_cli, wait_for)
+from iot import parse_iso
 from modbus_sim import (PtyPair, PymodbusServer, RawModbusTcp, decode, encode, encode_string, f32,
                         f32_shortest, modbus_device, modbus_sections, read_holding_reply)
 
@@ -129,6 +130,8 @@ class ModbusWorld:
         self.multi = self.server("multi", {1: {"holding": [(0, 4)]}, 2: {"holding": [(0, 4)]}}, silent_units=(7,))
         self.flaky = self.server("flaky", {1: {"holding": [(0, 4)]}})
         self.rot = self.server("rot", {3: {"holding": [(0, 8)]}}, transport="rtu-over-tcp")
+        # one slowly polled device on a server of its own: its requests are counted
+        self.evs = self.server("evs", {1: {"holding": [(0, 4)]}})
         self.rtu = None
         if shutil.which("socat"):  # else test_rtu_over_pty fails and says so; the rest runs
             self.pty = PtyPair(self.root).start()
@@ -151,6 +154,7 @@ class ModbusWorld:
             tcp("multi", self.multi.port),
             tcp("flaky", self.flaky.port, reconnect_max="400ms"),
             tcp("rot", self.rot.port, transport="rtu-over-tcp"),
+            tcp("evs", self.evs.port),
             tcp("raw", self.raw.port),
         ]
         if self.pty:
@@ -160,6 +164,8 @@ class ModbusWorld:
         vw = [fld("v", "int", True, address=0)]
         devices = [
             modbus_device("plc", "main", 1, PLC_FIELDS),
+            modbus_device("ev1", "evs", 1, [fld("v", "int", address=0), fld("w", "int", address=1)],
+                          poll="2s"),
             modbus_device("gaps", "main", 1, GAPS_FIELDS, merge=False),
             modbus_device("mu1", "multi", 1, v + [fld("w", "int", address=1, type="i16")]),
             modbus_device("mu2", "multi", 2, v + [fld("w", "int", address=1, type="i16")]),
@@ -807,6 +813,58 @@ name = "level"
 type = "int"
 modbus = { register = "input", address = 0 }
 """
+
+
+def test_events_follow_the_polls_and_add_no_requests(mb):
+    """A subscription to a polled device (every 2s) is served from the polls: the device
+    gets the same requests with and without it (the events engine used to read every
+    stale field each second), a change is reported as its poll reads it, and a
+    maxInterval equal to the poll period delivers every poll."""
+    c = mb.client()
+    jid = mb.dev("ev1")
+
+    def requests_over(seconds: float) -> int:
+        before = mb.evs.request_count()
+        time.sleep(seconds)
+        return mb.evs.request_count() - before
+
+    quiet = requests_over(6.0)
+    with c.cond:
+        mk = len(c.messages)
+    r = c.iq(f"<iq type='get' to='{jid}'><subscribe xmlns='urn:xmpp:iot:events' seqnr='77' "
+             f"momentary='true' maxInterval='PT2S'><field name='v' changedBy='1'/></subscribe></iq>")
+    assert r.ok, brief(r)
+    try:
+        busy = requests_over(6.0)
+        assert busy <= quiet + 1, f"{busy} requests in 6s with a subscription, {quiet} without"
+        mb.evs.set(1, "holding", 0, [4242])
+        t_set = time.time()
+
+        def events():
+            out = []
+            with c.cond:
+                msgs = list(c.messages[mk:])
+            for m in msgs:
+                for f in m.iter(f"{{{NS_SD}}}fields"):
+                    if f.get("seqnr") == "77":
+                        out.append(f)
+            return out
+
+        def changed():
+            return [f for f in events() for n in f.iter(f"{{{NS_SD}}}int")
+                    if n.get("name") == "v" and n.get("value") == "4242"]
+
+        wait_for(lambda: changed(), 6, "an event with the new value")
+        stamp = parse_iso(next(changed()[0].iter(f"{{{NS_SD}}}timestamp")).get("value"))
+        assert stamp >= t_set - 0.05, "the event carries the poll that read the change"
+        # every poll delivered: about one event per 2s poll (maxInterval = the poll period)
+        n0 = len(events())
+        time.sleep(6.0)
+        n = len(events()) - n0
+        assert 2 <= n <= 4, f"{n} events in 6s with maxInterval = poll = 2s"
+    finally:
+        c.iq(f"<iq type='get' to='{jid}'><unsubscribe xmlns='urn:xmpp:iot:events' seqnr='77'/></iq>")
+
 
 
 def edit(text: str, old: str, new: str) -> str:
