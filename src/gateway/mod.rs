@@ -138,7 +138,7 @@ struct Gateway {
     tasks: JoinSet<tasks::Done>,
     /// Readouts in progress, by (requester full JID, seqnr).
     sessions: HashMap<(String, u64), readouts::Session>,
-    /// Readouts in progress per requester.
+    /// Readouts in progress or queued per user (bare JID).
     sessions_per_requester: per_user::PerUser,
     /// Writes in flight per user.
     writes_per_requester: per_user::PerUser,

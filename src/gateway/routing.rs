@@ -13,7 +13,7 @@ use xmpp_parsers::version::VersionResult;
 use super::{no_such_device, Device, Gateway};
 use crate::access;
 use crate::xmpp::disco::{self, domain_info};
-use crate::xmpp::guard::Refusal;
+use crate::xmpp::guard::{Refusal, Violation};
 use crate::xmpp::stanza::{clip, Header, Kind};
 
 impl Gateway {
@@ -71,14 +71,12 @@ impl Gateway {
         if h.kind == Kind::Iq && h.id.is_none() {
             return;
         }
+        let (type_, condition) = match r.violation {
+            Violation::Busy => (ErrorType::Wait, DefinedCondition::ResourceConstraint),
+            _ => (ErrorType::Modify, DefinedCondition::PolicyViolation),
+        };
         let text = format!("stanza refused: {r}");
-        self.send(h.error(
-            ErrorType::Modify,
-            DefinedCondition::PolicyViolation,
-            &text,
-            None,
-        ))
-        .await;
+        self.send(h.error(type_, condition, &text, None)).await;
     }
 
     /// The device a stanza is for, if it exists and the sender may see it.

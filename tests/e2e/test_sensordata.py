@@ -377,8 +377,9 @@ def test_duplicate_seqnr_in_progress_is_conflict(m):
 
 
 def test_requester_limit_is_resource_constraint(m):
-    """[readout] max_per_requester (default 64) readouts in progress per full JID; the next
-    is refused with resource-constraint, others are not affected; room again after a cancel."""
+    """[readout] max_per_requester (default 64) readouts in progress or queued per user (bare
+    JID: all its resources together); the next is refused with resource-constraint, from any
+    of the user's resources; other users are not affected; room again after a cancel."""
     c = m.client("alice", resource="limit")
     pump = m.dev("pump1")
     base = 50_000
@@ -397,8 +398,11 @@ def test_requester_limit_is_resource_constraint(m):
         assert err.find("{urn:ietf:params:xml:ns:xmpp-stanzas}resource-constraint") is not None, brief(replies[64])
         text = err.findtext("{urn:ietf:params:xml:ns:xmpp-stanzas}text") or ""
         assert "64" in text, text
-        # another requester (another full JID of the same user, too) is not affected
-        _r, payloads, _ = do_readout(m.client("alice"), pump, momentary=True, fields=["setpoint"])
+        # another resource of the same user shares the bound: a user cannot multiply it
+        r = m.client("alice").iq(req_iq(pump, seq(), momentary=True))
+        assert not r.ok and r.condition == "resource-constraint", f"{r.condition} {r.text}"
+        # another user is not affected
+        _r, payloads, _ = do_readout(m.client("bob"), pump, momentary=True, fields=["setpoint"])
         assert kinds(payloads) == ["fields"]
         # cancel one: room for one more
         assert c.iq(cancel_iq(pump, base)).ok

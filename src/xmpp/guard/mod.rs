@@ -45,14 +45,15 @@ impl Limits {
         }
     }
 
-    /// The number a violation broke (0 for restricted XML, which has none).
+    /// The number a violation broke (0 for restricted XML, which has none, and for a busy
+    /// sender, which the inbound queue bounds, not the scanner).
     pub fn limit_of(&self, v: Violation) -> usize {
         match v {
             Violation::Size => self.max_stanza_bytes,
             Violation::Depth => self.max_depth,
             Violation::Attribute => self.max_attribute_bytes,
             Violation::Name => self.max_name_bytes,
-            Violation::Restricted => 0,
+            Violation::Restricted | Violation::Busy => 0,
         }
     }
 }
@@ -70,6 +71,9 @@ pub enum Violation {
     Name,
     /// A comment, processing instruction or DTD, which XMPP forbids (RFC 6120 §11.1).
     Restricted,
+    /// More than `limit` stanzas of the sender wait to be served (a flood): the stanza
+    /// is answered `resource-constraint` without being looked at.
+    Busy,
 }
 
 impl Violation {
@@ -81,6 +85,7 @@ impl Violation {
             Violation::Attribute => "attribute",
             Violation::Name => "name",
             Violation::Restricted => "restricted",
+            Violation::Busy => "busy",
         }
     }
 
@@ -91,6 +96,7 @@ impl Violation {
             Violation::Attribute,
             Violation::Name,
             Violation::Restricted,
+            Violation::Busy,
         ]
         .into_iter()
         .find(|v| v.as_str() == s)
@@ -130,6 +136,11 @@ impl fmt::Display for Refusal {
             Violation::Restricted => {
                 f.write_str("a comment, processing instruction or DTD (not allowed in XMPP)")
             }
+            Violation::Busy => write!(
+                f,
+                "more than {} of your stanzas are waiting to be served; try again later",
+                self.limit
+            ),
         }
     }
 }
