@@ -484,6 +484,27 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_device_read_for_its_subscribers_is_asked_for_their_fields_only() {
+        let mut t = gateway(&device("pump"));
+        let id: DeviceId = "pump".into();
+        let h = iq("get", ALICE, "pump");
+        let (r, key) = t.gw.on_subscribe(
+            &h,
+            &id,
+            &subscribe(1, "", "<field name='level' changedBy='1'/>"),
+        );
+        assert_eq!(condition(&r), None);
+        t.gw.start_subscription(&key.unwrap()).await;
+        t.gw.start_sample(&id);
+        let done = t.gw.tasks.join_next().await.unwrap().unwrap();
+        let Done::Sample { fresh, .. } = done else {
+            panic!("a sample");
+        };
+        let names: Vec<&str> = fresh.iter().map(|r| &*r.field).collect();
+        assert_eq!(names, ["level"], "setpoint and label were not asked for");
+    }
+
     struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
     impl std::io::Write for LogSink {
