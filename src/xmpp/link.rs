@@ -133,8 +133,6 @@ const INBOUND_QUEUE: usize = 4096;
 /// for at once, a fraction of the queue, so one flooder cannot fill it.
 const INBOUND_PER_SENDER: usize = 512;
 const OUTBOUND_QUEUE: usize = 64;
-/// The component socket's send buffer (the kernel doubles it).
-const SEND_BUFFER: u32 = 32 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_ID_PREFIX: &str = "fg-ka-";
 const WINDOW_ID_PREFIX: &str = "fg-fc-";
@@ -288,19 +286,7 @@ async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<(Stream
     let jid: Jid = BareJid::new(&config.domain)
         .map_err(|e| format!("bad domain: {e}"))?
         .into();
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
-    }
-    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    // What the kernel holds is sent in order, whoever it is for: kept small, the queue
-    // in front of it (where a flooder's answers wait their turn) holds the rest.
-    if let Err(e) = socket.set_send_buffer_size(SEND_BUFFER) {
-        tracing::debug!(error = %e, "cannot bound the component link's send buffer");
-    }
-    let tcp = socket
-        .connect(addr)
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     // A readout answers with an iq result and then a message; with Nagle's algorithm the
@@ -312,7 +298,12 @@ async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<(Stream
     // parser cannot be configured, and a stanza beyond its limits would end the stream
     // or, nested deep enough, the process (see `guard`).
     let limits = Limits::new(config.max_inbound_stanza_size, config.max_inbound_depth);
-    let guarded = Guarded::new(tcp, limits, guard.clone());
+    #[cfg(unix)]
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    #[allow(unused_mut)]
+    let mut guarded = Guarded::new(tcp, limits, guard.clone());
+    #[cfg(unix)]
+    guarded.quick_acks(fd);
     let raw = guarded.raw();
     let io = tokio::io::BufStream::new(guarded);
     let header = StreamHeader {
