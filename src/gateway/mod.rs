@@ -24,6 +24,8 @@ mod replies;
 mod routing;
 mod tasks;
 #[cfg(all(test, feature = "sim"))]
+mod fuzz_replay;
+#[cfg(all(test, feature = "sim"))]
 mod testing;
 
 use std::collections::HashMap;
