@@ -36,7 +36,9 @@ async fn corpus_inputs_through_the_gateway() {
         let mut files: Vec<_> = dir.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         files.sort();
         for file in files {
-            let Some(el) = std::fs::read(&file).ok().and_then(|d| crate::fuzzing::xml(&d))
+            let Some(el) = std::fs::read(&file)
+                .ok()
+                .and_then(|d| crate::fuzzing::xml(&d))
             else {
                 continue;
             };

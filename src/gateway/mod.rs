@@ -16,6 +16,8 @@ mod cache;
 mod control;
 mod dispatch;
 mod events;
+#[cfg(all(test, feature = "sim"))]
+mod fuzz_replay;
 mod liveness;
 mod presences;
 mod readouts;
@@ -23,8 +25,6 @@ mod reload;
 mod replies;
 mod routing;
 mod tasks;
-#[cfg(all(test, feature = "sim"))]
-mod fuzz_replay;
 #[cfg(all(test, feature = "sim"))]
 mod testing;
 
