@@ -152,7 +152,12 @@ pub fn codec(data: &[u8]) {
         // round trip is promised for factors a configuration would hold, short decimals.
         let sane =
             |x: f64| x == 0.0 || ((1e-9..=1e9).contains(&x.abs()) && x.to_string().len() <= 12);
-        let wide = wide || !sane(point.scale()) || !sane(point.offset());
+        // Nor when the offset, in register units, is beyond what an f64 holds to the unit
+        // (offset 1.15e7, scale 1e-9: neighbouring registers read as the same double).
+        let wide = wide
+            || !sane(point.scale())
+            || !sane(point.offset())
+            || (point.offset() / point.scale()).abs() > 2f64.powi(50);
         if let Ok(v) = point.decode_registers(&regs) {
             check_round_trip(&point, &regs, &v, decimals.is_none() && !wide);
         }
