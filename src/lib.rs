@@ -12,3 +12,6 @@ pub mod gateway;
 pub mod log_limit;
 pub mod state;
 pub mod xmpp;
+
+#[doc(hidden)]
+pub mod fuzzing;

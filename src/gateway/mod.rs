@@ -16,6 +16,8 @@ mod cache;
 mod control;
 mod dispatch;
 mod events;
+#[cfg(all(test, feature = "sim"))]
+mod fuzz_replay;
 mod liveness;
 mod per_user;
 mod presences;

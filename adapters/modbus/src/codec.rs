@@ -247,7 +247,9 @@ impl WriteOp {
 fn decimals_of(x: f64) -> Option<u8> {
     (0..=9u8).find(|&d| {
         let y = x * 10f64.powi(d.into());
-        (y - y.round()).abs() <= 1e-12 * y.abs().max(1.0)
+        // A non-zero x must not round to 0 at d digits: 1e-13 has no decimals up to 9,
+        // it is not "0 with no decimals" (which would show every reading as 0).
+        (y - y.round()).abs() <= 1e-12 * y.abs().max(1.0) && (x == 0.0 || y.round() != 0.0)
     })
 }
 
@@ -693,9 +695,14 @@ impl Point {
             _ => {
                 let r = raw.round();
                 // Scaling divides in binary floating point: 23.4 / 0.1 is
-                // 233.99999999999997. Only that rounding noise is forgiven.
+                // 233.99999999999997. Only that rounding noise is forgiven, including what
+                // taking away a large offset leaves, in register units (with an offset of 58
+                // and a scale of 1e-9, 58.000000255 is 255.0000033 registers). Never half a
+                // step or more: that would round a value between two steps instead of
+                // refusing it (1e-9 of 5e8 registers is 0.5).
+                let noise = 4.0 * f64::EPSILON * v.abs().max(self.offset.abs()) / self.scale.abs();
                 let tolerance = if scaled {
-                    1e-9 * raw.abs().max(1.0)
+                    (1e-9 * raw.abs().max(1.0)).max(noise).min(0.25)
                 } else {
                     0.0
                 };
@@ -731,6 +738,59 @@ mod tests {
         assert_eq!(implied_decimals(DataType::U16, 1.0 / 3.0, 0.0), None);
         assert_eq!(implied_decimals(DataType::U16, 1.0, 0.0), None);
         assert_eq!(implied_decimals(DataType::F32, 0.1, 0.0), None);
+        // Found by fuzzing: a tiny scale or offset implied 0 decimals, so every reading
+        // showed as 0 and writing that 0 back failed.
+        assert_eq!(implied_decimals(DataType::U16, 1e-13, 0.0), None);
+        assert_eq!(implied_decimals(DataType::U64, 8.6e-217, 8.6e-217), None);
+        assert_eq!(implied_decimals(DataType::U16, 1.0, 1e-13), None);
+    }
+
+    #[test]
+    fn a_value_read_with_a_large_offset_writes_back() {
+        // Found by fuzzing: the offset's rounding noise exceeded the tolerance, so a value
+        // just read could not be written back.
+        let field = crate::ModbusField {
+            register: RegisterKind::Holding,
+            address: 0,
+            data_type: Some(DataType::I16),
+            order: None,
+            bit: None,
+            length: None,
+            scale: Some(1e-9),
+            offset: Some(58.0),
+            values: ValueMap::default(),
+        };
+        let point = field
+            .resolve(&crate::ModbusDevice::new("c"), true, None)
+            .unwrap();
+        let v = point.decode_registers(&[255]).unwrap();
+        assert_eq!(v, Value::Double(58.000000255));
+        assert_eq!(
+            point.encode(&v),
+            Ok(WriteOp::Registers {
+                address: 0,
+                values: vec![255]
+            })
+        );
+        // Still no value between two register steps.
+        assert!(point.encode(&Value::Double(58.0000002555)).is_err());
+
+        // Found by fuzzing: the tolerance grew with the value to half a step and more, so
+        // 539820035 with an offset of 2.5 (539820032.5 registers) was rounded, not refused.
+        let field = crate::ModbusField {
+            data_type: Some(DataType::I32),
+            scale: None,
+            offset: Some(2.5),
+            ..field
+        };
+        let point = field
+            .resolve(&crate::ModbusDevice::new("c"), true, Some(0))
+            .unwrap();
+        assert!(matches!(
+            point.encode(&Value::Double(539820035.0)),
+            Err(EncodeError::NotIntegral { .. })
+        ));
+        assert!(point.encode(&Value::Double(539820034.5)).is_ok());
     }
 
     #[test]

@@ -24,6 +24,8 @@ mod adapter;
 mod bus;
 mod codec;
 mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod instep;
 mod kind;
 mod link;

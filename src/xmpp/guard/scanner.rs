@@ -150,7 +150,18 @@ impl Scanner {
                 Lex::Value(q) => memchr::memchr(q, &input[i..]),
                 _ => Some(0),
             };
-            let run = run.unwrap_or(input.len() - i);
+            let mut run = run.unwrap_or(input.len() - i);
+            if let Lex::Value(_) = self.lex {
+                // Stop before the byte that breaks the attribute bound and take that byte
+                // alone: the bound reported is then the one a byte-by-byte scan breaks
+                // first, however the input was split (found by fuzzing: a run breaking
+                // both bounds was reported as `attribute`, the same bytes in small reads
+                // as `size`). Once broken, runs are whole again.
+                let max = self.limits.max_attribute_bytes;
+                if self.token <= max {
+                    run = run.min((max - self.token).max(1));
+                }
+            }
             if run > 0 {
                 let bytes = &input[i..i + run];
                 if let Lex::Value(_) = self.lex {
@@ -721,6 +732,30 @@ mod tests {
         assert_eq!(refused[0].violation, Violation::Name);
         let (_, refused) = scan(&format!("{HEADER}<iq {}='1'/>", "n".repeat(33)));
         assert_eq!(refused[0].violation, Violation::Name);
+    }
+
+    #[test]
+    fn the_bound_reported_does_not_depend_on_the_reads() {
+        // Found by fuzzing: a value breaking the attribute bound after the stanza broke
+        // the size bound was reported as `attribute` when it came in one read, as `size`
+        // when it came in small ones. It is the bound broken first, in any reads.
+        let limits = Limits {
+            max_stanza_bytes: 70,
+            max_attribute_bytes: 127,
+            ..limits()
+        };
+        let input = format!("{HEADER}<iq id='i'><set v='{}'/></iq>", "x".repeat(300));
+        for chunk in [input.len(), 1, 7, 64] {
+            let mut s = Scanner::new(limits);
+            let mut out = Vec::new();
+            for part in input.as_bytes().chunks(chunk) {
+                s.feed(part, &mut out);
+            }
+            assert_eq!(s.take_refused()[0].violation, Violation::Size, "{chunk}");
+        }
+        // And the attribute bound when it breaks first, in any reads.
+        let (_, refused) = scan(&format!("{HEADER}<iq><set v='{}'/></iq>", "x".repeat(65)));
+        assert_eq!(refused[0].violation, Violation::Attribute);
     }
 
     #[test]

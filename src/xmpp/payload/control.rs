@@ -128,6 +128,14 @@ impl ParamKind {
         })
     }
 
+    /// Whether a form field of this kind carries bounds (a `<range/>`).
+    fn ranged(self) -> bool {
+        !matches!(
+            self,
+            ParamKind::Bool | ParamKind::String | ParamKind::Enum | ParamKind::Color
+        )
+    }
+
     /// The kind a form field declares, from its field type and validation datatype.
     fn from_form(field_type: &str, datatype: Option<&str>) -> Option<ParamKind> {
         match field_type {
@@ -666,14 +674,12 @@ impl FormParam {
             ),
             _ => (FieldType::TextSingle, vec![]),
         };
-        let ranged = !matches!(
-            self.kind,
-            ParamKind::Bool | ParamKind::String | ParamKind::Enum | ParamKind::Color
-        );
         let method =
-            (ranged && (self.min.is_some() || self.max.is_some())).then(|| Method::Range {
-                min: self.min.clone(),
-                max: self.max.clone(),
+            (self.kind.ranged() && (self.min.is_some() || self.max.is_some())).then(|| {
+                Method::Range {
+                    min: self.min.clone(),
+                    max: self.max.clone(),
+                }
             });
         Field {
             var: Some(self.name.clone()),
@@ -764,7 +770,11 @@ impl TryFrom<&Element> for ControlForm {
                     reason: ValueError::Datatype,
                 }
             })?;
-            let range = validate.and_then(|v| v.get_child("range", XDATA_VALIDATE));
+            // Bounds and options only where the builder writes them (found by fuzzing: a
+            // text field's range or options were read, then lost when written back).
+            let range = validate
+                .and_then(|v| v.get_child("range", XDATA_VALIDATE))
+                .filter(|_| kind.ranged());
             params.push(FormParam {
                 name: name.to_owned(),
                 label: optional(field, "label").unwrap_or_default(),
@@ -774,7 +784,7 @@ impl TryFrom<&Element> for ControlForm {
                 max: range.and_then(|r| optional(r, "max")),
                 options: field
                     .children()
-                    .filter(|c| c.is("option", DATA_FORMS))
+                    .filter(|c| kind == ParamKind::Enum && c.is("option", DATA_FORMS))
                     .map(|o| {
                         FormOption::new(
                             text_of(o, "value").unwrap_or_default(),
@@ -1316,6 +1326,28 @@ mod tests {
                 attribute: "var"
             }
         );
+    }
+
+    #[test]
+    fn bounds_and_options_only_where_the_kind_has_them() {
+        // Found by fuzzing: a text field's range or options were read, then lost when
+        // written back.
+        let f = ControlForm::try_from(el("<x xmlns='jabber:x:data' type='form'>\
+             <field var='m' type='list-single'><option label='A'><value>a</value></option></field>\
+             <field var='t' type='text-multi'><option><value>b</value></option></field></x>"))
+        .unwrap();
+        assert_eq!(
+            f.params[0].options,
+            vec![FormOption::new("a", Some("A".into()))]
+        );
+        assert_eq!(f.params[1].kind, ParamKind::String);
+        assert!(f.params[1].options.is_empty());
+        let f = ControlForm::try_from(el("<x xmlns='jabber:x:data' type='form'><field var='s'>\
+             <validate xmlns='http://jabber.org/protocol/xdata-validate' datatype='xs:string'>\
+             <range min='0' max='10'/></validate></field></x>"))
+        .unwrap();
+        assert_eq!((&f.params[0].min, &f.params[0].max), (&None, &None));
+        assert_eq!(ControlForm::try_from(Element::from(f.clone())).unwrap(), f);
     }
 
     #[test]
