@@ -55,12 +55,6 @@ impl Bytes<'_> {
     }
 }
 
-const KINDS: [RegisterKind; 4] = [
-    RegisterKind::Coil,
-    RegisterKind::Discrete,
-    RegisterKind::Holding,
-    RegisterKind::Input,
-];
 const TYPES: [DataType; 11] = [
     DataType::Bool,
     DataType::Bit,
@@ -74,18 +68,6 @@ const TYPES: [DataType; 11] = [
     DataType::F64,
     DataType::String,
 ];
-const ORDERS: [ByteOrder; 10] = [
-    ByteOrder::AB,
-    ByteOrder::BA,
-    ByteOrder::ABCD,
-    ByteOrder::BADC,
-    ByteOrder::CDAB,
-    ByteOrder::DCBA,
-    ByteOrder::ABCDEFGH,
-    ByteOrder::BADCFEHG,
-    ByteOrder::GHEFCDAB,
-    ByteOrder::HGFEDCBA,
-];
 
 /// Builds a field section from the input's first bytes, resolves it, and when it resolves
 /// decodes the registers or bit that follow, checks that encoding the decoded value and
@@ -93,9 +75,11 @@ const ORDERS: [ByteOrder; 10] = [
 pub fn codec(data: &[u8]) {
     let mut b = Bytes(data);
     let pick = |i: u8, n: usize| usize::from(i) % (n + 1);
-    let kind = KINDS[usize::from(b.u8()) % KINDS.len()];
+    let kind = RegisterKind::ALL[usize::from(b.u8()) % RegisterKind::ALL.len()];
     let data_type = TYPES.get(pick(b.u8(), TYPES.len())).copied();
-    let order = ORDERS.get(pick(b.u8(), ORDERS.len())).copied();
+    let order = ByteOrder::ALL
+        .get(pick(b.u8(), ByteOrder::ALL.len()))
+        .copied();
     let bit = b.u8();
     let length = b.u8();
     let entries = usize::from(b.u8() % 5);
