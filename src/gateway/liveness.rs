@@ -60,7 +60,9 @@ impl Gateway {
         for (who, device) in requesters {
             let l = self.liveness.entry(who.clone()).or_default();
             match &l.outstanding {
-                Some((_, sent)) if now.duration_since(*sent) > LIVENESS_TIMEOUT => gone.push(who),
+                Some((_, sent)) if now.duration_since(*sent) > LIVENESS_TIMEOUT.min(every) => {
+                    gone.push(who)
+                }
                 Some(_) => {}
                 None if l.last_probe.is_none_or(|t| now.duration_since(t) >= every) => {
                     self.next_iq += 1;
