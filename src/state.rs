@@ -355,19 +355,29 @@ mod tests {
         }
     }
 
+    type Started<T> = (
+        mpsc::Sender<Commit<T>>,
+        mpsc::Receiver<String>,
+        mpsc::Receiver<Failed<T>>,
+        tokio::task::JoinHandle<u64>,
+    );
+
+    /// A persister writing to `dir`, starting from `stored`, with queues of `cap`.
+    fn start<T: Send + 'static>(dir: &Path, stored: Subscribers, cap: usize) -> Started<T>
+    where
+        String: From<T>,
+    {
+        let (ctx, crx) = mpsc::channel(cap);
+        let (otx, orx) = mpsc::channel::<String>(cap);
+        let (ftx, frx) = mpsc::channel(cap);
+        let task = tokio::spawn(persister(dir.to_owned(), stored, crx, otx, ftx));
+        (ctx, orx, frx, task)
+    }
+
     #[tokio::test]
     async fn replies_wait_for_the_write() {
         let dir = tempfile::tempdir().unwrap();
-        let (ctx, crx) = mpsc::channel(4);
-        let (otx, mut orx) = mpsc::channel::<String>(4);
-        let (ftx, _frx) = mpsc::channel(4);
-        let task = tokio::spawn(persister(
-            dir.path().to_owned(),
-            Subscribers::new(),
-            crx,
-            otx,
-            ftx,
-        ));
+        let (ctx, mut orx, _frx, task) = start(dir.path(), Subscribers::new(), 4);
         ctx.send(Commit {
             changes: vec![add("d", "a@b")],
             then_send: vec!["subscribed"],
@@ -386,16 +396,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_is_written_in_one_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let (ctx, crx) = mpsc::channel(1024);
-        let (otx, mut orx) = mpsc::channel::<String>(1024);
-        let (ftx, _frx) = mpsc::channel(4);
-        let task = tokio::spawn(persister(
-            dir.path().to_owned(),
-            Subscribers::new(),
-            crx,
-            otx,
-            ftx,
-        ));
+        let (ctx, mut orx, _frx, task) = start(dir.path(), Subscribers::new(), 1024);
         for i in 0..500 {
             ctx.send(Commit {
                 changes: vec![add("d", &format!("u{i}@b"))],
@@ -422,16 +423,7 @@ mod tests {
         save(dir.path(), &stored).unwrap();
         let tmp = dir.path().join(format!("{FILE}.tmp"));
         std::fs::create_dir(&tmp).unwrap();
-        let (ctx, crx) = mpsc::channel(8);
-        let (otx, mut orx) = mpsc::channel::<String>(8);
-        let (ftx, mut frx) = mpsc::channel(8);
-        let task = tokio::spawn(persister(
-            dir.path().to_owned(),
-            stored.clone(),
-            crx,
-            otx,
-            ftx,
-        ));
+        let (ctx, mut orx, mut frx, task) = start(dir.path(), stored.clone(), 8);
         ctx.send(Commit {
             changes: vec![add("d", "new@b")],
             then_send: vec!["subscribed".to_owned()],

@@ -55,20 +55,6 @@ impl Bytes<'_> {
     }
 }
 
-const TYPES: [DataType; 11] = [
-    DataType::Bool,
-    DataType::Bit,
-    DataType::I16,
-    DataType::U16,
-    DataType::I32,
-    DataType::U32,
-    DataType::I64,
-    DataType::U64,
-    DataType::F32,
-    DataType::F64,
-    DataType::String,
-];
-
 /// Builds a field section from the input's first bytes, resolves it, and when it resolves
 /// decodes the registers or bit that follow, checks that encoding the decoded value and
 /// decoding what would be written gives the value back, and encodes an arbitrary value.
@@ -76,7 +62,9 @@ pub fn codec(data: &[u8]) {
     let mut b = Bytes(data);
     let pick = |i: u8, n: usize| usize::from(i) % (n + 1);
     let kind = RegisterKind::ALL[usize::from(b.u8()) % RegisterKind::ALL.len()];
-    let data_type = TYPES.get(pick(b.u8(), TYPES.len())).copied();
+    let data_type = DataType::ALL
+        .get(pick(b.u8(), DataType::ALL.len()))
+        .copied();
     let order = ByteOrder::ALL
         .get(pick(b.u8(), ByteOrder::ALL.len()))
         .copied();

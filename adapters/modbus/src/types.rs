@@ -126,6 +126,21 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// Every type, as accepted in the configuration.
+    pub const ALL: [DataType; 11] = [
+        DataType::Bool,
+        DataType::Bit,
+        DataType::I16,
+        DataType::U16,
+        DataType::I32,
+        DataType::U32,
+        DataType::I64,
+        DataType::U64,
+        DataType::F32,
+        DataType::F64,
+        DataType::String,
+    ];
+
     /// Registers a value of this type fills (`length` for strings); 0 for `bool`, which
     /// lives in a coil or discrete input.
     pub fn registers(self, length: u16) -> u16 {
