@@ -8,6 +8,7 @@ pub mod access;
 pub mod adapters;
 pub mod config;
 pub mod devices;
+pub mod discovered;
 pub mod gateway;
 pub mod log_limit;
 pub mod state;

@@ -56,9 +56,23 @@ pub fn load(dir: &Path) -> Result<Subscribers, StateError> {
     std::fs::write(&probe, b"").map_err(dir_err)?;
     let _ = std::fs::remove_file(&probe);
 
-    let path = dir.join(FILE);
+    match read_json(dir, FILE, "subscriber file")? {
+        Some(s) => Ok(s),
+        None => Ok(Subscribers::new()),
+    }
+}
+
+/// Reads the JSON file `file` in `dir`; `None` when there is none. A file that does not
+/// parse (bad JSON, invalid UTF-8, or a directory in its place) is moved aside, not
+/// deleted, with an error in the log naming `what`, and `None` returned.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    file: &str,
+    what: &str,
+) -> Result<Option<T>, StateError> {
+    let path = dir.join(file);
     let bytes = match std::fs::symlink_metadata(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Subscribers::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StateError::Read { path, source }),
         // A directory or device in its place is corruption too: moving it aside lets the
         // gateway start, and the next save writes a file again.
@@ -71,31 +85,31 @@ pub fn load(dir: &Path) -> Result<Subscribers, StateError> {
     // Parsed from bytes: invalid UTF-8 is a parse error like any other damage.
     let parsed = bytes.and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
     match parsed {
-        Ok(s) => Ok(s),
+        Ok(s) => Ok(Some(s)),
         Err(why) => {
-            let aside = aside_name(dir);
+            let aside = aside_name(dir, file);
             tracing::error!(file = %path.display(), error = %why, kept_as = %aside.display(),
-                "subscriber file is unusable; moved aside, starting with no subscribers");
+                "{what} is unusable; moved aside, starting without it");
             std::fs::rename(&path, &aside).map_err(|source| StateError::Read {
                 path: path.clone(),
                 source,
             })?;
-            Ok(Subscribers::new())
+            Ok(None)
         }
     }
 }
 
 /// A name for a damaged subscriber file that no earlier one has taken: a rename over an
 /// older copy would destroy it.
-fn aside_name(dir: &Path) -> PathBuf {
+fn aside_name(dir: &Path, file: &str) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let mut aside = dir.join(format!("{FILE}.corrupt-{secs}"));
+    let mut aside = dir.join(format!("{file}.corrupt-{secs}"));
     let mut n = 1;
     while std::fs::symlink_metadata(&aside).is_ok() {
-        aside = dir.join(format!("{FILE}.corrupt-{secs}-{n}"));
+        aside = dir.join(format!("{file}.corrupt-{secs}-{n}"));
         n += 1;
     }
     aside
@@ -103,14 +117,24 @@ fn aside_name(dir: &Path) -> PathBuf {
 
 /// Writes `subs` to `dir` atomically and durably.
 pub fn save(dir: &Path, subs: &Subscribers) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    let json = serde_json::to_vec_pretty(subs).map_err(std::io::Error::other)?;
+    write_json(dir, FILE, subs)
+}
+
+/// Writes `value` as the JSON file `file` in `dir`, atomically and durably (temporary
+/// file, fsync, rename, fsync of the directory).
+pub(crate) fn write_json<T: serde::Serialize>(
+    dir: &Path,
+    file: &str,
+    value: &T,
+) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{file}.tmp"));
+    let json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&json)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, dir.join(FILE))?;
+    std::fs::rename(&tmp, dir.join(file))?;
     // The rename is durable only once the directory entry is.
     std::fs::File::open(dir)?.sync_all()
 }

@@ -143,6 +143,9 @@ pub struct DeviceConfig {
     pub setup: Arc<dyn DeviceSetup>,
     /// How the device's values reach the core (polled, pushed, or on request).
     pub reporting: Reporting,
+    /// Whether the entry stands for the devices its adapter discovers (a topic pattern)
+    /// rather than for one device: it has no JID of its own, its members do.
+    pub discovers: bool,
     /// The field catalogue, shared (not copied) with the running device.
     pub fields: Arc<[FieldSpec]>,
 }
@@ -252,6 +255,18 @@ impl Config {
         let _ = writeln!(s, "devices: {}", self.devices.len());
         for d in &self.devices {
             let writable = d.fields.iter().filter(|f| f.writable).count();
+            if d.discovers {
+                let _ = writeln!(
+                    s,
+                    "  entry {} ({}) adapter={} discovers devices, each with fields={} writable={}",
+                    d.id,
+                    d.name,
+                    d.kind,
+                    d.fields.len(),
+                    writable
+                );
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "  {}@{} ({}) adapter={} fields={} writable={}",
@@ -262,6 +277,30 @@ impl Config {
                 d.fields.len(),
                 writable
             );
+        }
+        if self.devices.iter().any(|d| d.discovers) {
+            let _ = match crate::discovered::peek(&self.state_dir) {
+                Ok(found) => {
+                    let n: usize = self
+                        .devices
+                        .iter()
+                        .filter(|d| d.discovers)
+                        .map(|d| found.get(&*d.id).map_or(0, Vec::len))
+                        .sum();
+                    let _ = writeln!(s, "discovered devices (in the state directory): {n}");
+                    for d in self.devices.iter().filter(|d| d.discovers) {
+                        for m in found.get(&*d.id).into_iter().flatten() {
+                            let _ = writeln!(
+                                s,
+                                "  {}@{} ({}) from entry {}",
+                                m.id, self.xmpp.domain, m.name, d.id
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => writeln!(s, "discovered devices: cannot be read: {e}"),
+            };
         }
         s
     }

@@ -299,6 +299,7 @@ impl Ctx<'_> {
                     kind: kind.name(),
                     setup: Arc::new(()),
                     reporting: Default::default(),
+                    discovers: false,
                     fields: Arc::from([]),
                 },
             });
@@ -451,6 +452,7 @@ impl Ctx<'_> {
                 }
                 let mut device = p.device;
                 device.reporting = kind.reporting(&*setup);
+                device.discovers = kind.discovers(&*setup);
                 device.setup = setup;
                 device.fields = input.fields.into_iter().map(|f| f.spec).collect();
                 done[slot] = Some(device);

@@ -265,7 +265,7 @@ impl Gateway {
         let Some(dev) = self.devices.get(&job.device) else {
             return;
         };
-        let adapter = dev.adapter.as_ref().map(|a| a.requests.clone());
+        let adapter = self.requests_of(dev);
         let timeout = self.cfg.readout.timeout;
         self.writes_per_requester.take(&job.requester);
         self.tasks.spawn(async move {

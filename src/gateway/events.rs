@@ -212,6 +212,10 @@ impl Gateway {
     /// field), unless a read for them is under way.
     pub(super) fn start_sample(&mut self, id: &DeviceId) {
         let keys = self.subscriptions.of_device(id);
+        let adapter = match self.devices.get(id) {
+            Some(dev) => self.requests_of(dev),
+            None => return,
+        };
         let Some(dev) = self.devices.get_mut(id) else {
             return;
         };
@@ -233,7 +237,6 @@ impl Gateway {
             return;
         }
         dev.sampling = true;
-        let adapter = dev.adapter.as_ref().map(|a| a.requests.clone());
         let timeout = self.cfg.readout.timeout;
         let id = id.clone();
         self.tasks.spawn(async move {

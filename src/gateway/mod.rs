@@ -16,6 +16,7 @@ mod cache;
 mod control;
 mod dispatch;
 mod events;
+mod fleets;
 #[cfg(all(test, feature = "sim"))]
 mod fuzz_replay;
 mod liveness;
@@ -76,6 +77,9 @@ struct Device {
     /// When each field was last written through XMPP, until a reading taken after the
     /// write arrives (monotonic: a wall-clock step must not freeze the cache).
     written: HashMap<Arc<str>, Instant>,
+    /// The discovering entry this device is a member of: its requests go to the entry's
+    /// adapter (it has none of its own).
+    member_of: Option<DeviceId>,
 }
 
 impl Device {
@@ -159,6 +163,10 @@ struct Gateway {
     reloading: reload::Reloading,
     /// Adapters of removed devices, stopping: a reload does not wait for them.
     stopping: JoinSet<()>,
+    /// The members of discovering entries, as on file.
+    discovered: crate::discovered::Discovered,
+    /// When the discovered members are next written, if they changed.
+    discovered_save: Option<Instant>,
     /// Log lines about refused and unroutable stanzas, which anyone can cause.
     refused_log: PerSender,
     unroutable_log: LogLimiter,
@@ -172,6 +180,7 @@ pub async fn run(
     mut supervisor: Box<dyn Supervisor>,
 ) -> Result<(), state::StateError> {
     let subscribers = state::load(&cfg.state_dir)?;
+    let discovered = crate::discovered::load(&cfg.state_dir)?;
     let n_subs: usize = subscribers.values().map(|s| s.len()).sum();
     tracing::info!(devices = cfg.devices.len(), subscriptions = n_subs,
         state_dir = %cfg.state_dir.display(), "starting");
@@ -204,6 +213,7 @@ pub async fn run(
     let mut gw = Gateway::new(
         cfg,
         subscribers,
+        discovered,
         outbound,
         commit_tx,
         EventSink::new(ev_tx, dropped),
@@ -273,11 +283,15 @@ pub async fn run(
             Some(exit) = gw.exits.recv() => gw.on_adapter_exit(exit).await,
             _ = until(gw.restarts.next()) => gw.restart_due().await,
             Some(f) = failed_rx.recv() => gw.on_failed_save(f).await,
+            _ = until(gw.discovered_save), if gw.discovered_save.is_some() => gw.save_discovered().await,
             _ = tick(&mut watchdog) => supervisor.watchdog(),
         }
     }
 
     supervisor.stopping();
+    if gw.discovered_save.is_some() {
+        gw.save_discovered().await;
+    }
     tracing::info!("shutting down: withdrawing presence");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
     if gw.link_up {
@@ -367,6 +381,7 @@ impl Gateway {
     fn new(
         cfg: Config,
         subscribers: Subscribers,
+        discovered: crate::discovered::Discovered,
         out: mpsc::Sender<Outbound>,
         commits: mpsc::Sender<Commit<Element>>,
         events: EventSink,
@@ -398,6 +413,8 @@ impl Gateway {
             restarts: supervise::Restarts::default(),
             reloading: reload::Reloading::default(),
             stopping: JoinSet::new(),
+            discovered,
+            discovered_save: None,
             refused_log: PerSender::new(3, 20, Duration::from_secs(60)),
             unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
             cfg: cfg.clone(),
@@ -417,11 +434,9 @@ impl Gateway {
         let _ = self.out.send(el.into()).await;
     }
 
+    /// Adds a configured device (or discovering entry, with its remembered members) and
+    /// starts its adapter.
     fn add_device(&mut self, cfg: DeviceConfig) {
-        let bare = format!("{}@{}", cfg.id, self.cfg.xmpp.domain);
-        let full = format!("{bare}/{}", self.cfg.xmpp.resource);
-        let disco = DeviceDisco::new(&cfg.name, &dispatch::features(&cfg));
-        let caps: Element = disco.caps.clone().into();
         let started = self
             .runtimes
             .start(&cfg, self.events.clone(), &self.adapters_root);
@@ -441,7 +456,29 @@ impl Gateway {
             }
         };
         let id = cfg.id.clone();
-        self.order.push(id.clone());
+        let discovers = cfg.discovers;
+        if !discovers {
+            self.order.push(id.clone());
+        }
+        self.insert_device(cfg, adapter, reach, None);
+        if discovers {
+            self.add_members(&id);
+        }
+    }
+
+    /// Puts a device in the registry (not in `order`).
+    fn insert_device(
+        &mut self,
+        cfg: DeviceConfig,
+        adapter: Option<devices::Running>,
+        reach: Option<Reachability>,
+        member_of: Option<DeviceId>,
+    ) {
+        let bare = format!("{}@{}", cfg.id, self.cfg.xmpp.domain);
+        let full = format!("{bare}/{}", self.cfg.xmpp.resource);
+        let disco = DeviceDisco::new(&cfg.name, &dispatch::features(&cfg));
+        let caps: Element = disco.caps.clone().into();
+        let id = cfg.id.clone();
         let specs: Arc<[FieldSpec]> = cfg.fields.clone();
         let max_age = cfg.max_age.unwrap_or(self.cfg.readout.max_age);
         self.devices.insert(
@@ -461,6 +498,7 @@ impl Gateway {
                 max_age,
                 sampling: false,
                 written: HashMap::new(),
+                member_of,
             },
         );
     }
@@ -497,6 +535,10 @@ impl Gateway {
                 if self.subscriptions.watch(&ev.device) {
                     self.evaluate_subscriptions(&ev.device, true).await;
                 }
+            }
+            EventKind::Discovered { id, name, verdict } => {
+                let r = self.on_discovered(&ev.device, id, name).await;
+                verdict.give(r);
             }
         }
     }

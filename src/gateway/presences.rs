@@ -166,7 +166,7 @@ impl Gateway {
         let from = h.from.to_bare().to_string();
         // A device the sender may not see (and is no subscriber of) answers exactly as one
         // that does not exist: the answers must not tell which devices exist.
-        let visible = self.devices.get(node.as_str()).filter(|d| {
+        let visible = self.device_at(node.as_str()).filter(|d| {
             access::may_see(&self.cfg.access, &d.cfg.access, &h.from.to_bare())
                 || self
                     .subscribers
@@ -176,7 +176,7 @@ impl Gateway {
         let Some(dev) = visible else {
             if matches!(h.type_.as_deref(), Some("subscribe" | "probe")) {
                 if h.type_.as_deref() == Some("subscribe") {
-                    let why = if self.devices.contains_key(node.as_str()) {
+                    let why = if self.device_at(node.as_str()).is_some() {
                         "the access policy admits no right for the sender"
                     } else {
                         "no such device"

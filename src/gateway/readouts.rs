@@ -230,7 +230,7 @@ impl Gateway {
                     .collect()
             },
             extra,
-            adapter: dev.adapter.as_ref().map(|a| a.requests.clone()),
+            adapter: self.requests_of(dev),
             timeout: self.cfg.readout.timeout,
             max_age: dev.max_age,
             max_stanza: self.cfg.xmpp.max_outbound_stanza_size,

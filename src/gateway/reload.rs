@@ -143,6 +143,21 @@ impl Gateway {
         let r = &mut self.reloading;
         (r.added, r.removed, r.changed) = (0, 0, 0);
         for (id, dev) in &self.devices {
+            if let Some(entry) = &dev.member_of {
+                // A member follows its entry: kept while the entry is, re-made from the
+                // entry's new configuration when it changed.
+                let now = self.devices.get(entry).map(|e| &e.cfg);
+                match wanted.get(entry) {
+                    Some(cfg) if Some(*cfg) == now && cfg.discovers => {}
+                    Some(_) => r
+                        .steps
+                        .push_back(Step::Remove(id.clone(), "its discovery entry was reconfigured")),
+                    None => r
+                        .steps
+                        .push_back(Step::Remove(id.clone(), "its discovery entry was removed")),
+                }
+                continue;
+            }
             match wanted.get(id) {
                 None => {
                     r.steps.push_back(Step::Remove(
@@ -211,7 +226,7 @@ impl Gateway {
         }
         self.reloading.applying = false;
         // Keep disco#items in file order.
-        self.order = self.cfg.devices.iter().map(|d| d.id.clone()).collect();
+        self.settle_members();
         self.runtimes.retain(self.devices.values().map(|d| &d.cfg));
         self.enforce_access().await;
         release_free_memory();

@@ -82,7 +82,7 @@ impl Gateway {
     /// The device a stanza is for, if it exists and the sender may see it.
     pub(super) fn visible_device(&self, h: &Header) -> Option<&Device> {
         let node = h.to.node()?;
-        let dev = self.devices.get(node.as_str())?;
+        let dev = self.device_at(node.as_str())?;
         access::may_see(&self.cfg.access, &dev.cfg.access, &h.from.to_bare()).then_some(dev)
     }
 

@@ -74,9 +74,14 @@ impl Gateway {
         self.restarts
             .due
             .push((Instant::now() + delay, exit.device.clone()));
+        let unreachable = Reachability::Unreachable(why);
+        if dev.cfg.discovers {
+            self.members_unreachable(&exit.device, unreachable.clone())
+                .await;
+        }
         self.on_event(DeviceEvent {
             device: exit.device,
-            kind: EventKind::Reachability(Reachability::Unreachable(why)),
+            kind: EventKind::Reachability(unreachable),
         })
         .await;
     }
@@ -97,6 +102,10 @@ impl Gateway {
                 Ok(running) => {
                     tracing::info!(device = %id, failures = dev.adapter_failures, "adapter restarted");
                     dev.adapter = Some(running);
+                    if dev.cfg.discovers {
+                        let members = self.discovered.get(&*id).cloned().unwrap_or_default();
+                        self.adopt(&id, members);
+                    }
                 }
                 Err(e) => {
                     let delay = backoff(dev.adapter_failures, RESTART_MIN, RESTART_MAX);

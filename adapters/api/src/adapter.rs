@@ -38,6 +38,17 @@ pub enum AdapterRequest {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<(), AdapterError>>,
     },
+    /// A device this adapter discovered in an earlier run (see [`EventKind::Discovered`]),
+    /// handed back when the adapter starts: the adapter serves it from now on, as if it
+    /// had just discovered it. Adapters that discover nothing ignore it.
+    ///
+    /// [`EventKind::Discovered`]: crate::EventKind::Discovered
+    Adopt {
+        /// The member's device id.
+        device: DeviceId,
+        /// The name the adapter discovered it by (a topic segment).
+        name: String,
+    },
 }
 
 /// What an adapter is handed when it starts.

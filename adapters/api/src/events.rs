@@ -1,9 +1,9 @@
 //! What adapters report to the core: readings and reachability.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{DeviceId, Reading, Reason};
 
@@ -25,6 +25,46 @@ pub enum EventKind {
     Readings(Vec<Reading>),
     /// The device became reachable or unreachable.
     Reachability(Reachability),
+    /// A device entry that discovers its members (one written entry standing for many
+    /// devices, see [`AdapterKind::discovers`]) found a new one: `id` becomes a device
+    /// of its own with the entry's catalogue, and the adapter serves its requests. The
+    /// event's `device` is the entry.
+    ///
+    /// [`AdapterKind::discovers`]: crate::AdapterKind::discovers
+    Discovered {
+        /// The new member's device id.
+        id: DeviceId,
+        /// What the adapter found it by (a topic segment), handed back on restart.
+        name: String,
+        /// Where the core says whether it took the member: an id that another device
+        /// already has, or that is no JID localpart, is refused.
+        verdict: Verdict,
+    },
+}
+
+/// The core's answer to a discovery: `Ok` when the member is a device now, or why not.
+#[derive(Debug, Clone)]
+pub struct Verdict(Arc<Mutex<Option<oneshot::Sender<Result<(), String>>>>>);
+
+impl Verdict {
+    /// A verdict to hand to the core, and where its answer arrives.
+    pub fn new() -> (Verdict, oneshot::Receiver<Result<(), String>>) {
+        let (tx, rx) = oneshot::channel();
+        (Verdict(Arc::new(Mutex::new(Some(tx)))), rx)
+    }
+
+    /// Gives the answer (once; later answers are ignored).
+    pub fn give(&self, result: Result<(), String>) {
+        if let Some(tx) = self.0.lock().ok().and_then(|mut g| g.take()) {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl PartialEq for Verdict {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// One event from an adapter about one device.
@@ -60,6 +100,43 @@ impl EventSink {
             .send(DeviceEvent {
                 device: device.clone(),
                 kind: EventKind::Reachability(state),
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Reports that the device entry `entry` discovered the member `id`, and waits for
+    /// the core's verdict: `Ok` once the member is a device, or why it was refused.
+    pub async fn discovered(
+        &self,
+        entry: &DeviceId,
+        id: DeviceId,
+        name: String,
+    ) -> Result<(), String> {
+        let (verdict, answer) = Verdict::new();
+        let ev = DeviceEvent {
+            device: entry.clone(),
+            kind: EventKind::Discovered { id, name, verdict },
+        };
+        if self.tx.send(ev).await.is_err() {
+            return Err("the gateway is shutting down".into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the gateway is shutting down".into()))
+    }
+
+    /// Reports a batch of readings, waiting for room in the queue: for buses that must
+    /// not lose what they were handed (an MQTT message is acknowledged to the broker only
+    /// once its values are in the core). Returns false when the core has gone away.
+    pub async fn deliver(&self, device: &DeviceId, readings: Vec<Reading>) -> bool {
+        if readings.is_empty() {
+            return true;
+        }
+        self.tx
+            .send(DeviceEvent {
+                device: device.clone(),
+                kind: EventKind::Readings(readings),
             })
             .await
             .is_ok()

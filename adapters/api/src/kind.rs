@@ -47,6 +47,17 @@ pub trait AdapterKind: Send + Sync + 'static {
         Reporting::OnRequest
     }
 
+    /// Whether a device entry with `setup` stands for the members it discovers (an MQTT
+    /// topic pattern whose wildcard names the device) rather than for one device: the
+    /// core gives the entry no JID of its own, makes each member the adapter reports
+    /// (`EventKind::Discovered`) a device with the entry's catalogue and policy, routes
+    /// the members' requests to the entry's adapter, and remembers them across
+    /// restarts.
+    fn discovers(&self, setup: &dyn DeviceSetup) -> bool {
+        let _ = setup;
+        false
+    }
+
     /// Every option this kind reads, by the section it is written in (`modbus.connection`
     /// for `[[modbus.connection]]`, `device.modbus`, `device.field.modbus` for a field's
     /// inline table), so that a test can check each is documented.

@@ -20,7 +20,7 @@ mod value;
 pub use adapter::{Adapter, AdapterContext, AdapterRequest, ReadOutcome};
 pub use backoff::backoff;
 pub use duration::HumanDuration;
-pub use events::{DeviceEvent, EventKind, EventSink, Reachability};
+pub use events::{DeviceEvent, EventKind, EventSink, Reachability, Verdict};
 pub use field::{FieldSpec, FieldType};
 pub use kind::{
     wrong_setup, AdapterKind, DeviceInput, DeviceSetup, FieldInput, KindRuntime, Reporting,

@@ -343,6 +343,8 @@ impl ModbusAdapter {
                 };
                 let _ = reply.send(result);
             }
+            // A Modbus device discovers nothing.
+            AdapterRequest::Adopt { .. } => {}
         }
     }
 }

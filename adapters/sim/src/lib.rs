@@ -215,6 +215,8 @@ impl Adapter for SimAdapter {
                         Some(AdapterRequest::Write { params, reply, .. }) => {
                             let _ = reply.send(self.write(params, &mut overrides));
                         }
+                        // A simulated device discovers nothing.
+                        Some(AdapterRequest::Adopt { .. }) => {}
                     },
                 }
             }
