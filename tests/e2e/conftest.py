@@ -53,6 +53,46 @@ def workdir():
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def tls_certs():
+    """Test certificates (certs.Certs: CA, wrong CA, server/wrong-host/expired/untrusted leaves
+    for localhost + 127.0.0.1, client certificates), made once per test module."""
+    from certs import make_certs, openssl_bin
+
+    try:
+        openssl_bin()
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    d = Path(tempfile.mkdtemp(prefix="fg-certs-"))
+    try:
+        yield make_certs(d)
+    finally:
+        if os.environ.get("FIELDGATE_E2E_KEEP") != "1":
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def mosquitto(workdir, tls_certs):
+    """A Mosquitto broker (mosquitto.Mosquitto) running in the test's workdir with the
+    listeners plain, tls and auth; stopped, with its helper clients, after the test."""
+    # Imported here: only the MQTT tests need paho-mqtt and the mosquitto packages, and
+    # they fail with one clear message (not the whole suite) if those are missing.
+    try:
+        from mosquitto import Mosquitto, missing_tools
+    except ImportError as e:
+        pytest.fail(f"{e}: run bash tests/run.sh (it installs tests/e2e/requirements.txt into .venv)", pytrace=False)
+    missing = missing_tools()
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: install the Debian packages 'mosquitto', "
+                    "'mosquitto-clients' and 'openssl' (bash tests/run.sh does it)", pytrace=False)
+    m = Mosquitto(workdir / "mosquitto", tls_certs)
+    try:
+        m.start()
+        yield m
+    finally:
+        m.close()
+
+
 @pytest.fixture
 def fieldgate_bin() -> Path:
     return gateway_bin()

@@ -2,6 +2,9 @@
 # Installs what the end-to-end tests, the demo and the benchmark need, when it is missing:
 #   - Prosody (Debian package; its own service is kept from starting),
 #   - socat (Debian package; a pty pair for the Modbus RTU tests),
+#   - Mosquitto and openssl (Debian packages mosquitto, mosquitto-clients, openssl; the MQTT
+#     tests run their own broker with generated test certificates; its service is kept from
+#     starting too),
 #   - a Python >= 3.11 virtualenv at .venv with the pinned packages of requirements.txt,
 #   - the Rust toolchain components the checks need (rustfmt, clippy).
 # Sourced by tests/run.sh, tests/demo.sh and tests/bench/run.sh from the repository root.
@@ -73,6 +76,34 @@ fg_ensure_prosody() {
     command -v prosody >/dev/null 2>&1 || fg_die "prosody still missing after apt-get install"
 }
 
+# Mosquitto for the MQTT adapter's tests (tests/e2e/mosquitto.py), which start their own
+# broker on free loopback ports from a generated config; mosquitto_passwd (same package)
+# writes its password file. mosquitto-clients (mosquitto_pub/sub) are for poking at a kept
+# test broker by hand. openssl makes the test certificates (tests/e2e/certs.py).
+# The packaged broker service is not needed: kept from starting, and stopped if a package
+# script started it anyway (systemd hosts).
+fg_has_mosquitto() {
+    # Debian installs the broker in /usr/sbin, which not every user has on PATH.
+    command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]
+}
+
+fg_ensure_mosquitto() {
+    local missing=()
+    if ! fg_has_mosquitto || ! command -v mosquitto_passwd >/dev/null 2>&1; then
+        missing+=(mosquitto)
+    fi
+    command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    fg_apt_install "${missing[@]}"
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+        fg_log "stopping the packaged mosquitto service (the tests run their own)"
+        fg_as_root systemctl stop mosquitto || true
+    fi
+    fg_has_mosquitto || fg_die "mosquitto still missing after apt-get install"
+    command -v openssl >/dev/null 2>&1 || fg_die "openssl still missing after apt-get install"
+}
+
 fg_python_ok() {
     "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null
 }
@@ -124,9 +155,10 @@ fg_ensure_rust() {
     done
 }
 
-# Everything the demo and the benchmarks need: Prosody, the venv, cargo.
+# Everything the tests, the demo and the benchmarks need: Prosody, Mosquitto, the venv, cargo.
 fg_ensure_all() {
     fg_ensure_prosody
+    fg_ensure_mosquitto
     fg_ensure_venv
     fg_ensure_rust "$@"
 }
