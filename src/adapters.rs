@@ -23,6 +23,11 @@ const MODBUS: Option<&'static dyn AdapterKind> = Some(&fieldgate_modbus::ModbusK
 #[cfg(not(feature = "modbus"))]
 const MODBUS: Option<&'static dyn AdapterKind> = None;
 
+#[cfg(feature = "mqtt")]
+const MQTT: Option<&'static dyn AdapterKind> = Some(&fieldgate_mqtt::MqttKind);
+#[cfg(not(feature = "mqtt"))]
+const MQTT: Option<&'static dyn AdapterKind> = None;
+
 #[cfg(feature = "sim")]
 const SIM: Option<&'static dyn AdapterKind> = Some(&fieldgate_sim::SimKind);
 #[cfg(not(feature = "sim"))]
@@ -34,6 +39,11 @@ pub const REGISTRY: &[Registered] = &[
         name: "modbus",
         feature: "modbus",
         kind: MODBUS,
+    },
+    Registered {
+        name: "mqtt",
+        feature: "mqtt",
+        kind: MQTT,
     },
     Registered {
         name: "sim",

@@ -392,36 +392,39 @@ impl Entry {
                     self.bad(topic, &format_args!("field {name}: {e}"));
                 }
                 let mut readings = Vec::with_capacity(decoded.values.len());
-                let mut live = member.live();
-                for (k, value, stamp) in decoded.values {
-                    let idx = t.fields[k];
-                    let spec = &self.fields[idx];
-                    if let Err(e) = range_check(spec, &value) {
-                        drop(live);
-                        self.bad(topic, &format_args!("field {}: {e}", spec.name));
-                        live = member.live();
-                        continue;
-                    }
-                    live.confirms.retain_mut(|c| {
-                        if c.field == idx && codec::same_value(spec, &c.value, &value) {
-                            let (tx, _) = oneshot::channel();
-                            let _ = std::mem::replace(&mut c.reply, tx).send(());
-                            false
-                        } else {
-                            true
+                let mut out_of_range = Vec::new();
+                {
+                    let mut live = member.live();
+                    for (k, value, stamp) in decoded.values {
+                        let idx = t.fields[k];
+                        let spec = &self.fields[idx];
+                        if let Err(e) = range_check(spec, &value) {
+                            out_of_range.push(format!("field {}: {e}", spec.name));
+                            continue;
                         }
-                    });
-                    let r = Reading {
-                        field: spec.name.clone(),
-                        value,
-                        timestamp: stamp,
-                        taken: arrival,
-                        quality: Quality::Good,
-                    };
-                    live.values[idx] = Some(r.clone());
-                    readings.push(r);
+                        live.confirms.retain_mut(|c| {
+                            if c.field == idx && codec::same_value(spec, &c.value, &value) {
+                                let (tx, _) = oneshot::channel();
+                                let _ = std::mem::replace(&mut c.reply, tx).send(());
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                        let r = Reading {
+                            field: spec.name.clone(),
+                            value,
+                            timestamp: stamp,
+                            taken: arrival,
+                            quality: Quality::Good,
+                        };
+                        live.values[idx] = Some(r.clone());
+                        readings.push(r);
+                    }
                 }
-                drop(live);
+                for why in out_of_range {
+                    self.bad(topic, &why);
+                }
                 // Waits for room in the core's queue: the message is acknowledged to the
                 // broker only after this.
                 self.events.deliver(&member.id, readings).await;
@@ -570,8 +573,12 @@ pub async fn on_message(
 
 /// The adapter of one entry: answers the core, reports reachability.
 pub struct MqttAdapter {
-    /// The entry.
-    pub entry: Arc<Entry>,
+    /// The entry's device id.
+    pub id: DeviceId,
+    /// Its resolved configuration.
+    pub setup: Arc<MqttSetup>,
+    /// Its catalogue.
+    pub fields: Arc<[FieldSpec]>,
     /// Its broker's session.
     pub shared: Arc<Shared>,
 }
@@ -582,7 +589,7 @@ impl fieldgate_api::Adapter for MqttAdapter {
     }
 
     fn devices(&self) -> Vec<DeviceId> {
-        vec![self.entry.id.clone()]
+        vec![self.id.clone()]
     }
 
     fn run(
@@ -590,8 +597,13 @@ impl fieldgate_api::Adapter for MqttAdapter {
         mut ctx: fieldgate_api::AdapterContext,
     ) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(async move {
-            let entry = self.entry.clone();
-            let shared = self.shared.clone();
+            let MqttAdapter {
+                id,
+                setup,
+                fields,
+                shared,
+            } = *self;
+            let entry = Entry::new(id, setup, fields, ctx.events.clone());
             let bindings = entry.bindings();
             let fresh: Vec<String> = {
                 let mut router = shared.router.write().unwrap_or_else(|p| p.into_inner());

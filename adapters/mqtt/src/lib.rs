@@ -7,4 +7,13 @@
 //! It knows nothing of XMPP: it meets the core in `fieldgate-api`.
 
 pub mod codec;
+pub mod config;
+mod device;
+mod kind;
 pub mod localpart;
+pub mod router;
+mod session;
+mod setup;
+mod tls;
+
+pub use kind::MqttKind;

@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use fieldgate_api::{backoff, AdapterError, Reason};
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
-    Packet, PubAck, PubRec, QoS, Request, SubscribeFilter, SubscribeReasonCode, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, PubAck, PubRec, QoS, Request, SubscribeFilter, SubscribeReasonCode, Transport,
 };
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -52,7 +51,7 @@ pub struct Shared {
     pub router: RwLock<Router<Binding>>,
     status: watch::Sender<LinkStatus>,
     /// Publishes in flight, so that each is answered when the broker acknowledges it.
-    outgoing: Mutex<Outgoing>,
+    outgoing: Mutex<InFlight>,
     /// Holds the order of `outgoing.queued` equal to that of the client's queue.
     publish_order: tokio::sync::Mutex<()>,
     /// Filters the broker has been asked for in this session.
@@ -62,7 +61,7 @@ pub struct Shared {
 type Reply = oneshot::Sender<Result<(), AdapterError>>;
 
 #[derive(Default)]
-struct Outgoing {
+struct InFlight {
     /// Publishes handed to the client, not written yet.
     queued: VecDeque<(QoS, Reply)>,
     /// Written, waiting for the broker; `None` once answered (the connection dropped)
@@ -148,7 +147,7 @@ impl Shared {
         }
     }
 
-    fn lock_outgoing(&self) -> std::sync::MutexGuard<'_, Outgoing> {
+    fn lock_outgoing(&self) -> std::sync::MutexGuard<'_, InFlight> {
         self.outgoing.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -283,7 +282,7 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop, cancel: Cancellation
             }
             Ok(Event::Incoming(Packet::PubAck(a))) => answered(&shared, a.pkid),
             Ok(Event::Incoming(Packet::PubComp(c))) => answered(&shared, c.pkid),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => written(&shared, pkid),
+            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => written(&shared, pkid),
             Ok(_) => {}
             Err(e) => {
                 let why = describe(&e);
@@ -309,7 +308,7 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop, cancel: Cancellation
     if *shared.status.borrow() == LinkStatus::Up && shared.client.try_disconnect().is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while let Ok(ev) = eventloop.poll().await {
-                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
                     break;
                 }
             }
@@ -394,9 +393,6 @@ fn describe(e: &ConnectionError) -> String {
             }
             ConnectReturnCode::NotAuthorized => {
                 "the broker refused the connection: not authorised".into()
-            }
-            ConnectReturnCode::RefusedIdentifierRejected => {
-                "the broker refused the connection: client id rejected".into()
             }
             other => format!("the broker refused the connection: {other:?}"),
         },
