@@ -42,9 +42,12 @@ pub enum EventKind {
     },
 }
 
+/// Where the core's answer to a discovery goes, until it is given.
+type Answer = Arc<Mutex<Option<oneshot::Sender<Result<(), String>>>>>;
+
 /// The core's answer to a discovery: `Ok` when the member is a device now, or why not.
 #[derive(Debug, Clone)]
-pub struct Verdict(Arc<Mutex<Option<oneshot::Sender<Result<(), String>>>>>);
+pub struct Verdict(Answer);
 
 impl Verdict {
     /// A verdict to hand to the core, and where its answer arrives.

@@ -46,7 +46,10 @@
 //! | `timestamp` | an RFC 3339 time with `Z` or an offset (`2024-05-01T14:00:00+02:00`), or Unix seconds as a number or text (fractions allowed) |
 //!
 //! A whole-number field refuses a fraction (`21.5`) and a number beyond its range rather
-//! than round or clip it. Times must fall within the years 1970 to 9999.
+//! than round or clip it. A whole number written as a fraction or with an exponent
+//! (`21.0`, `2.1e1`) is accepted up to ±2^53 (9,007,199,254,740,992); beyond, such a
+//! number is not exact and is refused as out of range: a large `long` is written in
+//! digits. Times must fall within the years 1970 to 9999.
 //!
 //! # Message time
 //!
@@ -93,6 +96,9 @@ const QUOTE_MAX: usize = 64;
 /// The first second of year 10000, in Unix seconds: times are kept below it, where they
 /// can still be written as RFC 3339.
 const END_OF_TIME: u64 = 253_402_300_800;
+
+/// The largest float up to which every whole number is exact (2^53).
+const EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
 
 /// SenML times below this (2^28 s, about 8.5 years) count from now (RFC 8428 §4.5.3).
 const SENML_RELATIVE_BELOW: f64 = 268_435_456.0;
@@ -525,9 +531,8 @@ impl TopicDecoder {
                     continue;
                 };
                 let own = record.n.is_some() && n == name;
-                let full = bn.len() + n.len() == name.len()
-                    && name.starts_with(bn)
-                    && name.ends_with(n);
+                let full =
+                    bn.len() + n.len() == name.len() && name.starts_with(bn) && name.ends_with(n);
                 if !(own || full) {
                     continue;
                 }
@@ -580,9 +585,7 @@ impl TopicDecoder {
                         }
                     },
                 },
-                Some(senml::RecordValue::Text(s) | senml::RecordValue::Data(s)) => {
-                    Scalar::Text(s)
-                }
+                Some(senml::RecordValue::Text(s) | senml::RecordValue::Data(s)) => Scalar::Text(s),
                 Some(senml::RecordValue::Bool(b)) => Scalar::Bool(*b),
                 None => continue,
             };
@@ -805,8 +808,10 @@ fn whole(found: Scalar, min: i64, max: i64) -> Result<i64, Misfit> {
             Err(Misfit::NotFinite(shown()))
         } else if v.fract() != 0.0 {
             Err(Misfit::NotWhole(shown()))
+        } else if v.abs() > EXACT_FLOAT {
+            // Beyond 2^53 a float is not exact: -9223372036854775809 would read as i64::MIN.
+            Err(Misfit::OutOfRange(shown()))
         } else {
-            // Saturating: a float beyond i128 is out of any range anyway.
             within(v as i128, shown)
         }
     };
@@ -892,7 +897,8 @@ fn float_duration(v: f64, unit: TimeUnit) -> Option<Duration> {
 fn text_time(s: &str, unit: TimeUnit) -> Result<SystemTime, String> {
     let trimmed = s.trim_ascii();
     if let Ok(n) = trimmed.parse::<Number>() {
-        return number_time(&n, unit).map_err(|_| format!("{} is before 1970 or after 9999", quoted(s)));
+        return number_time(&n, unit)
+            .map_err(|_| format!("{} is before 1970 or after 9999", quoted(s)));
     }
     parse_rfc3339(trimmed).map_err(|why| format!("{} {why}", quoted(s)))
 }
@@ -1580,10 +1586,12 @@ pub fn same_value(spec: &FieldSpec, written: &Value, echoed: &Value) -> bool {
         }
         (String(a) | Enum(a), String(b) | Enum(b)) => a == b,
         (Bool(a), Bool(b)) => a == b,
-        (Timestamp(a), Timestamp(b)) => match (a.duration_since(UNIX_EPOCH), b.duration_since(UNIX_EPOCH)) {
-            (Ok(a), Ok(b)) => a.as_secs() == b.as_secs(),
-            _ => a == b,
-        },
+        (Timestamp(a), Timestamp(b)) => {
+            match (a.duration_since(UNIX_EPOCH), b.duration_since(UNIX_EPOCH)) {
+                (Ok(a), Ok(b)) => a.as_secs() == b.as_secs(),
+                _ => a == b,
+            }
+        }
         _ => false,
     }
 }
@@ -1610,5 +1618,1545 @@ fn close(a: f64, b: f64, decimals: Option<u8>) -> bool {
             diff <= half * (1.0 + 1e-9) + 4.0 * f64::EPSILON * scale
         }
         None => diff <= 1e-9 * scale,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// An arrival time for the tests: 2024-05-01T12:00:00Z.
+    const NOW: u64 = 1_714_564_800;
+
+    fn ptr(p: &str) -> Pointer {
+        Pointer::parse(p).unwrap()
+    }
+
+    fn field(kind: FieldType, locator: Locator) -> FieldDecoder {
+        FieldDecoder {
+            kind,
+            locator,
+            labels: Vec::new(),
+        }
+    }
+
+    fn json_field(kind: FieldType, pointer: &str) -> FieldDecoder {
+        field(kind, Locator::Pointer(ptr(pointer)))
+    }
+
+    fn senml_field(kind: FieldType, name: &str) -> FieldDecoder {
+        field(kind, Locator::Senml(name.into()))
+    }
+
+    fn topic(format: Format, fields: Vec<FieldDecoder>) -> TopicDecoder {
+        TopicDecoder {
+            format,
+            timestamp: None,
+            fields,
+        }
+    }
+
+    /// Decodes one plain payload for one field of `kind`.
+    fn plain(kind: FieldType, payload: &[u8]) -> Result<Value, DecodeError> {
+        let t = topic(Format::Plain, vec![field(kind, Locator::Whole)]);
+        one(t.decode(payload, at(NOW)).unwrap())
+    }
+
+    /// Decodes `{"x": <json>}` for one field of `kind` at `/x`.
+    fn json(kind: FieldType, value: &str) -> Result<Value, DecodeError> {
+        let t = topic(Format::Json, vec![json_field(kind, "/x")]);
+        one(t
+            .decode(format!(r#"{{"x":{value}}}"#).as_bytes(), at(NOW))
+            .unwrap())
+    }
+
+    /// The one result of a one-field decode.
+    fn one(d: Decoded) -> Result<Value, DecodeError> {
+        match (d.values.as_slice(), d.errors.as_slice()) {
+            ([(0, v, _)], []) => Ok(v.clone()),
+            ([], [(0, e)]) => Err(e.clone()),
+            other => panic!("expected one result, got {other:?}"),
+        }
+    }
+
+    // -- pointers ------------------------------------------------------------------------
+
+    #[test]
+    fn pointers_follow_rfc_6901() {
+        let doc: Json = serde_json::from_str(
+            r#"{"foo":["bar","baz"],"":0,"a/b":1,"m~n":8," ":7,"x":{"y":{"z":3}},"01":9}"#,
+        )
+        .unwrap();
+        let get = |p: &str| ptr(p).resolve(&doc).cloned();
+        assert_eq!(get(""), Some(doc.clone()));
+        assert_eq!(get("/foo/0"), Some(Json::from("bar")));
+        assert_eq!(get("/foo/1"), Some(Json::from("baz")));
+        assert_eq!(get("/"), Some(Json::from(0)));
+        assert_eq!(get("/a~1b"), Some(Json::from(1)));
+        assert_eq!(get("/m~0n"), Some(Json::from(8)));
+        assert_eq!(get("/ "), Some(Json::from(7)));
+        assert_eq!(get("/x/y/z"), Some(Json::from(3)));
+        assert_eq!(get("/01"), Some(Json::from(9)));
+        // Array indices: no leading zeros, no '-', no sign, in bounds.
+        assert_eq!(get("/foo/01"), None);
+        assert_eq!(get("/foo/-"), None);
+        assert_eq!(get("/foo/+1"), None);
+        assert_eq!(get("/foo/2"), None);
+        assert_eq!(get("/foo/99999999999999999999999"), None);
+        assert_eq!(get("/x/y/z/w"), None);
+        assert_eq!(get("/missing"), None);
+    }
+
+    #[test]
+    fn pointer_escapes_decode_in_order() {
+        // "~01" is "~1" unescaped once, not "/".
+        let p = ptr("/~01");
+        assert_eq!(p.tokens[0].key, "~1");
+        assert_eq!(p.as_str(), "/~01");
+        assert_eq!(p.to_string(), "/~01");
+    }
+
+    #[test]
+    fn bad_pointers_are_refused() {
+        assert_eq!(Pointer::parse("a"), Err(PointerError::NoLeadingSlash));
+        assert_eq!(Pointer::parse("/a~"), Err(PointerError::BadEscape(2)));
+        assert_eq!(Pointer::parse("/a/b~2"), Err(PointerError::BadEscape(4)));
+        assert_eq!(Pointer::parse("/é~x"), Err(PointerError::BadEscape(3)));
+        assert!(Pointer::parse("").unwrap().is_root());
+        assert_eq!(Pointer::root(), ptr(""));
+        let p: Pointer = serde_json::from_str(r#""/state""#).unwrap();
+        assert_eq!(p, ptr("/state"));
+        assert!(serde_json::from_str::<Pointer>(r#""state""#).is_err());
+    }
+
+    // -- plain ---------------------------------------------------------------------------
+
+    #[test]
+    fn plain_payloads_are_trimmed_text() {
+        assert_eq!(plain(FieldType::Int, b" 21\r\n"), Ok(Value::Int(21)));
+        assert_eq!(plain(FieldType::Double, b"21.5"), Ok(Value::Double(21.5)));
+        assert_eq!(
+            plain(FieldType::Double, b"-2e-3"),
+            Ok(Value::Double(-0.002))
+        );
+        assert_eq!(
+            plain(FieldType::Long, b"-9223372036854775808"),
+            Ok(Value::Long(i64::MIN))
+        );
+        assert_eq!(plain(FieldType::Bool, b"ON"), Ok(Value::Bool(true)));
+        assert_eq!(
+            plain(FieldType::String, b"\tidle \n"),
+            Ok(Value::String("idle".into()))
+        );
+        assert_eq!(
+            plain(FieldType::String, "Küche 😀".as_bytes()),
+            Ok(Value::String("Küche 😀".into()))
+        );
+        let t = plain(FieldType::Timestamp, b"2024-05-01T12:00:00Z");
+        assert_eq!(t, Ok(Value::Timestamp(at(NOW))));
+    }
+
+    #[test]
+    fn plain_values_are_stamped_with_arrival() {
+        let t = topic(Format::Plain, vec![field(FieldType::Int, Locator::Whole)]);
+        let d = t.decode(b"7", at(NOW)).unwrap();
+        assert_eq!(d.values, vec![(0, Value::Int(7), at(NOW))]);
+    }
+
+    #[test]
+    fn plain_payloads_must_be_utf8() {
+        let t = topic(
+            Format::Plain,
+            vec![field(FieldType::String, Locator::Whole)],
+        );
+        let e = t.decode(b"ab\xff\xfe", at(NOW)).unwrap_err();
+        assert_eq!(e, DecodeError::NotUtf8 { offset: 2 });
+        assert_eq!(
+            e.to_string(),
+            "payload is not UTF-8 (invalid byte at offset 2)"
+        );
+        // A truncated multi-byte character.
+        assert_eq!(
+            t.decode("é".as_bytes()[..1].as_ref(), at(NOW)).unwrap_err(),
+            DecodeError::NotUtf8 { offset: 0 }
+        );
+    }
+
+    #[test]
+    fn empty_payloads_yield_nothing() {
+        for format in [Format::Plain, Format::Json, Format::Senml] {
+            let t = topic(format, vec![field(FieldType::String, Locator::Whole)]);
+            for payload in [&b""[..], b"  \r\n\t"] {
+                assert_eq!(
+                    t.decode(payload, at(NOW)),
+                    Ok(Decoded::default()),
+                    "{format}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn plain_garbage_is_reported_per_field() {
+        assert!(matches!(
+            plain(FieldType::Int, b"abc"),
+            Err(DecodeError::WrongType { .. })
+        ));
+        assert!(matches!(
+            plain(FieldType::Double, b"NaN"),
+            Err(DecodeError::NotFinite { .. })
+        ));
+        assert!(matches!(
+            plain(FieldType::Double, b"inf"),
+            Err(DecodeError::NotFinite { .. })
+        ));
+        assert!(matches!(
+            plain(FieldType::Double, b"-Infinity"),
+            Err(DecodeError::NotFinite { .. })
+        ));
+        assert!(matches!(
+            plain(FieldType::Double, b"1e400"),
+            Err(DecodeError::NotFinite { .. })
+        ));
+        assert!(matches!(
+            plain(FieldType::Double, b"21.5 C"),
+            Err(DecodeError::WrongType { .. })
+        ));
+        assert!(matches!(
+            plain(FieldType::Int, b"0x10"),
+            Err(DecodeError::WrongType { .. })
+        ));
+        assert!(matches!(
+            plain(FieldType::Bool, b"maybe"),
+            Err(DecodeError::WrongType { .. })
+        ));
+    }
+
+    // -- type rules ----------------------------------------------------------------------
+
+    #[test]
+    fn bools_accept_the_usual_words() {
+        for (text, want) in [
+            ("true", true),
+            ("false", false),
+            ("1", true),
+            ("0", false),
+            ("1.0", true),
+            ("0.0", false),
+            ("\"ON\"", true),
+            ("\"off\"", false),
+            ("\"Yes\"", true),
+            ("\"NO\"", false),
+            ("\"True\"", true),
+            ("\"FALSE\"", false),
+            ("\"1\"", true),
+            ("\"0\"", false),
+            ("\" on \"", true),
+        ] {
+            assert_eq!(json(FieldType::Bool, text), Ok(Value::Bool(want)), "{text}");
+        }
+        for text in ["2", "-1", "0.5", "\"toggle\"", "\"\"", "[]", "{}", "\"y\""] {
+            let e = json(FieldType::Bool, text).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DecodeError::WrongType {
+                        expected: "a boolean",
+                        ..
+                    }
+                ),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ints_take_whole_numbers_in_range() {
+        for (text, want) in [
+            ("21", 21),
+            ("-21", -21),
+            ("21.0", 21),
+            ("2.1e1", 21),
+            ("1e3", 1000),
+            ("-0", 0),
+            ("\"21\"", 21),
+            ("\" -21 \"", -21),
+            ("\"21.0\"", 21),
+            ("\"+21\"", 21),
+            ("2147483647", i32::MAX),
+            ("-2147483648", i32::MIN),
+        ] {
+            assert_eq!(json(FieldType::Int, text), Ok(Value::Int(want)), "{text}");
+        }
+        for text in [
+            "2147483648",
+            "-2147483649",
+            "3000000000",
+            "\"3000000000\"",
+            "1e10",
+            "18446744073709551615",
+        ] {
+            let e = json(FieldType::Int, text).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DecodeError::OutOfRange {
+                        kind: FieldType::Int,
+                        ..
+                    }
+                ),
+                "{text}: {e}"
+            );
+        }
+        for text in ["21.5", "\"21.5\"", "-0.1", "1e-3"] {
+            let e = json(FieldType::Int, text).unwrap_err();
+            assert!(matches!(e, DecodeError::NotWhole { .. }), "{text}: {e}");
+        }
+        for text in ["\"NaN\"", "\"inf\""] {
+            let e = json(FieldType::Int, text).unwrap_err();
+            assert!(matches!(e, DecodeError::NotFinite { .. }), "{text}: {e}");
+        }
+        for text in ["true", "\"abc\"", "\"\"", "[1]", "{\"a\":1}"] {
+            let e = json(FieldType::Int, text).unwrap_err();
+            assert!(matches!(e, DecodeError::WrongType { .. }), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn longs_are_exact_to_the_last_digit() {
+        for (text, want) in [
+            ("9007199254740993", 9_007_199_254_740_993),
+            ("9223372036854775807", i64::MAX),
+            ("-9223372036854775808", i64::MIN),
+            ("\"9223372036854775807\"", i64::MAX),
+            ("3000000000", 3_000_000_000),
+            ("9007199254740992.0", 9_007_199_254_740_992),
+            ("-9.007199254740992e15", -9_007_199_254_740_992),
+        ] {
+            assert_eq!(json(FieldType::Long, text), Ok(Value::Long(want)), "{text}");
+        }
+        for text in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+            "\"123456789012345678901234567890123456789012345678901234567890\"",
+            "1e300",
+            "\"1e300\"",
+            // Not exact as floats.
+            "1e18",
+            "9007199254740993.0",
+            "\"9007199254740994.0\"",
+        ] {
+            let e = json(FieldType::Long, text).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DecodeError::OutOfRange {
+                        kind: FieldType::Long,
+                        ..
+                    }
+                ),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn doubles_take_finite_numbers() {
+        for (text, want) in [
+            ("21.5", 21.5),
+            ("21", 21.0),
+            ("-1e-300", -1e-300),
+            ("18446744073709551615", 18_446_744_073_709_551_615.0),
+            ("\"21.5\"", 21.5),
+            ("\" 1e3 \"", 1000.0),
+        ] {
+            assert_eq!(
+                json(FieldType::Double, text),
+                Ok(Value::Double(want)),
+                "{text}"
+            );
+        }
+        for text in [
+            "\"NaN\"",
+            "\"nan\"",
+            "\"inf\"",
+            "\"-infinity\"",
+            "\"1e400\"",
+        ] {
+            let e = json(FieldType::Double, text).unwrap_err();
+            assert!(matches!(e, DecodeError::NotFinite { .. }), "{text}: {e}");
+        }
+        for text in ["true", "\"warm\"", "[21.5]", "{}"] {
+            let e = json(FieldType::Double, text).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DecodeError::WrongType {
+                        expected: "a number",
+                        ..
+                    }
+                ),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn strings_take_text_and_scalars_as_their_json_text() {
+        assert_eq!(
+            json(FieldType::String, r#"" idle ""#),
+            Ok(Value::String(" idle ".into()))
+        );
+        assert_eq!(
+            json(FieldType::String, r#""a\"b\u00e9""#),
+            Ok(Value::String("a\"bé".into()))
+        );
+        assert_eq!(
+            json(FieldType::String, "21.5"),
+            Ok(Value::String("21.5".into()))
+        );
+        assert_eq!(
+            json(FieldType::String, "21"),
+            Ok(Value::String("21".into()))
+        );
+        assert_eq!(
+            json(FieldType::String, "false"),
+            Ok(Value::String("false".into()))
+        );
+        assert!(matches!(
+            json(FieldType::String, "[]"),
+            Err(DecodeError::WrongType { .. })
+        ));
+        assert!(matches!(
+            json(FieldType::String, "{}"),
+            Err(DecodeError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn enums_take_exact_labels() {
+        let mut f = json_field(FieldType::Enum, "/mode");
+        f.labels = vec!["auto".into(), "manual".into(), "1".into()];
+        let t = topic(Format::Json, vec![f]);
+        let get = |payload: &str| one(t.decode(payload.as_bytes(), at(NOW)).unwrap());
+        assert_eq!(get(r#"{"mode":"auto"}"#), Ok(Value::Enum("auto".into())));
+        assert_eq!(get(r#"{"mode":1}"#), Ok(Value::Enum("1".into())));
+        let e = get(r#"{"mode":"Auto"}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#""Auto" at /mode is not one of the labels auto, manual, 1"#
+        );
+        assert!(matches!(
+            get(r#"{"mode":{}}"#),
+            Err(DecodeError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn timestamps_take_rfc3339_and_unix_seconds() {
+        let want = Ok(Value::Timestamp(at(NOW)));
+        for text in [
+            "\"2024-05-01T12:00:00Z\"",
+            "\"2024-05-01t12:00:00z\"",
+            "\"2024-05-01T14:00:00+02:00\"",
+            "\"2024-05-01T07:30:00-04:30\"",
+            "\"2024-05-01T12:00:00+00:00\"",
+            "\"2024-05-01T12:00:00-00:00\"",
+            "1714564800",
+            "1714564800.0",
+            "\"1714564800\"",
+        ] {
+            assert_eq!(json(FieldType::Timestamp, text), want, "{text}");
+        }
+        assert_eq!(
+            json(FieldType::Timestamp, "\"2024-05-01T12:00:00.250Z\""),
+            Ok(Value::Timestamp(at(NOW) + Duration::from_millis(250)))
+        );
+        assert_eq!(
+            json(FieldType::Timestamp, "\"2024-05-01T14:00:00.5+02:00\""),
+            Ok(Value::Timestamp(at(NOW) + Duration::from_millis(500)))
+        );
+        assert_eq!(
+            json(FieldType::Timestamp, "1714564800.5"),
+            Ok(Value::Timestamp(at(NOW) + Duration::from_millis(500)))
+        );
+        assert_eq!(
+            json(FieldType::Timestamp, "0"),
+            Ok(Value::Timestamp(UNIX_EPOCH))
+        );
+        for text in [
+            "\"yesterday\"",
+            "\"2024-05-01T12:00:00\"",
+            "\"2024-05-01 12:00:00Z\"",
+            "\"2024-05-01T12:00:00+2:00\"",
+            "\"2024-05-01T12:00:00+24:00\"",
+            "\"2024-05-01T12:00:00+02:60\"",
+            "\"2024-13-01T12:00:00Z\"",
+            "\"2024-02-30T12:00:00Z\"",
+            "\"1969-12-31T23:59:59Z\"",
+            "\"1970-01-01T00:30:00+01:00\"",
+            "\"9999-12-31T23:00:00-02:00\"",
+            "\"2024-05-01T12:00:00.12345678901234567890123456789Z\"",
+            "\"2024-05-01T12:00:00Zé\"",
+            "\"2024-05-01Té2:00:00Z\"",
+            "\"é024-05-01T12:00:00+01:00\"",
+            "\"\"",
+            "-1",
+            "\"-1\"",
+            "1e12",
+            "1e300",
+            "\"NaN\"",
+        ] {
+            let e = json(FieldType::Timestamp, text).unwrap_err();
+            assert!(matches!(e, DecodeError::BadTime { .. }), "{text}: {e}");
+        }
+        assert!(matches!(
+            json(FieldType::Timestamp, "true"),
+            Err(DecodeError::WrongType { .. })
+        ));
+        assert_eq!(
+            json(FieldType::Timestamp, "\"9999-12-31T23:59:59Z\""),
+            Ok(Value::Timestamp(at(END_OF_TIME - 1)))
+        );
+        // Values are always writable as RFC 3339 (humantime panics before 1970).
+        let Ok(Value::Timestamp(t)) = json(FieldType::Timestamp, "253402300799.9") else {
+            panic!()
+        };
+        assert!(!humantime::format_rfc3339(t).to_string().is_empty());
+    }
+
+    // -- JSON ----------------------------------------------------------------------------
+
+    fn zigbee_topic() -> TopicDecoder {
+        topic(
+            Format::Json,
+            vec![
+                json_field(FieldType::Double, "/temperature"),
+                json_field(FieldType::Double, "/humidity"),
+                json_field(FieldType::Int, "/battery"),
+                json_field(FieldType::Int, "/linkquality"),
+                json_field(FieldType::Bool, "/state"),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_json_object_feeds_all_its_fields() {
+        let d = zigbee_topic()
+            .decode(
+                br#"{"battery":97,"humidity":45.2,"linkquality":120,"state":"ON","temperature":21.5}"#,
+                at(NOW),
+            )
+            .unwrap();
+        assert_eq!(
+            d.values,
+            vec![
+                (0, Value::Double(21.5), at(NOW)),
+                (1, Value::Double(45.2), at(NOW)),
+                (2, Value::Int(97), at(NOW)),
+                (3, Value::Int(120), at(NOW)),
+                (4, Value::Bool(true), at(NOW)),
+            ]
+        );
+        assert!(d.errors.is_empty());
+    }
+
+    #[test]
+    fn absent_and_null_fields_are_skipped() {
+        let d = zigbee_topic()
+            .decode(br#"{"temperature":21.5,"battery":null,"other":1}"#, at(NOW))
+            .unwrap();
+        assert_eq!(d.values, vec![(0, Value::Double(21.5), at(NOW))]);
+        assert!(d.errors.is_empty());
+        // A document of another shape altogether: nothing there, nothing wrong.
+        for payload in ["[1,2]", "21", "\"x\"", "null", "{}"] {
+            let d = zigbee_topic().decode(payload.as_bytes(), at(NOW)).unwrap();
+            assert_eq!(d, Decoded::default(), "{payload}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_value_does_not_spoil_its_neighbours() {
+        let d = zigbee_topic()
+            .decode(
+                br#"{"temperature":"warm","humidity":45.2,"battery":3000000000,"linkquality":12.5,"state":"OFF"}"#,
+                at(NOW),
+            )
+            .unwrap();
+        assert_eq!(
+            d.values,
+            vec![
+                (1, Value::Double(45.2), at(NOW)),
+                (4, Value::Bool(false), at(NOW))
+            ]
+        );
+        let texts: Vec<_> = d.errors.iter().map(|(i, e)| (*i, e.to_string())).collect();
+        assert_eq!(
+            texts,
+            vec![
+                (
+                    0,
+                    r#"expected a number at /temperature, got the text "warm""#.to_owned()
+                ),
+                (
+                    2,
+                    "value 3000000000 at /battery is out of range for an int field".to_owned()
+                ),
+                (
+                    3,
+                    "value 12.5 at /linkquality is not a whole number, as an int field needs"
+                        .to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn nested_pointers_and_the_whole_document() {
+        let t = topic(
+            Format::Json,
+            vec![
+                json_field(FieldType::Int, "/update/state/0"),
+                json_field(FieldType::String, "/a~1b"),
+                field(FieldType::Double, Locator::Whole),
+                json_field(FieldType::Double, ""),
+            ],
+        );
+        let d = t
+            .decode(br#"{"update":{"state":[4,5]},"a/b":"x"}"#, at(NOW))
+            .unwrap();
+        assert_eq!(
+            d.values,
+            vec![
+                (0, Value::Int(4), at(NOW)),
+                (1, Value::String("x".into()), at(NOW))
+            ]
+        );
+        assert_eq!(d.errors.len(), 2);
+        assert_eq!(
+            d.errors[0].1.to_string(),
+            "expected a number in the payload, got an object"
+        );
+        assert_eq!(
+            d.errors[1].1.to_string(),
+            "expected a number at the JSON root, got an object"
+        );
+        let d = t.decode(b" 21.5 ", at(NOW)).unwrap();
+        assert_eq!(
+            d.values,
+            vec![
+                (2, Value::Double(21.5), at(NOW)),
+                (3, Value::Double(21.5), at(NOW))
+            ]
+        );
+    }
+
+    #[test]
+    fn not_json_is_refused_with_its_position() {
+        let t = zigbee_topic();
+        let e = t.decode(br#"{"temperature" 21}"#, at(NOW)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not valid JSON at line 1 column 16: expected `:`"
+        );
+        let e = t.decode(b"{\n  \"a\": tru }", at(NOW)).unwrap_err();
+        assert!(matches!(e, DecodeError::NotJson { line: 2, .. }), "{e}");
+        for payload in [
+            &b"\xff\xfe\x00garbage"[..],
+            b"online",
+            b"{\"a\":1}{",
+            b"{\"a\":\"\xff\"}",
+            b"{\"a\":NaN}",
+            b"{\"a\":1e400}",
+            b"\x00\x01\x02",
+        ] {
+            let e = t.decode(payload, at(NOW)).unwrap_err();
+            assert!(matches!(e, DecodeError::NotJson { .. }), "{payload:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let t = zigbee_topic();
+        let deep = vec![b'['; 1 << 20];
+        let e = t.decode(&deep, at(NOW)).unwrap_err();
+        assert!(e.to_string().contains("recursion limit"), "{e}");
+        let deep = r#"{"a":"#.repeat(100_000);
+        assert!(t.decode(deep.as_bytes(), at(NOW)).is_err());
+        // Nesting within the limit is fine.
+        let ok = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        assert!(t.decode(ok.as_bytes(), at(NOW)).is_ok());
+    }
+
+    #[test]
+    fn errors_quote_little_of_hostile_payloads() {
+        let huge = format!(r#"{{"x":"{}"}}"#, r"\u0007A".repeat(1 << 20));
+        for kind in [
+            FieldType::Int,
+            FieldType::Double,
+            FieldType::Bool,
+            FieldType::Timestamp,
+        ] {
+            let t = topic(Format::Json, vec![json_field(kind, "/x")]);
+            let e = one(t.decode(huge.as_bytes(), at(NOW)).unwrap()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.len() < 300, "{kind:?}: {} bytes", text.len());
+            assert!(
+                !text.contains('\u{7}'),
+                "control characters are escaped: {text}"
+            );
+        }
+        let mut f = json_field(FieldType::Enum, "/x");
+        f.labels = vec!["a".into()];
+        let e = one(topic(Format::Json, vec![f])
+            .decode(huge.as_bytes(), at(NOW))
+            .unwrap());
+        assert!(e.unwrap_err().to_string().len() < 300);
+        // Cut at a character boundary.
+        assert_eq!(quoted(&"é".repeat(40)), format!("{:?}…", "é".repeat(32)));
+        assert_eq!(quoted("ok"), "\"ok\"");
+    }
+
+    #[test]
+    fn json_timestamps_stamp_the_message() {
+        let mut t = zigbee_topic();
+        t.timestamp = Some(TimestampSpec {
+            pointer: ptr("/last_seen"),
+            unit: TimeUnit::Millis,
+        });
+        let d = t
+            .decode(br#"{"temperature":21.5,"last_seen":1714564800250}"#, at(0))
+            .unwrap();
+        assert_eq!(
+            d.values,
+            vec![(0, Value::Double(21.5), at(NOW) + Duration::from_millis(250))]
+        );
+        let d = t
+            .decode(
+                br#"{"temperature":21.5,"last_seen":"2024-05-01T14:00:00+02:00"}"#,
+                at(0),
+            )
+            .unwrap();
+        assert_eq!(d.values[0].2, at(NOW));
+        let d = t
+            .decode(
+                br#"{"temperature":21.5,"last_seen":"1714564800000"}"#,
+                at(0),
+            )
+            .unwrap();
+        assert_eq!(d.values[0].2, at(NOW));
+        // Absent or null: the arrival.
+        for payload in [
+            r#"{"temperature":21.5}"#,
+            r#"{"temperature":21.5,"last_seen":null}"#,
+        ] {
+            let d = t.decode(payload.as_bytes(), at(NOW)).unwrap();
+            assert_eq!(d.values[0].2, at(NOW));
+        }
+        // There but unreadable: the message is refused.
+        for payload in [
+            r#"{"temperature":21.5,"last_seen":"soon"}"#,
+            r#"{"temperature":21.5,"last_seen":-5}"#,
+            r#"{"temperature":21.5,"last_seen":1e300}"#,
+            r#"{"temperature":21.5,"last_seen":{}}"#,
+            r#"{"temperature":21.5,"last_seen":true}"#,
+        ] {
+            let e = t.decode(payload.as_bytes(), at(NOW)).unwrap_err();
+            assert!(matches!(e, DecodeError::BadTime { .. }), "{payload}: {e}");
+        }
+        t.timestamp = Some(TimestampSpec {
+            pointer: ptr("/ts"),
+            unit: TimeUnit::Seconds,
+        });
+        let d = t
+            .decode(br#"{"temperature":21.5,"ts":1714564800.5}"#, at(0))
+            .unwrap();
+        assert_eq!(d.values[0].2, at(NOW) + Duration::from_millis(500));
+        let e = t.decode(br#"{"ts":"x"}"#, at(0)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"unreadable time at /ts: "x" is not an RFC 3339 time"#
+        );
+    }
+
+    // -- SenML ---------------------------------------------------------------------------
+
+    fn senml(fields: Vec<FieldDecoder>, payload: &str) -> Result<Decoded, DecodeError> {
+        topic(Format::Senml, fields).decode(payload.as_bytes(), at(NOW))
+    }
+
+    #[test]
+    fn senml_rfc_examples() {
+        // RFC 8428 §5.1.1, a single datapoint.
+        let d = senml(
+            vec![senml_field(
+                FieldType::Double,
+                "urn:dev:ow:10e2073a01080063",
+            )],
+            r#"[{"n":"urn:dev:ow:10e2073a01080063","u":"Cel","v":23.1}]"#,
+        )
+        .unwrap();
+        assert_eq!(d.values, vec![(0, Value::Double(23.1), at(NOW))]);
+        // §5.1.2, multiple datapoints with a base name and a base time.
+        let d = senml(
+            vec![
+                senml_field(FieldType::Double, "urn:dev:ow:10e2073a01080063:voltage"),
+                senml_field(FieldType::Double, "current"),
+            ],
+            r#"[
+                {"bn":"urn:dev:ow:10e2073a01080063:","bt":1.276020076001e+09,"bu":"A","bver":5,
+                 "n":"voltage","u":"V","v":120.1},
+                {"n":"current","t":-5,"v":1.2},
+                {"n":"current","t":-4,"v":1.3},
+                {"n":"current","t":-3,"v":1.4},
+                {"n":"current","t":-2,"v":1.5},
+                {"n":"current","t":-1,"v":1.6},
+                {"n":"current","v":1.7}
+            ]"#,
+        )
+        .unwrap();
+        let base = UNIX_EPOCH + Duration::from_secs_f64(1.276020076001e9);
+        assert_eq!(
+            d.values,
+            vec![
+                (0, Value::Double(120.1), base),
+                (1, Value::Double(1.7), base)
+            ]
+        );
+        assert!(d.errors.is_empty());
+    }
+
+    #[test]
+    fn senml_takes_the_latest_record_of_a_series() {
+        let fields = vec![senml_field(FieldType::Int, "temp")];
+        // Out of order in the pack: the latest time wins, not the last record.
+        let d = senml(
+            fields.clone(),
+            r#"[{"n":"temp","t":1714564810,"v":2},{"n":"temp","t":1714564800,"v":1}]"#,
+        )
+        .unwrap();
+        assert_eq!(d.values, vec![(0, Value::Int(2), at(NOW + 10))]);
+        // The same time: the last record.
+        let d = senml(fields.clone(), r#"[{"n":"temp","v":1},{"n":"temp","v":2}]"#).unwrap();
+        assert_eq!(d.values, vec![(0, Value::Int(2), at(NOW))]);
+        // Relative and absolute times on one scale.
+        let d = senml(
+            fields.clone(),
+            r#"[{"n":"temp","t":-60,"v":1},{"n":"temp","t":1714564700,"v":2},{"n":"temp","t":-120,"v":3}]"#,
+        )
+        .unwrap();
+        assert_eq!(d.values, vec![(0, Value::Int(1), at(NOW - 60))]);
+        // The latest record's value is taken even if it is wrong.
+        let d = senml(
+            fields,
+            r#"[{"n":"temp","v":1},{"n":"temp","t":1,"vs":"x"}]"#,
+        )
+        .unwrap();
+        assert!(d.values.is_empty());
+        assert!(matches!(d.errors[0].1, DecodeError::WrongType { .. }));
+    }
+
+    #[test]
+    fn senml_relative_times_count_from_arrival() {
+        let fields = vec![senml_field(FieldType::Int, "a")];
+        for (record, want) in [
+            (r#"{"n":"a","v":1}"#, at(NOW)),
+            (r#"{"n":"a","t":-60,"v":1}"#, at(NOW - 60)),
+            (r#"{"n":"a","t":30,"v":1}"#, at(NOW + 30)),
+            (
+                r#"{"n":"a","t":-0.5,"v":1}"#,
+                at(NOW) - Duration::from_millis(500),
+            ),
+            (r#"{"bt":-10,"n":"a","t":-5,"v":1}"#, at(NOW - 15)),
+            (r#"{"n":"a","t":268435455,"v":1}"#, at(NOW + 268_435_455)),
+            (r#"{"n":"a","t":268435456,"v":1}"#, at(268_435_456)),
+            (r#"{"bt":1714564000,"n":"a","t":800,"v":1}"#, at(NOW)),
+        ] {
+            let d = senml(fields.clone(), &format!("[{record}]")).unwrap();
+            assert_eq!(d.values, vec![(0, Value::Int(1), want)], "{record}");
+        }
+        for record in [
+            r#"{"n":"a","t":1e300,"v":1}"#,
+            r#"{"n":"a","t":-1e300,"v":1}"#,
+            r#"{"n":"a","t":-2000000000,"v":1}"#,
+            r#"{"n":"a","t":1e12,"v":1}"#,
+        ] {
+            let d = senml(fields.clone(), &format!("[{record}]")).unwrap();
+            assert!(d.values.is_empty(), "{record}");
+            assert!(
+                matches!(d.errors[..], [(0, DecodeError::BadTime { .. })]),
+                "{record}"
+            );
+        }
+        let e = senml(fields, r#"[{"bt":1.7e308,"n":"a","t":1.7e308,"v":1}]"#).unwrap_err();
+        assert!(matches!(e, DecodeError::NotSenml { .. }), "{e}");
+    }
+
+    #[test]
+    fn senml_base_fields_carry_over() {
+        let d = senml(
+            vec![
+                senml_field(FieldType::Double, "dev1:a"),
+                senml_field(FieldType::Double, "dev1:b"),
+                senml_field(FieldType::Long, "dev2:c"),
+                senml_field(FieldType::Long, "dev2:d"),
+                senml_field(FieldType::String, "dev2:e"),
+            ],
+            r#"[
+                {"bn":"dev1:","bv":10,"n":"a","v":1.5},
+                {"n":"b","v":2},
+                {"bn":"dev2:","bv":9223372036854775800,"n":"c","v":7},
+                {"bv":0.5,"n":"d","v":1},
+                {"n":"e","vs":"text","bv":100}
+            ]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.values,
+            vec![
+                (0, Value::Double(11.5), at(NOW)),
+                (1, Value::Double(12.0), at(NOW)),
+                (2, Value::Long(9_223_372_036_854_775_807), at(NOW)),
+                (4, Value::String("text".into()), at(NOW)),
+            ]
+        );
+        // 0.5 + 1 is not a whole number.
+        assert!(matches!(d.errors[..], [(3, DecodeError::NotWhole { .. })]));
+        // A base value that overflows i64 is added as floats; beyond f64, not finite.
+        let d = senml(
+            vec![senml_field(FieldType::Double, "x")],
+            r#"[{"bv":1.7e308,"n":"x","v":1.7e308}]"#,
+        )
+        .unwrap();
+        assert!(matches!(d.errors[..], [(0, DecodeError::NotFinite { .. })]));
+    }
+
+    #[test]
+    fn senml_names_match_in_full_or_by_own_name() {
+        let fields = vec![
+            senml_field(FieldType::Int, "urn:dev:mac:0024befffe804ff1:temp"),
+            senml_field(FieldType::Int, "hum"),
+            senml_field(FieldType::Int, "urn:dev:mac:0024befffe804ff1:"),
+        ];
+        let d = senml(
+            fields.clone(),
+            r#"[{"bn":"urn:dev:mac:0024befffe804ff1:","n":"temp","v":21},{"n":"hum","v":40},{"v":1}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.values,
+            vec![
+                (0, Value::Int(21), at(NOW)),
+                (1, Value::Int(40), at(NOW)),
+                (2, Value::Int(1), at(NOW)),
+            ]
+        );
+        // Prefixes and suffixes alone do not match.
+        let d = senml(
+            fields,
+            r#"[{"bn":"urn:dev:mac:0024befffe804ff1","n":"temp","v":21},{"n":"humidity","v":40},{"n":"temp","v":1}]"#,
+        )
+        .unwrap();
+        assert_eq!(d, Decoded::default());
+    }
+
+    #[test]
+    fn senml_value_kinds() {
+        let mut mode = senml_field(FieldType::Enum, "mode");
+        mode.labels = vec!["auto".into()];
+        let d = senml(
+            vec![
+                senml_field(FieldType::Bool, "on"),
+                senml_field(FieldType::String, "msg"),
+                mode,
+                senml_field(FieldType::String, "blob"),
+                senml_field(FieldType::Bool, "sw"),
+                senml_field(FieldType::Double, "absent"),
+                senml_field(FieldType::Double, "t"),
+            ],
+            r#"[{"n":"on","vb":true},{"n":"msg","vs":"h\u00e9"},{"n":"mode","vs":"auto"},
+                {"n":"blob","vd":"aGk="},{"n":"sw","v":1},{"n":"absent","s":5},{"n":"t","vs":"21.5"},
+                {"n":"x","ut":5,"u":"Cel","bs":1,"ext":{"deep":[1,2]},"v":1}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.values,
+            vec![
+                (0, Value::Bool(true), at(NOW)),
+                (1, Value::String("hé".into()), at(NOW)),
+                (2, Value::Enum("auto".into()), at(NOW)),
+                (3, Value::String("aGk=".into()), at(NOW)),
+                (4, Value::Bool(true), at(NOW)),
+                (6, Value::Double(21.5), at(NOW)),
+            ]
+        );
+        assert!(d.errors.is_empty());
+        let d = senml(
+            vec![senml_field(FieldType::Bool, "on")],
+            r#"[{"n":"on","v":21.5}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.errors[0].1.to_string(),
+            r#"expected a boolean in SenML record "on", got the number 21.5"#
+        );
+    }
+
+    #[test]
+    fn malformed_packs_are_refused() {
+        let fields = vec![senml_field(FieldType::Double, "a")];
+        for (payload, says) in [
+            (r#"{"n":"a","v":1}"#, "expected a SenML pack"),
+            (r#"[1]"#, "expected a SenML record"),
+            (r#"[{"n":"a","v":"1"}]"#, "invalid type"),
+            (r#"[{"n":"a","v":1,"vs":"x"}]"#, "more than one value"),
+            (r#"[{"n":"a","v":1,"v":2}]"#, "more than one value"),
+            (r#"[{"n":"a","n":"b","v":1}]"#, "duplicate field"),
+            (
+                r#"[{"n":"a","v":1,"foo_":1}]"#,
+                "unsupported mandatory field \"foo_\"",
+            ),
+            (r#"[{"bver":11,"n":"a","v":1}]"#, "SenML version 11"),
+            (r#"[{"bver":-1,"n":"a","v":1}]"#, "invalid"),
+            (r#"[{"n":1,"v":1}]"#, "invalid type"),
+            (r#"[{"n":"a","v":null}]"#, "invalid type"),
+            (r#"[{"n":"a","t":"now","v":1}]"#, "invalid type"),
+        ] {
+            let e = senml(fields.clone(), payload).unwrap_err();
+            assert!(matches!(e, DecodeError::NotSenml { .. }), "{payload}: {e}");
+            assert!(e.to_string().contains(says), "{payload}: {e}");
+        }
+        let e = senml(fields.clone(), r#"[{"n":"a","v":1},"#).unwrap_err();
+        assert!(matches!(e, DecodeError::NotJson { .. }), "{e}");
+        let deep = format!("[{{\"x\":{}", "[".repeat(1 << 20));
+        assert!(senml(fields.clone(), &deep).is_err());
+        let deep = format!("{}", "[".repeat(1 << 20));
+        assert!(senml(fields.clone(), &deep).is_err());
+        // A hostile string in an error is cut.
+        let payload = format!(r#"[{{"n":"a","v":"{}"}}]"#, "x".repeat(1 << 20));
+        let e = senml(fields.clone(), &payload).unwrap_err();
+        assert!(e.to_string().len() < 300, "{e}");
+        let payload = format!(r#"[{{"n":"a","v":1,"{}_":1}}]"#, "x".repeat(1 << 20));
+        let e = senml(fields, &payload).unwrap_err();
+        assert!(e.to_string().len() < 300, "{e}");
+    }
+
+    #[test]
+    fn senml_records_without_value_are_skipped() {
+        let d = senml(
+            vec![senml_field(FieldType::Double, "a")],
+            r#"[{"bn":"dev:","bt":1714564800},{"n":"a","s":10},[]]"#,
+        );
+        // `[]` is not a record.
+        assert!(d.is_err());
+        let d = senml(
+            vec![senml_field(FieldType::Double, "dev:a")],
+            r#"[{"bn":"dev:","bt":1714564800},{"n":"a","s":10},{"n":"a","t":5,"v":1}]"#,
+        )
+        .unwrap();
+        assert_eq!(d.values, vec![(0, Value::Double(1.0), at(NOW + 5))]);
+        assert_eq!(
+            senml(vec![senml_field(FieldType::Double, "a")], "[]"),
+            Ok(Decoded::default())
+        );
+    }
+
+    // -- configuration -------------------------------------------------------------------
+
+    #[test]
+    fn locators_must_fit_the_format() {
+        let mut t = topic(Format::Plain, vec![json_field(FieldType::Int, "/x")]);
+        assert_eq!(
+            t.validate().unwrap_err().to_string(),
+            "field 0: a JSON pointer cannot locate a value in a plain payload"
+        );
+        // Were it used anyway, every message would say so for that field.
+        let d = t.decode(b"1", at(NOW)).unwrap();
+        assert_eq!(
+            d.errors[0].1.to_string(),
+            "a JSON pointer cannot locate a value in a plain payload"
+        );
+        t.format = Format::Senml;
+        assert!(t.validate().is_err());
+        assert_eq!(t.decode(b"[]", at(NOW)).unwrap().errors.len(), 1);
+        t.format = Format::Json;
+        t.fields.push(senml_field(FieldType::Int, "x"));
+        assert!(matches!(
+            t.validate(),
+            Err(SetupError::Locator { index: 1, .. })
+        ));
+        assert_eq!(t.decode(b"{\"x\":1}", at(NOW)).unwrap().errors.len(), 1);
+
+        let t = topic(Format::Senml, vec![senml_field(FieldType::Int, "")]);
+        assert_eq!(t.validate(), Err(SetupError::EmptyName { index: 0 }));
+        let t = topic(Format::Plain, vec![field(FieldType::Enum, Locator::Whole)]);
+        assert_eq!(t.validate(), Err(SetupError::NoLabels { index: 0 }));
+        let mut t = topic(Format::Senml, vec![senml_field(FieldType::Int, "a")]);
+        assert_eq!(t.validate(), Ok(()));
+        t.timestamp = Some(TimestampSpec {
+            pointer: ptr("/t"),
+            unit: TimeUnit::Seconds,
+        });
+        assert_eq!(t.validate(), Err(SetupError::Timestamp(Format::Senml)));
+        assert!(zigbee_topic().validate().is_ok());
+    }
+
+    #[test]
+    fn formats_and_units_read_from_configuration() {
+        let f: Format = serde_json::from_str(r#""senml""#).unwrap();
+        assert_eq!(f, Format::Senml);
+        let u: TimeUnit = serde_json::from_str(r#""millis""#).unwrap();
+        assert_eq!(u, TimeUnit::Millis);
+    }
+
+    // -- availability --------------------------------------------------------------------
+
+    #[test]
+    fn availability_plain_and_json() {
+        let plain = Availability {
+            pointer: None,
+            online: "online".into(),
+            offline: "offline".into(),
+        };
+        assert_eq!(plain.decode(b"online"), Some(true));
+        assert_eq!(plain.decode(b" offline\n"), Some(false));
+        assert_eq!(plain.decode(b"Online"), None);
+        assert_eq!(plain.decode(b""), None);
+        assert_eq!(plain.decode(b"\xff\xfe"), None);
+        assert_eq!(plain.decode(br#"{"state":"online"}"#), None);
+
+        let z2m = Availability {
+            pointer: Some(ptr("/state")),
+            ..plain.clone()
+        };
+        assert_eq!(z2m.decode(br#"{"state":"online"}"#), Some(true));
+        assert_eq!(z2m.decode(br#"{"state":"offline"}"#), Some(false));
+        // Zigbee2MQTT's legacy bare word.
+        assert_eq!(z2m.decode(b"online"), Some(true));
+        assert_eq!(z2m.decode(b"offline\r\n"), Some(false));
+        assert_eq!(z2m.decode(br#"{"state":"Online"}"#), None);
+        assert_eq!(z2m.decode(br#"{"status":"online"}"#), None);
+        assert_eq!(z2m.decode(br#"{"state":{"x":"online"}}"#), None);
+        assert_eq!(z2m.decode(br#""online""#), None);
+        assert_eq!(z2m.decode(b"\xff garbage"), None);
+        assert_eq!(z2m.decode(&vec![b'['; 1 << 20]), None);
+
+        let flag = Availability {
+            pointer: Some(ptr("/connected")),
+            online: "true".into(),
+            offline: "false".into(),
+        };
+        assert_eq!(flag.decode(br#"{"connected":true}"#), Some(true));
+        assert_eq!(flag.decode(br#"{"connected":false}"#), Some(false));
+        assert_eq!(flag.decode(br#"{"connected":"true"}"#), Some(true));
+        assert_eq!(flag.decode(br#"{"connected":null}"#), None);
+        let number = Availability {
+            pointer: Some(ptr("/up")),
+            online: "1".into(),
+            offline: "0".into(),
+        };
+        assert_eq!(number.decode(br#"{"up":1}"#), Some(true));
+        assert_eq!(number.decode(br#"{"up":0}"#), Some(false));
+        assert_eq!(number.decode(br#"{"up":1.0}"#), None);
+    }
+
+    // -- commands ------------------------------------------------------------------------
+
+    fn spec(kind: FieldType) -> FieldSpec {
+        FieldSpec {
+            writable: true,
+            ..FieldSpec::new("f", kind)
+        }
+    }
+
+    fn text(
+        template: &Template,
+        spec: &FieldSpec,
+        value: Value,
+        bools: Option<(&str, &str)>,
+    ) -> String {
+        String::from_utf8(encode(template, spec, &value, bools).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn plain_commands_are_text() {
+        let p = &Template::Plain;
+        let double = FieldSpec {
+            decimals: Some(2),
+            ..spec(FieldType::Double)
+        };
+        assert_eq!(text(p, &double, Value::Double(21.5), None), "21.50");
+        assert_eq!(text(p, &double, Value::Int(3), None), "3.00");
+        assert_eq!(
+            text(p, &spec(FieldType::Double), Value::Double(21.25), None),
+            "21.25"
+        );
+        assert_eq!(text(p, &spec(FieldType::Int), Value::Int(-7), None), "-7");
+        assert_eq!(
+            text(p, &spec(FieldType::Long), Value::Long(i64::MAX), None),
+            "9223372036854775807"
+        );
+        assert_eq!(
+            text(p, &spec(FieldType::Bool), Value::Bool(true), None),
+            "true"
+        );
+        assert_eq!(
+            text(p, &spec(FieldType::Bool), Value::Bool(false), None),
+            "false"
+        );
+        assert_eq!(
+            text(
+                p,
+                &spec(FieldType::Bool),
+                Value::Bool(true),
+                Some(("ON", "OFF"))
+            ),
+            "ON"
+        );
+        assert_eq!(
+            text(
+                p,
+                &spec(FieldType::Bool),
+                Value::Bool(false),
+                Some(("ON", "OFF"))
+            ),
+            "OFF"
+        );
+        assert_eq!(
+            text(
+                p,
+                &spec(FieldType::String),
+                Value::String("hé".into()),
+                None
+            ),
+            "hé"
+        );
+        let mode = FieldSpec {
+            values: vec!["auto".into(), "manual".into()],
+            ..spec(FieldType::Enum)
+        };
+        assert_eq!(text(p, &mode, Value::Enum("auto".into()), None), "auto");
+        assert_eq!(
+            text(p, &mode, Value::String("manual".into()), None),
+            "manual"
+        );
+        assert_eq!(
+            text(
+                p,
+                &spec(FieldType::Timestamp),
+                Value::Timestamp(at(NOW) + Duration::from_millis(5)),
+                None
+            ),
+            "2024-05-01T12:00:00Z"
+        );
+    }
+
+    #[test]
+    fn json_commands_nest_at_the_pointer() {
+        let j = |p: &str| Template::Json { pointer: ptr(p) };
+        assert_eq!(
+            text(
+                &j("/state"),
+                &spec(FieldType::Bool),
+                Value::Bool(true),
+                None
+            ),
+            r#"{"state":true}"#
+        );
+        assert_eq!(
+            text(
+                &j("/state"),
+                &spec(FieldType::Bool),
+                Value::Bool(false),
+                Some(("ON", "OFF"))
+            ),
+            r#"{"state":"OFF"}"#
+        );
+        assert_eq!(
+            text(&j("/a/b"), &spec(FieldType::Int), Value::Int(5), None),
+            r#"{"a":{"b":5}}"#
+        );
+        assert_eq!(
+            text(
+                &j("/a~1b/c~0d/0"),
+                &spec(FieldType::Long),
+                Value::Long(-1),
+                None
+            ),
+            r#"{"a/b":{"c~d":{"0":-1}}}"#
+        );
+        assert_eq!(
+            text(&j(""), &spec(FieldType::Double), Value::Double(21.5), None),
+            "21.5"
+        );
+        assert_eq!(
+            text(
+                &j("/"),
+                &spec(FieldType::String),
+                Value::String("x\"y".into()),
+                None
+            ),
+            r#"{"":"x\"y"}"#
+        );
+        let double = FieldSpec {
+            decimals: Some(1),
+            ..spec(FieldType::Double)
+        };
+        assert_eq!(
+            text(
+                &j("/current_heating_setpoint"),
+                &double,
+                Value::Double(21.456),
+                None
+            ),
+            r#"{"current_heating_setpoint":21.5}"#
+        );
+        assert_eq!(
+            text(&j("/x"), &double, Value::Long(3), None),
+            r#"{"x":3.0}"#
+        );
+        assert_eq!(
+            text(
+                &j("/brightness"),
+                &spec(FieldType::Int),
+                Value::Int(254),
+                None
+            ),
+            r#"{"brightness":254}"#
+        );
+        assert_eq!(
+            text(
+                &j("/t"),
+                &spec(FieldType::Timestamp),
+                Value::Timestamp(at(NOW)),
+                None
+            ),
+            r#"{"t":"2024-05-01T12:00:00Z"}"#
+        );
+        let mode = FieldSpec {
+            values: vec!["auto".into()],
+            ..spec(FieldType::Enum)
+        };
+        assert_eq!(
+            text(&j("/mode"), &mode, Value::Enum("auto".into()), None),
+            r#"{"mode":"auto"}"#
+        );
+    }
+
+    #[test]
+    fn commands_that_do_not_fit_are_refused() {
+        let p = &Template::Plain;
+        let j = &Template::Json { pointer: ptr("/x") };
+        for t in [p, j] {
+            assert!(matches!(
+                encode(t, &spec(FieldType::Double), &Value::Double(f64::NAN), None),
+                Err(EncodeError::NotFinite(v)) if v.is_nan()
+            ));
+            assert!(matches!(
+                encode(
+                    t,
+                    &spec(FieldType::Double),
+                    &Value::Double(f64::INFINITY),
+                    None
+                ),
+                Err(EncodeError::NotFinite(_))
+            ));
+            let e =
+                encode(t, &spec(FieldType::Int), &Value::Long(3_000_000_000), None).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "value 3000000000 is out of range for an int field"
+            );
+            let e = encode(t, &spec(FieldType::Double), &Value::Bool(true), None).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "a bool value cannot be written to a double field"
+            );
+            assert!(encode(t, &spec(FieldType::Int), &Value::Double(1.0), None).is_err());
+            assert!(encode(t, &spec(FieldType::Bool), &Value::Int(1), None).is_err());
+            let mode = FieldSpec {
+                values: vec!["auto".into()],
+                ..spec(FieldType::Enum)
+            };
+            let e = encode(t, &mode, &Value::Enum("off".into()), None).unwrap_err();
+            assert_eq!(e.to_string(), r#""off" is not one of the labels auto"#);
+            for time in [UNIX_EPOCH - Duration::from_secs(1), at(END_OF_TIME)] {
+                assert_eq!(
+                    encode(
+                        t,
+                        &spec(FieldType::Timestamp),
+                        &Value::Timestamp(time),
+                        None
+                    ),
+                    Err(EncodeError::TimeOutOfRange)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_commands_decode_to_the_same_value() {
+        let double = FieldSpec {
+            decimals: Some(1),
+            ..spec(FieldType::Double)
+        };
+        for (s, v) in [
+            (double.clone(), Value::Double(21.5)),
+            (spec(FieldType::Int), Value::Int(-5)),
+            (spec(FieldType::Long), Value::Long(i64::MIN)),
+            (spec(FieldType::Bool), Value::Bool(true)),
+            (spec(FieldType::String), Value::String("x y".into())),
+            (spec(FieldType::Timestamp), Value::Timestamp(at(NOW))),
+        ] {
+            for (template, format, locator) in [
+                (Template::Plain, Format::Plain, Locator::Whole),
+                (
+                    Template::Json {
+                        pointer: ptr("/a/b"),
+                    },
+                    Format::Json,
+                    Locator::Pointer(ptr("/a/b")),
+                ),
+            ] {
+                let payload = encode(&template, &s, &v, None).unwrap();
+                let t = topic(format, vec![field(s.kind, locator)]);
+                let back = one(t.decode(&payload, at(NOW)).unwrap()).unwrap();
+                assert!(
+                    same_value(&s, &v, &back),
+                    "{v:?} via {template:?}: {back:?}"
+                );
+            }
+        }
+    }
+
+    // -- confirmation --------------------------------------------------------------------
+
+    #[test]
+    fn echoes_confirm_by_value() {
+        let any = spec(FieldType::Double);
+        let one_decimal = FieldSpec {
+            decimals: Some(1),
+            ..spec(FieldType::Double)
+        };
+        // Numbers across types.
+        assert!(same_value(&any, &Value::Int(3), &Value::Long(3)));
+        assert!(same_value(&any, &Value::Long(3), &Value::Double(3.0)));
+        assert!(same_value(&any, &Value::Double(3.0), &Value::Int(3)));
+        assert!(!same_value(&any, &Value::Int(3), &Value::Long(4)));
+        assert!(same_value(
+            &any,
+            &Value::Long(i64::MAX),
+            &Value::Long(i64::MAX)
+        ));
+        assert!(!same_value(
+            &any,
+            &Value::Long(i64::MAX),
+            &Value::Long(i64::MAX - 1)
+        ));
+        // Doubles with decimals: within half a unit of the last decimal.
+        assert!(same_value(
+            &one_decimal,
+            &Value::Double(21.5),
+            &Value::Double(21.54)
+        ));
+        assert!(same_value(
+            &one_decimal,
+            &Value::Double(21.5),
+            &Value::Double(21.55)
+        ));
+        assert!(same_value(
+            &one_decimal,
+            &Value::Double(21.5),
+            &Value::Double(21.45)
+        ));
+        assert!(!same_value(
+            &one_decimal,
+            &Value::Double(21.5),
+            &Value::Double(21.56)
+        ));
+        assert!(!same_value(
+            &one_decimal,
+            &Value::Double(21.5),
+            &Value::Double(21.6)
+        ));
+        let none = FieldSpec {
+            decimals: Some(0),
+            ..spec(FieldType::Double)
+        };
+        assert!(same_value(&none, &Value::Double(21.0), &Value::Int(21)));
+        assert!(same_value(&none, &Value::Double(21.4), &Value::Int(21)));
+        assert!(!same_value(&none, &Value::Double(21.6), &Value::Int(21)));
+        // Without decimals: relative 1e-9.
+        assert!(same_value(
+            &any,
+            &Value::Double(0.1 + 0.2),
+            &Value::Double(0.3)
+        ));
+        assert!(same_value(
+            &any,
+            &Value::Double(1e12),
+            &Value::Double(1e12 + 1e2)
+        ));
+        assert!(!same_value(
+            &any,
+            &Value::Double(1e12),
+            &Value::Double(1e12 + 1e4)
+        ));
+        assert!(!same_value(
+            &any,
+            &Value::Double(21.5),
+            &Value::Double(21.51)
+        ));
+        assert!(same_value(&any, &Value::Double(0.0), &Value::Double(-0.0)));
+        assert!(!same_value(
+            &any,
+            &Value::Double(f64::NAN),
+            &Value::Double(f64::NAN)
+        ));
+        assert!(!same_value(
+            &one_decimal,
+            &Value::Double(f64::INFINITY),
+            &Value::Double(f64::INFINITY)
+        ));
+        // Others exactly.
+        let s = spec(FieldType::String);
+        assert!(same_value(
+            &s,
+            &Value::String("a".into()),
+            &Value::String("a".into())
+        ));
+        assert!(!same_value(
+            &s,
+            &Value::String("a".into()),
+            &Value::String("A".into())
+        ));
+        assert!(same_value(
+            &s,
+            &Value::String("auto".into()),
+            &Value::Enum("auto".into())
+        ));
+        assert!(same_value(&s, &Value::Bool(true), &Value::Bool(true)));
+        assert!(!same_value(&s, &Value::Bool(true), &Value::Bool(false)));
+        assert!(!same_value(&s, &Value::Bool(true), &Value::Int(1)));
+        assert!(!same_value(&s, &Value::String("1".into()), &Value::Int(1)));
+        // Times to the second.
+        let t = spec(FieldType::Timestamp);
+        let stamp = at(NOW) + Duration::from_millis(700);
+        assert!(same_value(
+            &t,
+            &Value::Timestamp(stamp),
+            &Value::Timestamp(at(NOW))
+        ));
+        assert!(!same_value(
+            &t,
+            &Value::Timestamp(stamp),
+            &Value::Timestamp(at(NOW + 1))
+        ));
     }
 }

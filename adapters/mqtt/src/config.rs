@@ -24,6 +24,9 @@ fn reconnect_min() -> HumanDuration {
 fn reconnect_max() -> HumanDuration {
     HumanDuration::from_secs(60)
 }
+fn session_expiry() -> HumanDuration {
+    HumanDuration::from_secs(7 * 86_400)
+}
 fn max_payload() -> usize {
     64 * 1024
 }
@@ -71,7 +74,7 @@ pub struct Tls {
 }
 
 /// One `[[mqtt.broker]]`: a session shared by the devices that name it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Broker {
     /// What devices call it (`broker = "..."`).
@@ -90,6 +93,10 @@ pub struct Broker {
     /// 1 / 2 messages while the gateway is away).
     #[serde(default = "yes")]
     pub clean_session: bool,
+    /// MQTT 5, persistent session: how long the broker keeps it after the connection
+    /// ends (MQTT 3.1.1 brokers keep it as long as they are configured to).
+    #[serde(default = "session_expiry")]
+    pub session_expiry: HumanDuration,
     /// Keep-alive interval.
     #[serde(default = "keep_alive")]
     pub keep_alive: HumanDuration,
@@ -118,6 +125,20 @@ pub struct Broker {
     /// Packets larger than this make the client drop the connection (bytes).
     #[serde(default = "max_packet")]
     pub max_packet: usize,
+}
+
+// The password must never reach a log line (setups are printed in internal errors).
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broker {
@@ -290,6 +311,7 @@ mod tests {
             toml::from_str("name = \"p\"\nhost = \"h\"\ntls = {}\nprotocol = \"5\"").unwrap();
         assert_eq!(b.port(), 8883);
         assert_eq!(b.protocol, Protocol::V5);
+        assert!(b.validate().is_ok());
     }
 
     #[test]

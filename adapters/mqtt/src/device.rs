@@ -13,7 +13,6 @@ use fieldgate_api::{
     AdapterError, AdapterRequest, DeviceId, EventSink, FieldSpec, Quality, Reachability,
     ReadOutcome, Reading, Reason, Value,
 };
-use rumqttc::Publish;
 use tokio::sync::{oneshot, Notify};
 
 use crate::codec;
@@ -552,22 +551,16 @@ fn clip(s: &str) -> &str {
 }
 
 /// A message from the broker: every entry listening on its topic takes it.
-pub async fn on_message(
-    shared: &Shared,
-    p: &Publish,
-    routed: &mut Vec<(Arc<Binding>, Option<String>)>,
-) {
+pub async fn on_message(shared: &Shared, topic: &str, payload: &[u8]) {
     let arrival = Instant::now();
-    {
-        let router = shared.router.read().unwrap_or_else(|e| e.into_inner());
-        let mut found = Vec::new();
-        router.route(&p.topic, &mut found);
-        routed.extend(found.into_iter().map(|(b, s)| (b, s.map(str::to_owned))));
-    }
+    let mut routed = Vec::new();
+    shared
+        .router
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .route(topic, &mut routed);
     for (b, segment) in routed.iter() {
-        b.entry
-            .take(b.role, &p.topic, segment.as_deref(), &p.payload, arrival)
-            .await;
+        b.entry.take(b.role, topic, *segment, payload, arrival).await;
     }
 }
 

@@ -15,5 +15,6 @@ pub mod router;
 mod session;
 mod setup;
 mod tls;
+mod wire;
 
 pub use kind::MqttKind;

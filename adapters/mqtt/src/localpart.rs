@@ -184,7 +184,10 @@ mod tests {
             map("Küche").unwrap_err().to_string(),
             "character U+00FC at position 1 is not allowed in a device id"
         );
-        assert_eq!(map("").unwrap_err().to_string(), "the topic segment is empty");
+        assert_eq!(
+            map("").unwrap_err().to_string(),
+            "the topic segment is empty"
+        );
         assert!(map(".a").unwrap_err().to_string().contains("'.'"));
         assert_eq!(
             map(&"a".repeat(65)).unwrap_err().to_string(),
@@ -219,10 +222,7 @@ mod tests {
             })
         );
         let rest = "b".repeat(MAX_ID_LEN - 3);
-        assert_eq!(
-            map_segment(&rest, "zb-").unwrap(),
-            format!("zb-{rest}")
-        );
+        assert_eq!(map_segment(&rest, "zb-").unwrap(), format!("zb-{rest}"));
         assert_eq!(
             map_segment(&format!("{rest}b"), "zb-"),
             Err(Unmappable::TooLong {
@@ -244,7 +244,14 @@ mod tests {
         // Whatever maps is lowercase ASCII letters, digits, '-', '_', '.', with no dot at
         // an end and no "..", within the length.
         for segment in [
-            "A B", "0xABC", "x-Y_z.1", "Zone 12 . 3", "a b c d e f", "-", "_", "9",
+            "A B",
+            "0xABC",
+            "x-Y_z.1",
+            "Zone 12 . 3",
+            "a b c d e f",
+            "-",
+            "_",
+            "9",
         ] {
             let id = map(segment).unwrap();
             assert!(!id.is_empty() && id.len() <= MAX_ID_LEN);

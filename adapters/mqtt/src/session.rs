@@ -18,15 +18,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use fieldgate_api::{backoff, AdapterError, Reason};
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, PubAck, PubRec, QoS, Request, SubscribeFilter, SubscribeReasonCode, Transport,
-};
+use rumqttc::QoS;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Broker;
 use crate::device::Binding;
 use crate::router::Router;
+use crate::wire::{self, Client, Event, Loop};
 
 /// Requests queued for the event loop before a publisher waits.
 const REQUEST_QUEUE: usize = 256;
@@ -46,7 +45,7 @@ pub enum LinkStatus {
 pub struct Shared {
     /// The broker's configuration.
     pub broker: Broker,
-    client: AsyncClient,
+    client: Client,
     /// Which devices listen on which filters.
     pub router: RwLock<Router<Binding>>,
     status: watch::Sender<LinkStatus>,
@@ -82,24 +81,23 @@ impl Shared {
         }
         let qos = qos(self.broker.qos);
         let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh: Vec<SubscribeFilter> = filters
+        let fresh: Vec<String> = filters
             .into_iter()
             .filter(|f| subscribed.insert(f.clone()))
-            .map(|f| SubscribeFilter::new(f, qos))
             .collect();
         drop(subscribed);
-        self.send_subscribe(fresh);
+        self.send_subscribe(fresh, qos);
     }
 
-    fn send_subscribe(&self, filters: Vec<SubscribeFilter>) {
+    fn send_subscribe(&self, filters: Vec<String>, qos: QoS) {
         // A SUBSCRIBE carries many filters; keep each packet small.
         for chunk in filters.chunks(64) {
-            if let Err(e) = self.client.try_subscribe_many(chunk.to_vec()) {
+            if let Err(e) = self.client.try_subscribe_many(chunk, qos) {
                 // The queue is full: the filters are asked again at the next CONNACK.
                 tracing::warn!(broker = %self.broker.name, error = %e, "subscribe not queued");
                 let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
                 for f in chunk {
-                    subscribed.remove(&f.path);
+                    subscribed.remove(f);
                 }
             }
         }
@@ -110,7 +108,7 @@ impl Shared {
         let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
         for f in filters {
             if subscribed.remove(&f) {
-                let _ = self.client.try_unsubscribe(f);
+                self.client.try_unsubscribe(f);
             }
         }
     }
@@ -166,46 +164,23 @@ fn address(b: &Broker) -> String {
     format!("{}:{}", b.host, b.port())
 }
 
-/// The client options of `broker`; the password and TLS files are read here.
-fn options(b: &Broker) -> Result<MqttOptions, String> {
-    let mut o = MqttOptions::new(b.client_id(), b.host.clone(), b.port());
-    o.set_keep_alive(b.keep_alive.0);
-    o.set_clean_session(b.clean_session);
-    o.set_manual_acks(true);
-    o.set_request_channel_capacity(REQUEST_QUEUE);
-    o.set_max_packet_size(b.max_packet, b.max_packet);
-    if let Some(user) = &b.username {
-        let password = match (&b.password, &b.password_file, &b.password_env) {
-            (Some(p), _, _) => p.clone(),
-            (_, Some(f), _) => std::fs::read_to_string(f)
-                .map_err(|e| format!("password_file {}: {e}", f.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-            (_, _, Some(v)) => {
-                std::env::var(v).map_err(|_| format!("password_env: {v} is not set"))?
-            }
-            _ => String::new(),
-        };
-        o.set_credentials(user.clone(), password);
-    }
-    if let Some(tls) = &b.tls {
-        let config = crate::tls::client_config(tls).map_err(|e| format!("TLS: {e}"))?;
-        o.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(config),
-        ));
-    }
-    Ok(o)
-}
-
 /// Starts the session of `broker`; its task ends when `cancel` is cancelled.
 pub fn start(
     broker: Broker,
     cancel: CancellationToken,
 ) -> (Arc<Shared>, tokio::task::JoinHandle<()>) {
-    let prepared = options(&broker);
-    let placeholder = MqttOptions::new(broker.client_id(), broker.host.clone(), broker.port());
-    let (client, eventloop) =
-        AsyncClient::new(prepared.clone().unwrap_or(placeholder), REQUEST_QUEUE);
+    let (client, eventloop, unusable) = match wire::connect(&broker, REQUEST_QUEUE) {
+        Ok((c, l)) => (c, Some(l), None),
+        Err(why) => {
+            // A client that will never connect, so that the devices have a session to
+            // hold; the reason is their status until the configuration is mended.
+            let mut plain = broker.clone();
+            (plain.password_file, plain.password_env, plain.tls) = (None, None, None);
+            let (c, _) = wire::connect(&plain, REQUEST_QUEUE)
+                .expect("a broker without files or variables always has options");
+            (c, None, Some(why))
+        }
+    };
     let (status, _) = watch::channel(LinkStatus::Connecting);
     let shared = Arc::new(Shared {
         broker,
@@ -221,10 +196,10 @@ pub fn start(
         let span = tracing::info_span!("mqtt", broker = %shared.broker.name);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                match prepared {
-                    Ok(_) => run(shared, eventloop, cancel).await,
-                    Err(why) => {
-                        // Nothing to connect with until the configuration is mended.
+                match (eventloop, unusable) {
+                    (Some(eventloop), _) => run(shared, eventloop, cancel).await,
+                    (None, why) => {
+                        let why = why.unwrap_or_default();
                         tracing::error!(error = %why, "broker session cannot start");
                         shared.status.send_replace(LinkStatus::Down(Reason::with_detail(
                             "broker unreachable: the gateway's broker settings are unusable",
@@ -240,9 +215,8 @@ pub fn start(
     (shared, task)
 }
 
-async fn run(shared: Arc<Shared>, mut eventloop: EventLoop, cancel: CancellationToken) {
+async fn run(shared: Arc<Shared>, mut eventloop: Loop, cancel: CancellationToken) {
     let mut failures: u32 = 0;
-    let mut routed = Vec::new();
     let b = shared.broker.clone();
     loop {
         let event = tokio::select! {
@@ -250,42 +224,25 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop, cancel: Cancellation
             e = eventloop.poll() => e,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(Event::Connected { session_present }) => {
                 failures = 0;
-                tracing::info!(broker = %address(&b), session_present = ack.session_present,
-                    "connected to the broker");
-                on_connected(&shared, ack.session_present);
+                tracing::info!(broker = %address(&b), session_present, "connected to the broker");
+                on_connected(&shared, session_present);
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                crate::device::on_message(&shared, &p, &mut routed).await;
-                routed.clear();
+            Ok(Event::Message(m)) => {
+                crate::device::on_message(&shared, &m.topic, &m.payload).await;
                 // Acknowledged once its values are in the core (or it was counted as
                 // unusable): a crash before this point has the broker send it again.
-                match p.qos {
-                    QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => eventloop
-                        .pending
-                        .push_back(Request::PubAck(PubAck::new(p.pkid))),
-                    QoS::ExactlyOnce => eventloop
-                        .pending
-                        .push_back(Request::PubRec(PubRec::new(p.pkid))),
-                }
+                eventloop.ack(m.qos, m.pkid);
             }
-            Ok(Event::Incoming(Packet::SubAck(s))) => {
-                if s.return_codes
-                    .iter()
-                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                {
-                    tracing::error!(broker = %address(&b), pkid = s.pkid,
-                        "the broker refused a subscription (check its ACL for the gateway's user)");
-                }
+            Ok(Event::SubscriptionRefused(code)) => {
+                tracing::error!(broker = %address(&b), code = %code,
+                    "the broker refused a subscription (check its ACL for the gateway's user)");
             }
-            Ok(Event::Incoming(Packet::PubAck(a))) => answered(&shared, a.pkid),
-            Ok(Event::Incoming(Packet::PubComp(c))) => answered(&shared, c.pkid),
-            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => written(&shared, pkid),
-            Ok(_) => {}
-            Err(e) => {
-                let why = describe(&e);
+            Ok(Event::Acknowledged(pkid)) => answered(&shared, pkid),
+            Ok(Event::Written(pkid)) => written(&shared, pkid),
+            Ok(Event::DisconnectWritten | Event::Other) => {}
+            Err(why) => {
                 let delay = backoff(failures, b.reconnect_min.0, b.reconnect_max.0);
                 failures = failures.saturating_add(1);
                 tracing::warn!(broker = %address(&b), error = %why, attempt = failures,
@@ -305,15 +262,8 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop, cancel: Cancellation
         }
     }
     // A clean goodbye, so that the broker does not publish a will or keep waiting.
-    if *shared.status.borrow() == LinkStatus::Up && shared.client.try_disconnect().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Ok(ev) = eventloop.poll().await {
-                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                    break;
-                }
-            }
-        })
-        .await;
+    if *shared.status.borrow() == LinkStatus::Up && shared.client.try_disconnect() {
+        eventloop.flush_disconnect(Duration::from_secs(1)).await;
     }
     connection_lost(&shared);
 }
@@ -321,30 +271,35 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop, cancel: Cancellation
 /// A CONNACK: the filters the broker lacks are subscribed (all of them unless it kept
 /// the session), and the devices learn the broker is back.
 fn on_connected(shared: &Shared, session_present: bool) {
+    if !session_present {
+        shared
+            .subscribed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        // Nothing sent in an earlier session will be acknowledged now.
+        shared.lock_outgoing().by_pkid.clear();
+    }
+    // Up before the filters are read: a device that adds its filters meanwhile either
+    // sees the session up and subscribes itself, or is read here. `subscribed` keeps a
+    // filter from being asked twice.
+    shared.status.send_replace(LinkStatus::Up);
     let filters = shared
         .router
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .filters();
-    let qos = qos(shared.broker.qos);
-    let fresh: Vec<SubscribeFilter> = {
+    let fresh: Vec<String> = {
         let mut subscribed = shared.subscribed.lock().unwrap_or_else(|p| p.into_inner());
-        if !session_present {
-            subscribed.clear();
-            // Nothing sent in an earlier session will be acknowledged now.
-            shared.lock_outgoing().by_pkid.clear();
-        }
         filters
             .into_iter()
             .filter(|f| subscribed.insert(f.clone()))
-            .map(|f| SubscribeFilter::new(f, qos))
             .collect()
     };
     if !fresh.is_empty() {
         tracing::info!(filters = fresh.len(), "subscribing");
     }
-    shared.status.send_replace(LinkStatus::Up);
-    shared.send_subscribe(fresh);
+    shared.send_subscribe(fresh, qos(shared.broker.qos));
 }
 
 /// The client wrote publish `pkid` (0 for QoS 0).
@@ -381,27 +336,5 @@ fn connection_lost(shared: &Shared) {
                 "the connection dropped before the broker acknowledged the command: ",
             ))));
         }
-    }
-}
-
-/// A connection error as an operator wants to read it.
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => match code {
-            ConnectReturnCode::BadUserNamePassword => {
-                "the broker refused the connection: bad user name or password".into()
-            }
-            ConnectReturnCode::NotAuthorized => {
-                "the broker refused the connection: not authorised".into()
-            }
-            other => format!("the broker refused the connection: {other:?}"),
-        },
-        ConnectionError::Tls(t) => format!("TLS: {t}"),
-        ConnectionError::Io(io) => match io.get_ref() {
-            // rustls' verdicts arrive wrapped in an I/O error.
-            Some(inner) => format!("{inner}"),
-            None => format!("{io}"),
-        },
-        other => other.to_string(),
     }
 }
