@@ -81,6 +81,7 @@ pub fn gateway_with(access: &str, devices: &str) -> TestGateway {
     let gw = Gateway::new(
         cfg,
         Default::default(),
+        Default::default(),
         out_tx,
         commit_tx,
         EventSink::new(ev_tx, Arc::new(AtomicU64::new(0))),
