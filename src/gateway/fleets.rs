@@ -133,8 +133,7 @@ impl Gateway {
         self.discovered_save = None;
         let dir = self.cfg.state_dir.clone();
         let snapshot = self.discovered.clone();
-        let saved =
-            tokio::task::spawn_blocking(move || discovered::save(&dir, &snapshot)).await;
+        let saved = tokio::task::spawn_blocking(move || discovered::save(&dir, &snapshot)).await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -189,5 +188,113 @@ impl Gateway {
             })
             .await;
         }
+    }
+}
+
+#[cfg(all(test, feature = "sim", feature = "mqtt"))]
+mod tests {
+    use fieldgate_api::DeviceId;
+
+    use super::super::testing::{device, gateway, DOMAIN};
+    use crate::discovered::Member;
+
+    /// An entry that discovers its devices, on a broker nobody listens on: its adapter
+    /// runs; the discoveries are handed to the actor by hand.
+    fn fleet(topic: &str) -> String {
+        format!(
+            "[[mqtt.broker]]\nname = \"b\"\nhost = \"127.0.0.1\"\nport = 9\n\
+             [[device]]\nid = \"fleet\"\nadapter = \"mqtt\"\n[device.mqtt]\nbroker = \"b\"\n\
+             topic = \"{topic}\"\ndiscover = true\nformat = \"json\"\n\
+             [[device.field]]\nname = \"t\"\ntype = \"double\"\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_discovered_member_is_a_device_served_by_its_entry_and_remembered() {
+        let mut t = gateway(&(device("pump") + &fleet("f/+/t")));
+        let entry: DeviceId = "fleet".into();
+        assert!(t.gw.device_at("fleet").is_none(), "the entry has no JID");
+        assert!(!t.gw.order.contains(&entry));
+        let r =
+            t.gw.on_discovered(&entry, "kitchen".into(), "Kitchen".into())
+                .await;
+        assert_eq!(r, Ok(()));
+        let kitchen = t.gw.device_at("kitchen").expect("a device now");
+        assert_eq!(kitchen.cfg.name, "Kitchen");
+        assert_eq!(kitchen.cfg.fields, t.gw.devices[&entry].cfg.fields);
+        let own = t.gw.requests_of(kitchen).expect("its entry's adapter");
+        let entry_tx = t.gw.devices[&entry]
+            .adapter
+            .as_ref()
+            .unwrap()
+            .requests
+            .clone();
+        assert!(own.same_channel(&entry_tx));
+        assert_eq!(t.gw.order.last(), Some(&DeviceId::from("kitchen")));
+        assert_eq!(
+            t.gw.discovered["fleet"],
+            [Member {
+                id: "kitchen".into(),
+                name: "Kitchen".into()
+            }]
+        );
+        assert!(t.gw.discovered_save.is_some(), "a save is scheduled");
+        // found again (the adapter restarted): fine, nothing new
+        let again =
+            t.gw.on_discovered(&entry, "kitchen".into(), "Kitchen".into())
+                .await;
+        assert_eq!(again, Ok(()));
+        assert_eq!(t.gw.discovered["fleet"].len(), 1);
+        // an id another device has, or that is no localpart, is refused
+        let taken =
+            t.gw.on_discovered(&entry, "pump".into(), "Pump".into())
+                .await;
+        assert!(taken.unwrap_err().contains("already taken"));
+        let bad = t.gw.on_discovered(&entry, "a@b".into(), "a@b".into()).await;
+        assert!(bad.is_err());
+        assert!(!t.gw.devices.contains_key("a@b"));
+        // only an entry that discovers may report members
+        let pump: DeviceId = "pump".into();
+        let r =
+            t.gw.on_discovered(&pump, "other".into(), "other".into())
+                .await;
+        assert!(r.is_err());
+    }
+
+    #[tokio::test]
+    async fn members_follow_their_entry_across_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = gateway(&(device("pump") + &fleet("f/+/t")));
+        let entry: DeviceId = "fleet".into();
+        for name in ["a", "b"] {
+            let r = t.gw.on_discovered(&entry, name.into(), name.into()).await;
+            assert_eq!(r, Ok(()));
+        }
+        let path = dir.path().join("gw.toml");
+        let write = |devices: String| {
+            let text = format!(
+                "[xmpp]\nserver = \"127.0.0.1:5347\"\ndomain = \"{DOMAIN}\"\nsecret = \"s\"\n\
+                 [state]\ndir = \"/nonexistent-test-state\"\n{devices}"
+            );
+            std::fs::write(&path, text).unwrap();
+        };
+        t.gw.cfg.path = path.clone();
+        // unchanged entry: its members stay, after the configured devices
+        write(device("pump") + &fleet("f/+/t"));
+        t.gw.reload().await;
+        let order: Vec<&str> = t.gw.order.iter().map(|d| &**d).collect();
+        assert_eq!(order, ["pump", "a", "b"]);
+        // a reconfigured entry: its members are made again from its new configuration
+        write(device("pump") + &fleet("g/+/t"));
+        t.gw.reload().await;
+        assert!(t.gw.device_at("a").is_some() && t.gw.device_at("b").is_some());
+        assert_eq!(t.gw.devices["a"].member_of.as_deref(), Some("fleet"));
+        // the entry removed: its members go, and are forgotten
+        write(device("pump"));
+        t.gw.reload().await;
+        assert!(t.gw.device_at("a").is_none() && t.gw.device_at("b").is_none());
+        assert!(t.gw.discovered.is_empty());
+        let order: Vec<&str> = t.gw.order.iter().map(|d| &**d).collect();
+        assert_eq!(order, ["pump"]);
     }
 }

@@ -149,9 +149,10 @@ impl Gateway {
                 let now = self.devices.get(entry).map(|e| &e.cfg);
                 match wanted.get(entry) {
                     Some(cfg) if Some(*cfg) == now && cfg.discovers => {}
-                    Some(_) => r
-                        .steps
-                        .push_back(Step::Remove(id.clone(), "its discovery entry was reconfigured")),
+                    Some(_) => r.steps.push_back(Step::Remove(
+                        id.clone(),
+                        "its discovery entry was reconfigured",
+                    )),
                     None => r
                         .steps
                         .push_back(Step::Remove(id.clone(), "its discovery entry was removed")),

@@ -190,8 +190,7 @@ impl Broker {
         {
             return Err(("keep_alive", "keep-alive is 1 s to 18 h".into()));
         }
-        if self.reconnect_min.0.is_zero() || self.reconnect_min.0 > self.reconnect_max.0
-        {
+        if self.reconnect_min.0.is_zero() || self.reconnect_min.0 > self.reconnect_max.0 {
             return Err((
                 "reconnect_min",
                 "reconnect_min must be above zero and at most reconnect_max".into(),

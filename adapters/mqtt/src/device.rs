@@ -56,6 +56,8 @@ pub struct Live {
     values: Vec<Option<Reading>>,
     /// When its last message arrived.
     last_message: Option<Instant>,
+    /// When the gateway began to serve it: a device never heard from expires from then.
+    born: Option<Instant>,
     /// What its availability topic last said.
     online: Option<bool>,
     /// The reachability last reported to the core.
@@ -80,6 +82,7 @@ impl Member {
             name,
             live: Mutex::new(Live {
                 values: vec![None; fields],
+                born: Some(Instant::now()),
                 ..Live::default()
             }),
         })
@@ -446,7 +449,10 @@ impl Entry {
                 "offline, says the device's availability topic",
             ));
         }
-        if let (Some(expire), Some(last)) = (self.setup.device.expire_after, live.last_message) {
+        if let (Some(expire), Some(last)) = (
+            self.setup.device.expire_after,
+            live.last_message.or(live.born),
+        ) {
             if now.saturating_duration_since(last) > expire.0 {
                 return Reachability::Unreachable(Reason::new(format!(
                     "no message for {}",
@@ -560,7 +566,9 @@ pub async fn on_message(shared: &Shared, topic: &str, payload: &[u8]) {
         .unwrap_or_else(|e| e.into_inner())
         .route(topic, &mut routed);
     for (b, segment) in routed.iter() {
-        b.entry.take(b.role, topic, *segment, payload, arrival).await;
+        b.entry
+            .take(b.role, topic, *segment, payload, arrival)
+            .await;
     }
 }
 
@@ -678,9 +686,9 @@ async fn write(
     device: &DeviceId,
     params: Vec<(String, Value)>,
 ) -> Result<(), AdapterError> {
-    let member = entry.member(device).ok_or_else(|| {
-        AdapterError::LinkDown(Reason::new("device not discovered yet"))
-    })?;
+    let member = entry
+        .member(device)
+        .ok_or_else(|| AdapterError::LinkDown(Reason::new("device not discovered yet")))?;
     let timeout = entry.setup.device.confirm_timeout.0;
     for (name, value) in params {
         let idx = entry
@@ -694,13 +702,12 @@ async fn write(
             .ok_or_else(|| AdapterError::NotWritable(name.clone()))?;
         spec.validate_write(&value)?;
         let bools = cmd.bools.as_ref().map(|(t, f)| (t.as_str(), f.as_str()));
-        let payload =
-            codec::encode(&cmd.template, spec, &value, bools).map_err(|e| {
-                AdapterError::InvalidValue {
-                    field: name.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let payload = codec::encode(&cmd.template, spec, &value, bools).map_err(|e| {
+            AdapterError::InvalidValue {
+                field: name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let topic = if entry.setup.device.discover {
             cmd.topic.replacen('+', &member.name, 1)
         } else {

@@ -136,7 +136,10 @@ fn device(d: &mut DeviceInput<'_>, brokers: &[Broker]) -> Result<MqttSetup, Conf
             ));
         }
         if command && (topic.contains('#') || (!opts.discover && plus > 0)) {
-            return Err(at(k, format!("{topic:?}: a command topic names one topic, no wildcard")));
+            return Err(at(
+                k,
+                format!("{topic:?}: a command topic names one topic, no wildcard"),
+            ));
         }
         Ok(())
     };
@@ -150,7 +153,10 @@ fn device(d: &mut DeviceInput<'_>, brokers: &[Broker]) -> Result<MqttSetup, Conf
         check("command_topic", t, true)?;
     }
     if opts.command_qos > 2 {
-        return Err(at("command_qos", format!("QoS is 0, 1 or 2, not {}", opts.command_qos)));
+        return Err(at(
+            "command_qos",
+            format!("QoS is 0, 1 or 2, not {}", opts.command_qos),
+        ));
     }
     if opts.discover && opts.max_devices == 0 {
         return Err(at("max_devices", "at least 1".into()));
@@ -193,7 +199,8 @@ fn device(d: &mut DeviceInput<'_>, brokers: &[Broker]) -> Result<MqttSetup, Conf
             }
         }
         if let Some(t) = &o.command_topic {
-            let plus = check_filter(t).map_err(|e| issue("command_topic", format!("{t:?}: {e}")))?;
+            let plus =
+                check_filter(t).map_err(|e| issue("command_topic", format!("{t:?}: {e}")))?;
             if t.contains('#') || plus != usize::from(opts.discover) {
                 return Err(issue(
                     "command_topic",
@@ -321,7 +328,9 @@ fn device(d: &mut DeviceInput<'_>, brokers: &[Broker]) -> Result<MqttSetup, Conf
         // A topic with pointers is JSON, with SenML names SenML; else the whole payload.
         let format = p.format.unwrap_or_else(|| {
             let any = |g: &dyn Fn(&FieldOptions) -> bool| {
-                p.fields.iter().any(|i| g(&per_written[d.fields[*i].written]))
+                p.fields
+                    .iter()
+                    .any(|i| g(&per_written[d.fields[*i].written]))
             };
             if any(&|o| o.pointer.is_some()) {
                 Format::Json
@@ -443,9 +452,9 @@ impl KindRuntime for Sessions {
                 self.tasks.push(task);
                 // A session of the same name with other settings stops once the devices
                 // on it have been reconfigured (they restart onto the new one).
-                if let Some((_, _, old)) =
-                    self.running
-                        .insert(b.name.clone(), (b.clone(), shared.clone(), cancel))
+                if let Some((_, _, old)) = self
+                    .running
+                    .insert(b.name.clone(), (b.clone(), shared.clone(), cancel))
                 {
                     old.cancel();
                 }

@@ -201,10 +201,12 @@ pub fn start(
                     (None, why) => {
                         let why = why.unwrap_or_default();
                         tracing::error!(error = %why, "broker session cannot start");
-                        shared.status.send_replace(LinkStatus::Down(Reason::with_detail(
-                            "broker unreachable: the gateway's broker settings are unusable",
-                            format!("broker unreachable: {why}"),
-                        )));
+                        shared
+                            .status
+                            .send_replace(LinkStatus::Down(Reason::with_detail(
+                                "broker unreachable: the gateway's broker settings are unusable",
+                                format!("broker unreachable: {why}"),
+                            )));
                         cancel.cancelled().await;
                     }
                 }
