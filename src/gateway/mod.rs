@@ -422,6 +422,9 @@ impl Gateway {
         for d in &cfg.devices {
             gw.add_device(d.clone());
         }
+        // Every device is built: shared resources may start (an MQTT session connects
+        // only now, so that what the broker kept for it finds its device).
+        gw.runtimes.retain(gw.devices.values().map(|d| &d.cfg));
         gw
     }
 

@@ -167,9 +167,10 @@ pub trait KindRuntime: Send {
         shutdown: &CancellationToken,
     ) -> Result<Box<dyn Adapter>, String>;
 
-    /// After a reload: the setups of every device of this kind now configured. Shared
-    /// resources none of them uses are let go (their tasks end once the devices that
-    /// held them have stopped).
+    /// Once every configured device has been built, at start-up and after each reload:
+    /// the setups of every device of this kind now configured. Shared resources none of
+    /// them uses are let go (their tasks end once the devices that held them have
+    /// stopped); those that wait for all their devices may start.
     fn retain(&mut self, setups: &[&dyn DeviceSetup]);
 
     /// Waits for the shared tasks to end, once every device has stopped.

@@ -597,23 +597,19 @@ impl fieldgate_api::Adapter for MqttAdapter {
         self: Box<Self>,
         mut ctx: fieldgate_api::AdapterContext,
     ) -> futures::future::BoxFuture<'static, ()> {
+        let MqttAdapter {
+            id,
+            setup,
+            fields,
+            shared,
+        } = *self;
+        // Listening starts now, when the core starts the adapter, not when its task first
+        // runs: the broker may hand over queued messages as soon as the session connects,
+        // and a message no entry listens for is acknowledged and gone.
+        let entry = Entry::new(id, setup, fields, ctx.events.clone());
+        let registration = Registration::new(entry.clone(), shared.clone());
         Box::pin(async move {
-            let MqttAdapter {
-                id,
-                setup,
-                fields,
-                shared,
-            } = *self;
-            let entry = Entry::new(id, setup, fields, ctx.events.clone());
-            let bindings = entry.bindings();
-            let fresh: Vec<String> = {
-                let mut router = shared.router.write().unwrap_or_else(|p| p.into_inner());
-                bindings
-                    .into_iter()
-                    .filter_map(|(f, b)| router.add(&f, Arc::new(b)).then_some(f))
-                    .collect()
-            };
-            shared.subscribe(fresh);
+            let _registration = registration;
             let mut status = shared.status();
             let check = entry
                 .setup
@@ -668,13 +664,42 @@ impl fieldgate_api::Adapter for MqttAdapter {
                 }
             }
             writes.abort_all();
-            let empty = shared
-                .router
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(|b| Arc::ptr_eq(&b.entry, &entry));
-            shared.unsubscribe(empty);
         })
+    }
+}
+
+/// An entry's bindings in its session's router, for as long as its adapter lives: dropped
+/// when the adapter's task ends, panics included, so that a restarted entry does not find
+/// its predecessor still taking its messages.
+struct Registration {
+    entry: Arc<Entry>,
+    shared: Arc<Shared>,
+}
+
+impl Registration {
+    fn new(entry: Arc<Entry>, shared: Arc<Shared>) -> Registration {
+        let fresh: Vec<String> = {
+            let mut router = shared.router.write().unwrap_or_else(|p| p.into_inner());
+            entry
+                .bindings()
+                .into_iter()
+                .filter_map(|(f, b)| router.add(&f, Arc::new(b)).then_some(f))
+                .collect()
+        };
+        shared.subscribe(fresh);
+        Registration { entry, shared }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let empty = self
+            .shared
+            .router
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(|b| Arc::ptr_eq(&b.entry, &self.entry));
+        self.shared.unsubscribe(empty);
     }
 }
 

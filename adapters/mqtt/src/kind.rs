@@ -469,15 +469,20 @@ impl KindRuntime for Sessions {
         }))
     }
 
+    /// Called with every device of the configuration once they have all been started (at
+    /// start-up and after each reload): sessions connect only then.
     fn retain(&mut self, setups: &[&dyn DeviceSetup]) {
         let used: Vec<&Broker> = setups
             .iter()
             .filter_map(|s| s.as_any().downcast_ref::<MqttSetup>())
             .map(|m| &m.broker)
             .collect();
-        self.running.retain(|_, (cfg, _, cancel)| {
+        self.running.retain(|_, (cfg, shared, cancel)| {
             let keep = used.iter().any(|u| *u == cfg);
-            if !keep {
+            if keep {
+                // Every device of the configuration has been started: connect.
+                shared.release();
+            } else {
                 cancel.cancel();
             }
             keep

@@ -55,6 +55,9 @@ pub struct Shared {
     publish_order: tokio::sync::Mutex<()>,
     /// Filters the broker has been asked for in this session.
     subscribed: Mutex<HashSet<String>>,
+    /// Set once every device of the configuration listens: only then does the session
+    /// connect, so that what a persistent session kept finds its device.
+    go: watch::Sender<bool>,
 }
 
 type Reply = oneshot::Sender<Result<(), AdapterError>>;
@@ -137,6 +140,11 @@ impl Shared {
         Ok(rx)
     }
 
+    /// Lets the session connect: every device of the configuration listens now.
+    pub fn release(&self) {
+        self.go.send_replace(true);
+    }
+
     /// Why the broker cannot be reached, for device states and errors.
     pub fn down_reason(&self) -> Reason {
         match &*self.status.borrow() {
@@ -190,6 +198,7 @@ pub fn start(
         outgoing: Mutex::default(),
         publish_order: tokio::sync::Mutex::new(()),
         subscribed: Mutex::default(),
+        go: watch::channel(false).0,
     });
     let task = {
         let shared = shared.clone();
@@ -218,6 +227,11 @@ pub fn start(
 }
 
 async fn run(shared: Arc<Shared>, mut eventloop: Loop, cancel: CancellationToken) {
+    let mut go = shared.go.subscribe();
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = go.wait_for(|g| *g) => {}
+    }
     let mut failures: u32 = 0;
     let b = shared.broker.clone();
     loop {
