@@ -73,3 +73,9 @@ fn config() {
 fn modbus_codec() {
     run("modbus_codec", fieldgate_modbus::fuzzing::codec);
 }
+
+#[test]
+#[cfg(feature = "mqtt")]
+fn mqtt_codec() {
+    run("mqtt_codec", fieldgate_mqtt::fuzzing::codec);
+}

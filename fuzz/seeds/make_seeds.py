@@ -124,3 +124,18 @@ for fields in [
     [2, 7, 7, 0, 0, 0, 0, 0, 1, 19] + list(struct.pack(">d", 1e-3)) + [0, 2] + [0x7f] * 8 + [2] + [0xff] * 8,
 ]:
     put("modbus_codec", bytes(fields))
+
+# MQTT: the first byte picks the format (0 plain, 1 JSON, 2 SenML; see
+# fieldgate_mqtt::fuzzing::codec), the rest is the payload.
+for pick, payload in [
+    (0, "21.5"), (0, " ON\n"), (0, "2024-05-01T14:00:00+02:00"), (0, b"\xff\xfe"),
+    (1, '{"temperature": 21.5, "state": "ON", "0": [1, 2], "time": 1767225600}'),
+    (0x11, '{"temperature": "21", "time": "2026-01-01T00:00:00Z", "a/b": null}'),
+    (0x31, '{"time": 1767225600123.5, "state": {"state": "online"}}'),
+    (1, "[" * 200), (1, '{"temperature": 1e400, "state": -9223372036854775809}'),
+    (2, '[{"bn":"urn:dev:ow:10e2073a01080063:","bt":1.767e9,"n":"temperature","u":"Cel","v":23.1},'
+        '{"n":"state","vb":true},{"n":"0","vs":"on","t":-5}]'),
+    (2, '[{"bver":11,"n":"x","v":1}]'), (2, '[{"n":"state","v":1,"vs":"x"}]'),
+    (0x42, '[{"bn":"a","bv":10,"n":"temperature","v":1.5,"t":1e30}]'),
+]:
+    put("mqtt_codec", bytes([pick]) + (payload.encode() if isinstance(payload, str) else payload))

@@ -72,6 +72,8 @@ pub struct Member {
     pub id: DeviceId,
     /// The topic segment that names it ("" for an entry's only device).
     pub name: String,
+    /// Its messages that did not decode, or decoded with values refused.
+    pub bad_payloads: AtomicU64,
     live: Mutex<Live>,
 }
 
@@ -80,6 +82,7 @@ impl Member {
         Arc::new(Member {
             id,
             name,
+            bad_payloads: AtomicU64::new(0),
             live: Mutex::new(Live {
                 values: vec![None; fields],
                 born: Some(Instant::now()),
@@ -140,7 +143,7 @@ pub struct Entry {
     /// Members whose reachability may have changed.
     dirty: Mutex<HashSet<DeviceId>>,
     wake: Notify,
-    /// Messages that did not decode, or decoded with fields of the wrong type or size.
+    /// Messages that did not decode, or decoded with values refused, of all its devices.
     pub bad_payloads: AtomicU64,
     bad_log: Mutex<Quiet>,
     skip_log: Mutex<Quiet>,
@@ -220,15 +223,16 @@ impl Entry {
     }
 
     /// Counts an unusable payload and logs it (rate-limited) with its topic and reason.
-    fn bad(&self, topic: &str, why: &dyn std::fmt::Display) {
-        let n = self.bad_payloads.fetch_add(1, Ordering::Relaxed) + 1;
+    fn bad(&self, member: &Member, topic: &str, why: &dyn std::fmt::Display) {
+        self.bad_payloads.fetch_add(1, Ordering::Relaxed);
+        let n = member.bad_payloads.fetch_add(1, Ordering::Relaxed) + 1;
         let pass = self
             .bad_log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pass(Instant::now());
         if let Some(skipped) = pass {
-            tracing::warn!(device = %self.id, topic = %clip(topic), reason = %why,
+            tracing::warn!(device = %member.id, topic = %clip(topic), reason = %why,
                 bad_payloads = n, not_logged = skipped, "MQTT payload not usable");
         }
     }
@@ -349,6 +353,7 @@ impl Entry {
         }
         if payload.len() > self.setup.broker.max_payload {
             self.bad(
+                &member,
                 topic,
                 &format!(
                     "{} bytes, more than max_payload ({})",
@@ -371,6 +376,7 @@ impl Entry {
                         }
                     }
                     None => self.bad(
+                        &member,
                         topic,
                         &format!(
                             "availability payload is neither {:?} nor {:?}",
@@ -385,13 +391,13 @@ impl Entry {
                 let decoded = match t.decoder.decode(payload, SystemTime::now()) {
                     Ok(d) => d,
                     Err(e) => {
-                        self.bad(topic, &e);
+                        self.bad(&member, topic, &e);
                         return;
                     }
                 };
                 for (k, e) in &decoded.errors {
                     let name = &self.fields[t.fields[*k]].name;
-                    self.bad(topic, &format_args!("field {name}: {e}"));
+                    self.bad(&member, topic, &format_args!("field {name}: {e}"));
                 }
                 let mut readings = Vec::with_capacity(decoded.values.len());
                 let mut out_of_range = Vec::new();
@@ -425,7 +431,7 @@ impl Entry {
                     }
                 }
                 for why in out_of_range {
-                    self.bad(topic, &why);
+                    self.bad(&member, topic, &why);
                 }
                 // Waits for room in the core's queue: the message is acknowledged to the
                 // broker only after this.

@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod config;
 mod device;
+pub mod fuzzing;
 mod kind;
 pub mod localpart;
 pub mod router;
