@@ -283,6 +283,10 @@ pub struct FieldOptions {
     pub senml_name: Option<String>,
     /// Where writes publish; the device's `command_topic` if not given.
     pub command_topic: Option<String>,
+    /// How this field's commands are written (`plain` or `json`); the device's
+    /// `command_format` unless the field names its own `command_topic`, then `json` if
+    /// it has a `command_pointer`, else `plain`.
+    pub command_format: Option<Format>,
     /// JSON pointer of the value in a JSON command; `/<field name>` if not given.
     pub command_pointer: Option<String>,
     /// The text a `true` is published as (`"ON"`); JSON `true` or `true` if not given.

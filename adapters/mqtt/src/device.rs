@@ -290,11 +290,13 @@ impl Entry {
                 return None;
             }
         };
-        if let Some(other) = self.members().by_id.get(&id) {
+        // The name is copied out: `refuse` takes the lock for writing.
+        let holder = self.members().by_id.get(&id).map(|m| m.name.clone());
+        if let Some(other) = holder {
             refuse(format!(
                 "segment {:?} maps to the id {id:?} that {:?} already has",
                 clip(segment),
-                clip(&other.name)
+                clip(&other)
             ));
             return None;
         }
@@ -705,7 +707,11 @@ impl Drop for Registration {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(|b| Arc::ptr_eq(&b.entry, &self.entry));
-        self.shared.unsubscribe(empty);
+        // When the gateway stops, the broker keeps the subscriptions of a persistent
+        // session (and queues for them); only an entry that goes away gives them up.
+        if !self.shared.stopping() {
+            self.shared.unsubscribe(empty);
+        }
     }
 }
 

@@ -152,6 +152,12 @@ fn device(d: &mut DeviceInput<'_>, brokers: &[Broker]) -> Result<MqttSetup, Conf
     if let Some(t) = &opts.command_topic {
         check("command_topic", t, true)?;
     }
+    if opts.command_format == Some(Format::Senml) {
+        return Err(at(
+            "command_format",
+            "commands are written \"plain\" or \"json\"".into(),
+        ));
+    }
     if opts.command_qos > 2 {
         return Err(at(
             "command_qos",
@@ -207,6 +213,12 @@ fn device(d: &mut DeviceInput<'_>, brokers: &[Broker]) -> Result<MqttSetup, Conf
                     format!("{t:?}: a command topic names one topic (with the device's '+' in a discovering entry)"),
                 ));
             }
+        }
+        if o.command_format == Some(Format::Senml) {
+            return Err(issue(
+                "command_format",
+                "commands are written \"plain\" or \"json\"".into(),
+            ));
         }
         if o.payload_on.is_some() != o.payload_off.is_some() {
             return Err(issue(
@@ -277,7 +289,14 @@ fn device(d: &mut DeviceInput<'_>, brokers: &[Broker]) -> Result<MqttSetup, Conf
                     None => ConfigIssue::new(w.key("mqtt"), msg),
                 });
             };
-            let json = match opts.command_format {
+            // A field with a command topic of its own is written as it says, not as the
+            // device's other commands are.
+            let format = match (o.command_format, &o.command_topic) {
+                (Some(f), _) => Some(f),
+                (None, Some(_)) => None,
+                (None, None) => opts.command_format,
+            };
+            let json = match format {
                 Some(Format::Json) => true,
                 Some(_) => false,
                 None => o.command_pointer.is_some(),

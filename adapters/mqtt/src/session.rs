@@ -58,6 +58,8 @@ pub struct Shared {
     /// Set once every device of the configuration listens: only then does the session
     /// connect, so that what a persistent session kept finds its device.
     go: watch::Sender<bool>,
+    /// Cancelled when the session stops.
+    cancel: CancellationToken,
 }
 
 type Reply = oneshot::Sender<Result<(), AdapterError>>;
@@ -140,6 +142,11 @@ impl Shared {
         Ok(rx)
     }
 
+    /// Whether the session is stopping (the gateway is, or the broker was removed).
+    pub fn stopping(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
     /// Lets the session connect: every device of the configuration listens now.
     pub fn release(&self) {
         self.go.send_replace(true);
@@ -199,6 +206,7 @@ pub fn start(
         publish_order: tokio::sync::Mutex::new(()),
         subscribed: Mutex::default(),
         go: watch::channel(false).0,
+        cancel: cancel.clone(),
     });
     let task = {
         let shared = shared.clone();

@@ -23,10 +23,10 @@ pub enum Client {
 /// An event loop of either protocol version.
 #[allow(clippy::large_enum_variant)] // one per broker, polled in place
 pub enum Loop {
-    /// MQTT 3.1.1.
-    V4(rumqttc::EventLoop),
-    /// MQTT 5.
-    V5(v5::EventLoop),
+    /// MQTT 3.1.1; whether credentials are configured.
+    V4(rumqttc::EventLoop, bool),
+    /// MQTT 5; whether credentials are configured.
+    V5(v5::EventLoop, bool),
 }
 
 /// A message from the broker.
@@ -88,6 +88,7 @@ pub fn connect(b: &Broker, request_queue: usize) -> Result<(Client, Loop), Strin
     };
     Ok(match b.protocol {
         Protocol::V311 => {
+            let creds = b.username.is_some();
             let mut o = rumqttc::MqttOptions::new(b.client_id(), b.host.clone(), b.port());
             o.set_keep_alive(b.keep_alive.0);
             o.set_clean_session(b.clean_session);
@@ -101,7 +102,7 @@ pub fn connect(b: &Broker, request_queue: usize) -> Result<(Client, Loop), Strin
                 o.set_transport(t);
             }
             let (c, l) = rumqttc::AsyncClient::new(o, request_queue);
-            (Client::V4(c), Loop::V4(l))
+            (Client::V4(c), Loop::V4(l, creds))
         }
         Protocol::V5 => {
             let mut o = v5::MqttOptions::new(b.client_id(), b.host.clone(), b.port());
@@ -122,7 +123,7 @@ pub fn connect(b: &Broker, request_queue: usize) -> Result<(Client, Loop), Strin
                 o.set_transport(t);
             }
             let (c, l) = v5::AsyncClient::new(o, request_queue);
-            (Client::V5(c), Loop::V5(l))
+            (Client::V5(c), Loop::V5(l, b.username.is_some()))
         }
     })
 }
@@ -185,9 +186,9 @@ impl Loop {
     /// The next event, or why the connection failed.
     pub async fn poll(&mut self) -> Result<Event, String> {
         match self {
-            Loop::V4(l) => {
+            Loop::V4(l, creds) => {
                 use rumqttc::{Event as E, Packet as P};
-                match l.poll().await.map_err(|e| describe_v4(&e))? {
+                match l.poll().await.map_err(|e| describe_v4(&e, *creds))? {
                     E::Incoming(P::ConnAck(a)) => Ok(Event::Connected {
                         session_present: a.session_present,
                     }),
@@ -210,10 +211,10 @@ impl Loop {
                     E::Incoming(_) => Ok(Event::Other),
                 }
             }
-            Loop::V5(l) => {
+            Loop::V5(l, creds) => {
                 use m5::Packet as P;
                 use v5::Event as E;
-                match l.poll().await.map_err(|e| describe_v5(&e))? {
+                match l.poll().await.map_err(|e| describe_v5(&e, *creds))? {
                     E::Incoming(P::ConnAck(a)) => Ok(Event::Connected {
                         session_present: a.session_present,
                     }),
@@ -243,16 +244,16 @@ impl Loop {
     pub fn ack(&mut self, qos: QoS, pkid: u16) {
         match (self, qos) {
             (_, QoS::AtMostOnce) => {}
-            (Loop::V4(l), QoS::AtLeastOnce) => l
+            (Loop::V4(l, _), QoS::AtLeastOnce) => l
                 .pending
                 .push_back(rumqttc::Request::PubAck(rumqttc::PubAck::new(pkid))),
-            (Loop::V4(l), QoS::ExactlyOnce) => l
+            (Loop::V4(l, _), QoS::ExactlyOnce) => l
                 .pending
                 .push_back(rumqttc::Request::PubRec(rumqttc::PubRec::new(pkid))),
-            (Loop::V5(l), QoS::AtLeastOnce) => l
+            (Loop::V5(l, _), QoS::AtLeastOnce) => l
                 .pending
                 .push_back(v5::Request::PubAck(m5::PubAck::new(pkid, None))),
-            (Loop::V5(l), QoS::ExactlyOnce) => l
+            (Loop::V5(l, _), QoS::ExactlyOnce) => l
                 .pending
                 .push_back(v5::Request::PubRec(m5::PubRec::new(pkid, None))),
         }
@@ -298,12 +299,16 @@ fn outgoing(o: Outgoing) -> Event {
 }
 
 /// A connection error of MQTT 3.1.1 as an operator wants to read it.
-fn describe_v4(e: &rumqttc::ConnectionError) -> String {
+fn describe_v4(e: &rumqttc::ConnectionError, creds: bool) -> String {
     use rumqttc::{ConnectReturnCode as C, ConnectionError as E};
     match e {
         E::ConnectionRefused(code) => refused(match code {
             C::BadUserNamePassword => "bad user name or password",
-            C::NotAuthorized => "not authorised",
+            // Mosquitto answers a wrong password with this code, not the one above.
+            C::NotAuthorized if creds => {
+                "not authorised (bad user name or password, or the user may not connect)"
+            }
+            C::NotAuthorized => "not authorised (the broker wants a user name and password)",
             C::BadClientId => "client id rejected",
             C::RefusedProtocolVersion => "protocol version not supported",
             C::ServiceUnavailable => "service unavailable",
@@ -316,13 +321,16 @@ fn describe_v4(e: &rumqttc::ConnectionError) -> String {
 }
 
 /// A connection error of MQTT 5 as an operator wants to read it.
-fn describe_v5(e: &v5::ConnectionError) -> String {
+fn describe_v5(e: &v5::ConnectionError, creds: bool) -> String {
     use m5::ConnectReturnCode as C;
     use v5::ConnectionError as E;
     match e {
         E::ConnectionRefused(code) => match code {
             C::BadUserNamePassword => refused("bad user name or password"),
-            C::NotAuthorized => refused("not authorised"),
+            C::NotAuthorized if creds => refused(
+                "not authorised (bad user name or password, or the user may not connect)",
+            ),
+            C::NotAuthorized => refused("not authorised (the broker wants a user name and password)"),
             C::ClientIdentifierNotValid | C::BadClientId => refused("client id rejected"),
             other => refused(&format!("{other:?}")),
         },
