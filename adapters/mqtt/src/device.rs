@@ -617,7 +617,7 @@ impl fieldgate_api::Adapter for MqttAdapter {
         let entry = Entry::new(id, setup, fields, ctx.events.clone());
         let registration = Registration::new(entry.clone(), shared.clone());
         Box::pin(async move {
-            let _registration = registration;
+            let mut registration = registration;
             let mut status = shared.status();
             let check = entry
                 .setup
@@ -647,7 +647,14 @@ impl fieldgate_api::Adapter for MqttAdapter {
                     }
                 }
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => break,
+                    _ = ctx.shutdown.cancelled() => {
+                        // The core stops this entry alone (removed or reconfigured): its
+                        // subscriptions go with it. When the core goes away it drops
+                        // the request channel instead, and a persistent session keeps
+                        // them for the next start.
+                        registration.removed = true;
+                        break;
+                    }
                     req = ctx.requests.recv() => match req {
                         None => break,
                         Some(AdapterRequest::Read { device, fields, reply }) => {
@@ -682,6 +689,8 @@ impl fieldgate_api::Adapter for MqttAdapter {
 struct Registration {
     entry: Arc<Entry>,
     shared: Arc<Shared>,
+    /// The entry was removed: unsubscribe from what no other entry listens on.
+    removed: bool,
 }
 
 impl Registration {
@@ -695,7 +704,11 @@ impl Registration {
                 .collect()
         };
         shared.subscribe(fresh);
-        Registration { entry, shared }
+        Registration {
+            entry,
+            shared,
+            removed: false,
+        }
     }
 }
 
@@ -707,9 +720,10 @@ impl Drop for Registration {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(|b| Arc::ptr_eq(&b.entry, &self.entry));
-        // When the gateway stops, the broker keeps the subscriptions of a persistent
-        // session (and queues for them); only an entry that goes away gives them up.
-        if !self.shared.stopping() {
+        // When the gateway stops (or the task failed and is restarted), the broker keeps
+        // the subscriptions of a persistent session and queues for them; only an entry
+        // that goes away gives them up.
+        if self.removed && !self.shared.stopping() {
             self.shared.unsubscribe(empty);
         }
     }

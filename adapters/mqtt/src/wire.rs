@@ -327,10 +327,12 @@ fn describe_v5(e: &v5::ConnectionError, creds: bool) -> String {
     match e {
         E::ConnectionRefused(code) => match code {
             C::BadUserNamePassword => refused("bad user name or password"),
-            C::NotAuthorized if creds => refused(
-                "not authorised (bad user name or password, or the user may not connect)",
-            ),
-            C::NotAuthorized => refused("not authorised (the broker wants a user name and password)"),
+            C::NotAuthorized if creds => {
+                refused("not authorised (bad user name or password, or the user may not connect)")
+            }
+            C::NotAuthorized => {
+                refused("not authorised (the broker wants a user name and password)")
+            }
             C::ClientIdentifierNotValid | C::BadClientId => refused("client id rejected"),
             other => refused(&format!("{other:?}")),
         },
