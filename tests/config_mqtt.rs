@@ -115,3 +115,24 @@ fn mistakes_are_located_and_explained() {
     ));
     assert_eq!(e.key.as_deref(), Some("mqtt.broker[1].username"));
 }
+
+#[test]
+fn unreadable_secrets_and_tls_files_are_configuration_errors() {
+    let e = err(&format!(
+        "{BASE}\n[[mqtt.broker]]\nname = \"x\"\nhost = \"h\"\nusername = \"u\"\n\
+         password_file = \"/nonexistent/fieldgate-test-password\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("mqtt.broker[1].password_file"));
+    assert_eq!(e.line, 15, "at the key: {e:?}");
+    let e = err(&format!(
+        "{BASE}\n[[mqtt.broker]]\nname = \"x\"\nhost = \"h\"\nusername = \"u\"\n\
+         password_env = \"FIELDGATE_TEST_SURELY_UNSET\"\n"
+    ));
+    assert!(e.message.contains("is not set"), "{}", e.message);
+    let e = err(&format!(
+        "{BASE}\n[[mqtt.broker]]\nname = \"x\"\nhost = \"h\"\n\
+         tls = {{ ca_file = \"/nonexistent/ca.pem\" }}\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("mqtt.broker[1].tls"));
+    assert!(e.message.contains("/nonexistent/ca.pem"), "{}", e.message);
+}

@@ -125,6 +125,9 @@ pub struct Broker {
     /// Packets larger than this make the client drop the connection (bytes).
     #[serde(default = "max_packet")]
     pub max_packet: usize,
+    /// The password, from whichever source was configured (read by [`Broker::resolve`]).
+    #[serde(skip)]
+    pub secret: Option<String>,
 }
 
 // The password must never reach a log line (setups are printed in internal errors).
@@ -135,13 +138,37 @@ impl std::fmt::Debug for Broker {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
 impl Broker {
+    /// Reads the password from its file or variable, and checks that the TLS files make a
+    /// configuration, so that a mistake is a configuration error (with its place) rather
+    /// than a session that never connects. The key at fault and why.
+    pub fn resolve(&mut self) -> Result<(), (&'static str, String)> {
+        self.secret = match (&self.password, &self.password_file, &self.password_env) {
+            (Some(p), _, _) => Some(p.clone()),
+            (_, Some(f), _) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| ("password_file", format!("{}: {e}", f.display())))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (_, _, Some(v)) => Some(
+                std::env::var(v)
+                    .map_err(|_| ("password_env", format!("the variable {v} is not set")))?,
+            ),
+            _ => None,
+        };
+        if let Some(tls) = &self.tls {
+            crate::tls::client_config(tls).map_err(|e| ("tls", e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// The port, by default that of the transport.
     pub fn port(&self) -> u16 {
         self.port

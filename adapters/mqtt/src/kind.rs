@@ -55,11 +55,14 @@ impl AdapterKind for MqttKind {
             None => (Section::default(), Vec::new()),
         };
         let mut brokers: Vec<Broker> = Vec::new();
-        for (i, b) in parsed.broker.into_iter().enumerate() {
-            let span = tables.get(i).and_then(|t| t.span()).unwrap_or_default();
+        for (i, mut b) in parsed.broker.into_iter().enumerate() {
+            let table = tables.get(i);
+            let span = table.and_then(|t| t.span()).unwrap_or_default();
             let key = |k: &str| format!("mqtt.broker[{i}].{k}");
-            if let Err((k, why)) = b.validate() {
-                return Err(ConfigIssue::at(span, key(k), why));
+            if let Err((k, why)) = b.validate().and_then(|()| b.resolve()) {
+                // At the key itself where it is written.
+                let at = table.and_then(|t| t.get(k)).and_then(|n| n.span());
+                return Err(ConfigIssue::at(at.unwrap_or(span), key(k), why));
             }
             if brokers.iter().any(|o| o.name == b.name) {
                 return Err(ConfigIssue::at(

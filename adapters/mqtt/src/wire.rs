@@ -64,19 +64,9 @@ pub enum Event {
 
 /// The client options for `b`, the password and TLS material read now.
 pub fn connect(b: &Broker, request_queue: usize) -> Result<(Client, Loop), String> {
-    let password = match (&b.password, &b.password_file, &b.password_env) {
-        (Some(p), _, _) => Some(p.clone()),
-        (_, Some(f), _) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| format!("password_file {}: {e}", f.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-        ),
-        (_, _, Some(v)) => {
-            Some(std::env::var(v).map_err(|_| format!("password_env: {v} is not set"))?)
-        }
-        _ => None,
-    };
+    // Read when the configuration was (Broker::resolve); a file changed since takes
+    // effect with the next reload.
+    let password = b.secret.clone();
     let transport = match &b.tls {
         Some(tls) => {
             let config = crate::tls::client_config(tls).map_err(|e| format!("TLS: {e}"))?;
