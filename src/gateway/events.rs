@@ -288,7 +288,7 @@ impl Gateway {
         let grace = self
             .devices
             .get(&sub.device)
-            .and_then(poll_period)
+            .and_then(|d| poll_period(d))
             .unwrap_or_default();
         let at = sub.wake(grace);
         self.subscriptions

@@ -15,13 +15,16 @@ use crate::discovered::{self, Member};
 impl Gateway {
     /// The device whose JID has localpart `node`; entries that discover have none.
     pub(super) fn device_at(&self, node: &str) -> Option<&Device> {
-        self.devices.get(node).filter(|d| !d.cfg.discovers)
+        self.devices
+            .get(node)
+            .map(|d| &**d)
+            .filter(|d| !d.cfg.discovers)
     }
 
     /// Where `dev`'s read and write requests go: its adapter, or its entry's.
     pub(super) fn requests_of(&self, dev: &Device) -> Option<mpsc::Sender<AdapterRequest>> {
         let owner = match &dev.member_of {
-            Some(entry) => self.devices.get(entry)?,
+            Some(entry) => &**self.devices.get(entry)?,
             None => dev,
         };
         owner.adapter.as_ref().map(|a| a.requests.clone())

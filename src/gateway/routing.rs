@@ -162,7 +162,10 @@ impl Gateway {
                 return;
             }
         }
-        let device = device_id.as_ref().and_then(|id| self.devices.get(id));
+        let device = device_id
+            .as_ref()
+            .and_then(|id| self.devices.get(id))
+            .map(|d| &**d);
         let reply = self.answer_iq(h, device, payload);
         self.send(reply).await;
     }

@@ -649,8 +649,14 @@ def test_wildcard_discovery_of_fifty_devices(mq):
         r = mq.readout(d)
         assert r.summary() == {"t": str(i + 0.5), "led": "true" if i % 2 == 0 else "false"}, (d, r.summary(),
                                                                                              r.failures)
+    # its identity is the entry's kind of device; the domain's items name it by its segment
     info = parse_disco_info(alice.disco_info(jid(ids[7])))
-    assert any(name == "Unit-07" for _c, _t, name in info.identities), f"named after its segment: {info.identities}"
+    assert any(name == "fleet" for _c, _t, name in info.identities), f"the entry's name: {info.identities}"
+    items = alice.disco_items(rw_domain := jid(ids[7]).split("@", 1)[1])
+    assert items.ok, items
+    q = items.xml.find("{http://jabber.org/protocol/disco#items}query")
+    names = {i.get("jid"): i.get("name") for i in q.findall("{http://jabber.org/protocol/disco#items}item")}
+    assert names.get(jid(ids[7])) == "Unit-07", f"listed by its segment in {rw_domain}'s items: {names}"
 
     # the entry itself is no device
     r = alice.ping(jid("fleet"))

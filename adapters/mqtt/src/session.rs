@@ -257,7 +257,9 @@ async fn run(shared: Arc<Shared>, mut eventloop: Loop, cancel: CancellationToken
                 crate::device::on_message(&shared, &m.topic, &m.payload).await;
                 // Acknowledged once its values are in the core (or it was counted as
                 // unusable): a crash before this point has the broker send it again.
-                eventloop.ack(m.qos, m.pkid);
+                if !shared.client.try_ack(m.qos, m.pkid) {
+                    eventloop.ack(m.qos, m.pkid);
+                }
             }
             Ok(Event::SubscriptionRefused(code)) => {
                 tracing::error!(broker = %address(&b), code = %code,

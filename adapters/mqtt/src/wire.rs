@@ -163,6 +163,26 @@ impl Client {
         }
     }
 
+    /// Queues the acknowledgement of message `pkid` with the client's other requests;
+    /// false when that queue is full.
+    pub fn try_ack(&self, qos: QoS, pkid: u16) -> bool {
+        if qos == QoS::AtMostOnce {
+            return true;
+        }
+        match self {
+            Client::V4(c) => {
+                let mut p = rumqttc::Publish::new("", qos, Vec::new());
+                p.pkid = pkid;
+                c.try_ack(&p).is_ok()
+            }
+            Client::V5(c) => {
+                let mut p = m5::Publish::new("", q5(qos), Vec::new(), None);
+                p.pkid = pkid;
+                c.try_ack(&p).is_ok()
+            }
+        }
+    }
+
     /// Queues a DISCONNECT without waiting.
     pub fn try_disconnect(&self) -> bool {
         match self {
@@ -230,7 +250,10 @@ impl Loop {
         }
     }
 
-    /// Acknowledges message `pkid` of `qos` (queued ahead of new requests).
+    /// Acknowledges message `pkid` of `qos` through the event loop's own queue, for when
+    /// the client's is full. That queue is served one request per timer tick (rumqttc
+    /// sleeps `pending_throttle` before each, and a zero sleep waits for the next
+    /// millisecond), so it is the fallback, not the way.
     pub fn ack(&mut self, qos: QoS, pkid: u16) {
         match (self, qos) {
             (_, QoS::AtMostOnce) => {}
