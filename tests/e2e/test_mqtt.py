@@ -7,11 +7,15 @@ Two worlds, each one Prosody + one Mosquitto, shared by the tests of this module
 
 - `mq`: one gateway for the whole module with a device (or discovering entry) per
   concern and a `[[mqtt.broker]]` per kind of connection: plain, TLS (right CA, wrong
-  CA, wrong host name), password (file, environment, wrong), a second broker that is
-  killed and restarted, and a TCP proxy in front of the broker that can swallow the
-  traffic. The tests do not share devices' state unless they say so.
+  CA, wrong host name), password (inline, file, environment, wrong), a second broker that
+  is killed and restarted, a third whose TLS listener requires a client certificate (with
+  and without one), a host name that does not resolve, a closed port, and a TCP proxy in
+  front of the broker that can swallow the traffic. Some state is on the broker before the
+  gateway starts (retained messages). The tests do not share devices' state unless they
+  say so.
 - `rw`: a broker and a Prosody for the tests that stop and start a gateway of their own
-  (persistent sessions, discovered devices remembered in the state directory).
+  (persistent sessions in MQTT 3.1.1 and 5, discovered devices remembered in the state
+  directory, a gateway with another `[events] min_interval`).
 
 Every wait polls a condition; the few fixed sleeps are measurement windows, named as such.
 """
@@ -77,9 +81,10 @@ def broker_sections(brokers: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def config_text(prosody, gw: Gateway, devices: list[dict], brokers: list[dict]) -> str:
+def config_text(prosody, gw: Gateway, devices: list[dict], brokers: list[dict],
+                events: dict | None = None) -> str:
     return (gateway_toml(prosody, gw.state_dir, devices, ACCESS) + broker_sections(brokers)
-            + extra_sections({"events": {"min_interval": "100ms"}}))
+            + extra_sections({"events": events or {"min_interval": "100ms"}}))
 
 
 def plain_broker(name: str, port: int, client_id: str, **kw) -> dict:
@@ -300,12 +305,43 @@ TLS_DEVICES = [
 AUTH_DEVICES = [
     mqtt_device("authdev", [fld("v", "int")], broker="auth-ok", topic="auth/state", format="plain"),
     mqtt_device("authenv", [fld("v", "int")], broker="auth-env", topic="authenv/state", format="plain"),
+    mqtt_device("authinl", [fld("v", "int")], broker="auth-inline", topic="authinl/state", format="plain"),
     mqtt_device("authbad", [fld("v", "int")], broker="auth-bad", topic="authbad/state", format="plain"),
 ]
+# a broker whose TLS listener requires a client certificate signed by the test CA
+MTLS_DEVICES = [
+    mqtt_device("mtlsdev", [fld("v", "int")], broker="mtls-ok", topic="mtls/state", format="plain"),
+    mqtt_device("mtlsnocert", [fld("v", "int")], broker="mtls-nocert", topic="mtlsnc/state", format="plain"),
+]
+# brokers that cannot be reached at all: a host name that does not resolve, a closed port
+NOWHERE = mqtt_device("nowhere", [fld("v", "int")], broker="nowhere", topic="nowhere/state", format="plain")
+CLOSED = mqtt_device("closed", [fld("v", "int")], broker="closed", topic="closed/state", format="plain")
+BYSTANDER = mqtt_device("bystander", [fld("v", "int")], broker="plain", topic="bystander/state", format="plain")
+# its state is on the broker (retained) before the gateway starts; nothing is published to it after
+RET = mqtt_device("ret", [
+    fld("temperature", "double", mqtt={"pointer": "/temperature"}),
+    fld("mode", "string", mqtt={"topic": "ret/mode", "format": "plain"}),
+], broker="plain", topic="ret/state", format="json", timestamp_pointer="/time")
+RET_TIME = "2024-06-01T08:00:00.500Z"
+# SenML (RFC 8428): `power`, `state` and `on` by their own record name, `energy` by its full name
+SENML_BN = "urn:dev:mac:0024befffe804ff1:"
+METER = mqtt_device("meter", [
+    fld("power", "double", unit="W"),
+    fld("energy", "double", unit="Wh", mqtt={"senml_name": SENML_BN + "energy"}),
+    fld("state", "string"),
+    fld("on", "bool"),
+], broker="plain", topic="senml/meter1", format="senml")
+# commands published retained (and the same without, for contrast)
+CMDRET = mqtt_device("cmdret", [fld("level", "int", True)], broker="plain", topic="cmdret/state", format="plain",
+                     command_topic="cmdret/set", command_format="plain", command_qos=1, command_retain=True)
+CMDPLAIN = mqtt_device("cmdplain", [fld("level", "int", True)], broker="plain", topic="cmdplain/state",
+                       format="plain", command_topic="cmdplain/set", command_format="plain", command_qos=1,
+                       command_retain=False)
 # what the gateway subscribes to on the broker "plain" (client id fg-test)
 PLAIN_FILTERS = ["plant/boiler/state", "plant/boiler/relay", "plant/boiler/availability", "plant/thermo/state",
                  "junk/state", "junk/plain", "virgin/state", "lw/state", "lw/availability", "exp/state",
-                 "fleet/+/telemetry", "fleet/+/status", "cap/+/v"]
+                 "fleet/+/telemetry", "fleet/+/status", "cap/+/v", "bystander/state", "ret/state", "ret/mode",
+                 "senml/meter1", "cmdret/state", "cmdplain/state"]
 
 
 class MqttWorld(World):
@@ -324,8 +360,17 @@ class MqttWorld(World):
         self.brokers.append(self.broker)
         self.victim = mosq.Mosquitto(self.root / "victim", self.certs)
         self.brokers.append(self.victim)
+        # its tls listener requires a client certificate (the helper clients present certs.client)
+        self.mtls = mosq.Mosquitto(self.root / "mtls", self.certs, require_certificate=True)
+        self.brokers.append(self.mtls)
         self.broker.start()
         self.victim.start()
+        self.mtls.start()
+        # the initial state of `ret`, retained; the later message, not retained, reaches nobody
+        self.broker.publish("ret/state", json.dumps({"temperature": 19.5, "time": RET_TIME}), qos=1, retain=True)
+        self.broker.publish("ret/mode", "eco", qos=1, retain=True)
+        self.broker.publish("ret/state", json.dumps({"temperature": 99.0, "time": "2024-06-01T09:00:00Z"}), qos=1)
+        self.closed_port = free_port()  # nothing listens there
         self.proxy = TcpProxy(self.broker.plain_port)
         self.extras.append(self.proxy)
         self.start_env()
@@ -344,10 +389,19 @@ class MqttWorld(World):
                          tls={"ca_file": ca, "server_name": "localhost"}),
             plain_broker("auth-ok", b.auth_port, "fg-auth-ok", username=b.user, password_file=str(self.password_file)),
             plain_broker("auth-env", b.auth_port, "fg-auth-env", username=b.user, password_env=PW_ENV),
+            plain_broker("auth-inline", b.auth_port, "fg-auth-inline", username=b.user, password=b.password),
             plain_broker("auth-bad", b.auth_port, "fg-auth-bad", username=b.user, password="not-the-password",
                          reconnect_min="200ms", reconnect_max="1s"),
+            plain_broker("mtls-ok", self.mtls.tls_port, "fg-mtls-ok",
+                         tls={"ca_file": ca, "cert_file": str(self.certs.client.cert),
+                              "key_file": str(self.certs.client.key), "server_name": "localhost"}),
+            plain_broker("mtls-nocert", self.mtls.tls_port, "fg-mtls-nocert",
+                         tls={"ca_file": ca, "server_name": "localhost"}),
+            {**plain_broker("nowhere", 1883, "fg-nowhere"), "host": "broker.nonexistent.invalid"},
+            plain_broker("closed", self.closed_port, "fg-closed"),
         ]
-        devices = [BOILER, THERMO, JUNK, VIRGIN, LW, EXP, FLEET, CAP, VIC, ACKED, *TLS_DEVICES, *AUTH_DEVICES]
+        devices = [BOILER, THERMO, JUNK, VIRGIN, LW, EXP, FLEET, CAP, VIC, ACKED, *TLS_DEVICES, *AUTH_DEVICES,
+                   *MTLS_DEVICES, NOWHERE, CLOSED, BYSTANDER, RET, METER, CMDRET, CMDPLAIN]
         self.gw = self.env.new_gateway()
         self.gw.write_raw_config(config_text(self.env.prosody, self.gw, devices, brokers))
         since = b.log_size()
@@ -384,10 +438,10 @@ class RestartWorld(World):
         self.broker.start()
         self.start_env()
 
-    def gateway(self, name: str, devices: list[dict], brokers: list[dict]) -> Gateway:
+    def gateway(self, name: str, devices: list[dict], brokers: list[dict], events: dict | None = None) -> Gateway:
         gw = Gateway(self.root / f"gw-{name}", self.env.prosody)
         self.env.extras.append(gw)
-        gw.write_raw_config(config_text(self.env.prosody, gw, devices, brokers))
+        gw.write_raw_config(config_text(self.env.prosody, gw, devices, brokers, events))
         return gw
 
 
@@ -446,16 +500,65 @@ def test_fields_never_received_report_a_field_error(mq):
     r.failure_for("b")
 
 
+def test_retained_messages_are_the_initial_state(mq):
+    """`ret`'s state was published retained before the gateway started, then once more not
+    retained (which reached nobody); nothing since: what the readout shows came with the
+    gateway's subscriptions."""
+    p = mq.subscribe("ret", state=("available", "unavailable"))
+    assert p.type == "available", p.status
+    r = mq.wait_readout("ret", lambda r: {"temperature", "mode"} <= set(r.fields), "ret's retained state", timeout=5)
+    assert r.summary() == {"temperature": "19.5", "mode": "eco"}, (r.summary(), r.failures)
+    t = r.fields["temperature"]
+    assert stamp(t) == parse_iso(RET_TIME), f"not the retained message's own time: {t.timestamp}"
+    assert t.flag("automaticReadout") and not t.flag("automaticEstimate"), t.attrs
+
+
+def test_senml_pack_values_and_times(mq):
+    b = mq.broker
+    bt = 1717236000  # 2024-06-01T10:00:00Z
+    pack = [
+        {"bn": SENML_BN, "bt": bt, "bv": 100, "n": "power", "u": "W", "v": 12.5, "t": 1.25},
+        {"n": "power", "v": 30, "t": -5},  # an older record of power: not the one taken
+        {"n": "energy", "u": "Wh", "v": 5.5, "t": 2},
+        {"n": "state", "vs": "running", "t": 3},
+        {"n": "on", "vb": True, "t": 4},
+        # another device's energy: the same `n`, not the full name energy asks for
+        {"bn": "urn:dev:mac:0000000000000000:", "n": "energy", "v": 900, "t": 10},
+    ]
+    b.publish("senml/meter1", json.dumps(pack), qos=1)
+    r = mq.wait_readout("meter", lambda r: len(r.fields) == 4, "meter's four fields")
+    # v + bv; vs; vb
+    assert r.summary() == {"power": "112.5", "energy": "105.5", "state": "running", "on": "true"}, \
+        (r.summary(), r.failures)
+    for name, t in (("power", 1.25), ("energy", 2), ("state", 3), ("on", 4)):
+        f = r.fields[name]
+        assert abs(stamp(f) - (bt + t)) < 0.0005, f"{name}: timestamp {f.timestamp}, expected {iso(bt + t)} (bt + t)"
+    assert r.fields["power"].tag == "numeric" and r.fields["power"].attrs.get("unit") == "W", r.fields["power"].attrs
+
+    # no bt: a time below 2^28 counts from the arrival; base values do not outlive their pack
+    before = time.time()
+    b.publish("senml/meter1", json.dumps([{"n": "power", "v": 7, "t": -60}]), qos=1)
+    f = mq.wait_value("meter", "power", "7")
+    after = time.time()
+    assert before - 61 <= stamp(f) <= after - 59, f"t = -60 is a minute before the arrival: {f.timestamp}"
+    assert mq.readout("meter").value("energy") == "105.5"
+
+
 # --------------------------------------------------------------------------------------
 # change events
 
 
-def events_of(c: IotClient, seqnr: int, since: int) -> list[ET.Element]:
+def timed_events(c: IotClient, seqnr: int, since: int, dev: str = "thermo") -> list[tuple[float, ET.Element]]:
+    """(arrival, <fields>) of the events of subscription `seqnr` from `dev` since stanza mark `since`."""
     out = []
-    for s in c.stanzas_since(since):
-        if s.tag == q("jabber:client", "message") and s.get("from", "").split("/")[0] == jid("thermo"):
-            out += [p for p in s if p.tag == q(NS_SD, "fields") and p.get("seqnr") == str(seqnr)]
+    for t, s in c.timed_since(since):
+        if s.tag == q("jabber:client", "message") and s.get("from", "").split("/")[0] == jid(dev):
+            out += [(t, p) for p in s if p.tag == q(NS_SD, "fields") and p.get("seqnr") == str(seqnr)]
     return out
+
+
+def events_of(c: IotClient, seqnr: int, since: int, dev: str = "thermo") -> list[ET.Element]:
+    return [e for _t, e in timed_events(c, seqnr, since, dev)]
 
 
 def wait_events(c: IotClient, seqnr: int, n: int, since: int, timeout: float = 10.0) -> list[ET.Element]:
@@ -534,6 +637,34 @@ def test_set_publishes_on_the_fields_command_topic(mq):
         assert_ok(mq.set("boiler", [("boolean", "relay", "false")]))
         col.wait_count(2, "plant/boiler/relay/set", since=mk)
         assert commands(col, mk) == [("plant/boiler/relay/set", b"ON"), ("plant/boiler/relay/set", b"OFF")]
+
+
+def retained_on(b, topic: str) -> list:
+    """The retained messages a fresh subscription to `topic` is handed (a subscriber that
+    was there before gets a retained publish without the flag: Mosquitto 2.0). The
+    unsubscribe round trip behind the SUBACK makes sure they have all arrived."""
+    with b.collector(topic) as col:
+        col.unsubscribe("fieldgate-e2e/nothing")
+        return [m for m in col.received(topic) if m.retain]
+
+
+def test_command_retain_publishes_retained_commands(mq):
+    b = mq.broker
+    try:
+        assert_ok(mq.set("cmdret", [("int", "level", "42")]))
+        got = [(m.payload, m.retain) for m in retained_on(b, "cmdret/set")]
+        assert got == [(b"42", True)], f"command_retain = true: the broker keeps the command: {got}"
+        assert_ok(mq.set("cmdret", [("int", "level", "43")]))
+        got = [(m.payload, m.retain) for m in retained_on(b, "cmdret/set")]
+        assert got == [(b"43", True)], got
+        # command_retain = false: the command was published, and the broker keeps nothing
+        with b.collector("cmdplain/set") as col:
+            assert_ok(mq.set("cmdplain", [("int", "level", "42")]))
+            assert col.wait_message("cmdplain/set").payload == b"42"
+        assert retained_on(b, "cmdplain/set") == [], "command_retain = false published retained"
+    finally:
+        b.clear_retained("cmdret/set")
+        b.clear_retained("cmdplain/set")
 
 
 def test_confirmed_set_succeeds_when_the_device_echoes_it(mq):
@@ -773,10 +904,59 @@ def test_tls_refused_with_a_clear_log_line(mq, dev, broker_name, reason):
     assert not re.search(rf"New client connected from \S+ as {broker_name} ", mq.broker.log_text())
 
 
-def test_password_from_file_and_environment(mq):
+def test_tls_with_a_client_certificate(mq):
+    """The broker `mtls` requires a client certificate signed by the test CA: `mtls-ok`
+    presents one (cert_file, key_file), `mtls-nocert` does not and is refused."""
+    m, gw = mq.mtls, mq.gw
+    info = m.wait_client_connected("fg-mtls-ok", 0, timeout=15)
+    assert info["protocol"] == "3.1.1", info
+    m.wait_subscribed("fg-mtls-ok", "mtls/state", 0, timeout=15)
+    mq.subscribe("mtlsdev")
+    m.publish("mtls/state", "17", qos=1, listener="tls")  # the helper presents certs.client
+    mq.wait_value("mtlsdev", "v", "17")
+
+    p = mq.subscribe("mtlsnocert", state="unavailable", pred=lambda p: "broker unreachable" in p.status, timeout=15)
+    assert "broker unreachable" in p.status, p.status
+    # TLS 1.3: the broker's verdict comes as an alert after the client's handshake
+    rx = re.compile(r"CertificateRequired|certificate required", re.I)
+    wait_for(lambda: [line for line in log_lines(gw, 0, "mqtt{broker=mtls-nocert}", "broker connection failed")
+                      if rx.search(line)], 15,
+             "a 'broker connection failed' line of the broker mtls-nocert saying a certificate is required")
+    assert not re.search(r"New client connected from \S+ as fg-mtls-nocert ", m.log_text()), \
+        "the broker let a client without a certificate in"
+    mq.assert_alive()
+
+
+def test_unreachable_brokers_make_only_their_devices_unavailable(mq):
+    """`nowhere`'s host does not resolve, nothing listens on `closed`'s port: their devices
+    are unavailable with the reason, each attempt is logged, and a device of another broker
+    is served meanwhile."""
+    gw, alice = mq.gw, mq.alice
+    for dev, address, reason in (("nowhere", "broker.nonexistent.invalid:1883", r"lookup|resolve|name or service"),
+                                 ("closed", f"127.0.0.1:{mq.closed_port}", r"refused")):
+        p = mq.subscribe(dev, state="unavailable", pred=lambda p: "broker unreachable" in p.status, timeout=15)
+        assert "broker unreachable" in p.status, p.status
+        lines = wait_for(lambda: log_lines(gw, 0, f"mqtt{{broker={dev}}}", "broker connection failed"), 15,
+                         f"a 'broker connection failed' line of the broker {dev}")
+        assert f"broker={address}" in lines[0] and re.search(reason, lines[0], re.I), lines[0]
+        r = mq.readout(dev)
+        assert r.fields == {}, r.summary()
+        r.failure_for("v")
+    # a device of the plain broker is served, and stays available
+    m = alice.mark()
+    mq.subscribe("bystander")
+    mq.broker.publish("bystander/state", "5", qos=1)
+    mq.wait_value("bystander", "v", "5")
+    alice.barrier(jid("bystander"))
+    assert [p for p in alice.presences_since(m, jid("bystander")) if p.type == "unavailable"] == []
+    mq.assert_alive()
+
+
+def test_password_inline_from_file_and_environment(mq):
     b = mq.broker
     for client_id, dev, topic, value in (("fg-auth-ok", "authdev", "auth/state", "7"),
-                                          ("fg-auth-env", "authenv", "authenv/state", "8")):
+                                          ("fg-auth-env", "authenv", "authenv/state", "8"),
+                                          ("fg-auth-inline", "authinl", "authinl/state", "9")):
         info = b.wait_client_connected(client_id, 0, timeout=15)
         assert info["username"] == b.user, info
         b.wait_subscribed(client_id, topic, 0, timeout=15)
@@ -1082,5 +1262,139 @@ def test_discovery_refuses_a_segment_mapping_to_a_taken_id(rw):
         b.publish("rooms/Living Room/v", "5", qos=1)
         rw.wait_value("living_room", "v", "5")
         assert gw.running and "panicked" not in gw.log_text()
+    finally:
+        gw.close()
+
+
+def test_mqtt5_session_readout_set_and_persistence(rw):
+    """`protocol = "5"`: the broker sees an MQTT 5 client; values, timestamps and commands
+    work as with 3.1.1; with clean_session = false and session_expiry = "1h" the session
+    (and what is published while the gateway is away) outlives the connection, while a
+    session_expiry of 1s lets it end."""
+    b = rw.broker
+    device = mqtt_device("five", [fld("n", "int", mqtt={"pointer": "/n"}),
+                                  fld("sw", "bool", True, mqtt={"pointer": "/sw"})],
+                         broker="v5", topic="five/state", format="json", timestamp_pointer="/time",
+                         command_topic="five/set", command_format="json", command_qos=1)
+
+    def config(expiry: str) -> list[dict]:
+        return [plain_broker("v5", b.plain_port, "fg-v5", protocol="5", clean_session=False, session_expiry=expiry)]
+
+    gw = rw.gateway("mqtt5", [device], config("1h"))
+    gone = r"^\S+: Client fg-v5 (disconnected|closed its connection)"
+
+    def pub(n: int) -> None:
+        b.publish("five/state", json.dumps({"n": n, "time": t_iso(n)}), qos=1)
+
+    def connected(since: int, session_present: int) -> None:
+        info = b.wait_client_connected("fg-v5", since, timeout=15)
+        assert info["protocol"] == "5" and info["clean"] is False, f"MQTT 5 without clean start: {info}"
+        b.wait_log(rf"^\S+: Sending CONNACK to fg-v5 \({session_present}, 0\)", since)
+
+    def expect(n: int) -> None:
+        f = rw.wait_value("five", "n", str(n), timeout=15)
+        assert stamp(f) == parse_iso(t_iso(n)), f"n = {n} with the time of another message: {f.timestamp}"
+
+    try:
+        since = b.log_size()
+        gw.start()
+        connected(since, 0)
+        assert b.wait_subscribed("fg-v5", "five/state", since) == 1
+        pub(1)
+        expect(1)
+        with b.collector("five/set") as col:
+            assert_ok(rw.set("five", [("boolean", "sw", "true")]))
+            cmd = col.wait_message("five/set")
+            assert json.loads(cmd.payload) == {"sw": True} and cmd.qos == 1, cmd
+
+        # the gateway away: the broker keeps the session and queues for it
+        since = b.log_size()
+        assert gw.stop()[0] == 0
+        b.wait_log(gone, since)
+        pub(2)
+        pub(3)
+        since = b.log_size()
+        gw.start()
+        connected(since, 1)
+        expect(3)
+
+        # the broker restarted under the running gateway: the session was saved with it
+        b.stop()
+        since = b.log_size()
+        b.start()
+        pub(4)
+        connected(since, 1)
+        expect(4)
+
+        # session_expiry = "1s": a session that ends a second after the connection does
+        since = b.log_size()
+        assert gw.stop()[0] == 0
+        gw.write_raw_config(config_text(rw.env.prosody, gw, [device], config("1s")))
+        gw.start()
+        connected(since, 1)  # the 1h session, resumed, now set to expire after 1s
+        since = b.log_size()
+        assert gw.stop()[0] == 0
+        b.wait_log(gone, since)
+        time.sleep(3.0)  # a measurement window: the session expires (mosquitto checks about every second)
+        pub(5)  # no session to queue it for: lost
+        since = b.log_size()
+        gw.start()
+        connected(since, 0)
+        b.wait_subscribed("fg-v5", "five/state", since, timeout=15)
+        b.publish("five/state", json.dumps({"sw": False}), qos=1)  # after 5, had it been queued
+        r = rw.wait_readout("five", lambda r: "sw" in r.fields, "five.sw in a readout")
+        assert r.value("sw") == "false"
+        # (values are not kept across a restart of the gateway: only the lost message could have set n)
+        assert "n" not in r.fields, f"a message published after the session expired arrived: {r.summary()}"
+        assert "panicked" not in gw.log_text()
+    finally:
+        gw.close()
+
+
+def test_events_are_capped_by_the_gateways_min_interval(rw):
+    """[events] min_interval = 500ms: a device publishing 50 changes in 0.75 s makes a
+    subscriber watching every change (changedBy 1) at most an event per 500 ms, and the
+    last change, held back (the burst ends in the middle of an interval), is delivered
+    when the interval is over."""
+    b, alice = rw.broker, rw.alice
+    brokers = [plain_broker("burst", b.plain_port, "fg-burst")]
+    devices = [mqtt_device("burst", [fld("v", "int")], broker="burst", topic="burst/state", format="plain")]
+    gw = rw.gateway("burst", devices, brokers, events={"min_interval": "500ms"})
+    try:
+        since = b.log_size()
+        gw.start()
+        b.wait_subscribed("fg-burst", "burst/state", since, timeout=15)
+        b.publish("burst/state", "0", qos=1)
+        rw.wait_value("burst", "v", "0")
+        s = next(SEQ)
+        mk = alice.mark_stanzas()
+        r = alice.iq(subscribe_iq(jid("burst"), s, [{"name": "v", "changedBy": 1}], momentary=True))
+        assert r.ok, f"subscribe refused: {r.condition} {r.text}"
+        try:
+            time.sleep(0.6)  # the first event waits min_interval after subscribing, too: let it pass
+            with b.device_client("burst-device") as dev:
+                t0 = time.monotonic()
+                for i in range(1, 51):
+                    dev.publish("burst/state", str(i), qos=1)
+                    t_last = time.monotonic()
+                    time.sleep(max(0.0, t0 + i * 0.015 - time.monotonic()))
+            wait_for(lambda: [e for _t, e in timed_events(alice, s, mk, "burst")
+                              if ev_fields(e, "v").value == "50"], 5, "an event with the last value, 50")
+            time.sleep(1.0)  # a measurement window: nothing more may come
+            evs = timed_events(alice, s, mk, "burst")
+            values = [int(ev_fields(e, "v").value) for _t, e in evs]
+            times = [t for t, _e in evs]
+            took = t_last - t0
+            assert 2 <= len(evs) <= 4, f"{len(evs)} events for 50 changes in {took:.2f}s: {values}"
+            gaps = [round(b2 - a2, 3) for a2, b2 in zip(times, times[1:])]
+            assert all(g >= 0.4 for g in gaps), f"events closer than min_interval (500ms): gaps {gaps}"
+            assert values == sorted(set(values)) and values[-1] == 50, values
+            # events at about 0, 0.5 and 1.0 s from the first change: the last one is the
+            # change held back since about 0.75 s, sent when the interval ends
+            late = times[-1] - t_last
+            assert 0.1 <= late <= 0.9, f"the last change came in an event {late:.2f}s after its publish"
+        finally:
+            alice.iq(unsubscribe_iq(jid("burst"), s))
+        assert "panicked" not in gw.log_text()
     finally:
         gw.close()
