@@ -850,6 +850,9 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--spacing", type=float, default=0.05, help="seconds between two publishes (or sets)")
     ap.add_argument("--phases", default="throughput,latency,set,discovery")
+    ap.add_argument("--broker-inflight", type=int, default=20,
+                    help="Mosquitto's max_inflight_messages: QoS 1/2 messages it sends before waiting "
+                         "for acknowledgements (its default 20)")
     ap.add_argument("--prosody-nagle", choices=("on", "off"), default="off",
                     help="Nagle's algorithm on Prosody's sockets (its default is on: an unsolicited event "
                          "behind an unacknowledged reply then waits for the client's delayed ACK, 20-40 ms)")
@@ -871,7 +874,8 @@ def main() -> int:
         env.clients.append(client)
         client.connect()
         mosq = Mosquitto(root / "mosquitto", log_types=("error", "warning", "notice", "subscribe"),
-                         max_queued_messages=0, extra_config="sys_interval 1\n")
+                         max_queued_messages=0,
+                         extra_config=f"sys_interval 1\nmax_inflight_messages {args.broker_inflight}\n")
         mosq.start()
         sysc = SysCounters(mosq)
         print(f"# gateway {h.gateway_bin()}; mosquitto {mosq.plain_port}; Prosody nagle {args.prosody_nagle}; "

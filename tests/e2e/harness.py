@@ -516,7 +516,34 @@ class NotifySocket:
 # the gateway process
 
 
-class Gateway:
+class LogFile:
+    """Reading a process's log file (`self.log_path`) whole, its size, or from an offset;
+    an absent file reads as empty."""
+
+    log_path: Path
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+class Gateway(LogFile):
     """fieldgate run --config <workdir>/fieldgate.toml, logs to a file."""
 
     def __init__(self, workdir: Path, prosody: Prosody, binary: Path | None = None):
@@ -601,25 +628,6 @@ class Gateway:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     def log_tail(self, lines: int = 80) -> str:
         return f"--- fieldgate log ({self.log_path.name}) ---\n{tail(self.log_path, lines)}"

@@ -59,7 +59,7 @@ from paho.mqtt.properties import Properties
 
 import harness
 from certs import Certs, Leaf, make_certs
-from harness import HarnessError, free_port, stop_process, tail, wait_for
+from harness import HarnessError, LogFile, free_port, stop_process, tail, wait_for
 
 HOST = "127.0.0.1"
 LISTENERS = ("plain", "tls", "auth")
@@ -118,7 +118,7 @@ def _listening(ports: Iterable[int]) -> bool:
 # the broker
 
 
-class Mosquitto:
+class Mosquitto(LogFile):
     """A Mosquitto broker in `workdir`, foreground, on free loopback ports.
 
     The ports are fixed at construction, so `restart()` (or `stop()` + `start()`) brings the
@@ -325,25 +325,6 @@ password_file {self.password_path}
 
     # -- log
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     def wait_log(self, pattern: str | re.Pattern, since: int = 0, timeout: float = 10.0) -> re.Match:
         """Wait for a log line (after byte offset `since`, see log_size()) matching `pattern`."""

@@ -189,6 +189,22 @@ impl fmt::Display for ConfigIssue {
 
 impl std::error::Error for ConfigIssue {}
 
+/// A kind's top-level section read as `T` (`T::default()` when it is not written), and
+/// the tables of its array `list` (`[[<kind>.<list>]]`) in order: their spans locate what
+/// is wrong with each entry.
+pub fn section_with_list<'a, T: DeserializeOwned + Default>(
+    section: Option<&ConfigNode<'a>>,
+    list: &str,
+) -> Result<(T, Vec<ConfigNode<'a>>), ConfigIssue> {
+    match section {
+        Some(s) => Ok((
+            s.parse::<T>()?,
+            s.get(list).map(|c| c.entries()).unwrap_or_default(),
+        )),
+        None => Ok((T::default(), Vec::new())),
+    }
+}
+
 /// The keys a serde-derived struct reads (its field names, renames applied), asked of the
 /// struct itself, so that lists of options (for unknown-key checks, for documentation
 /// checks) cannot disagree with the schema. Empty for types serde does not read as a

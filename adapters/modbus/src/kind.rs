@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use fieldgate_api::config::{keys_of, ConfigIssue, ConfigNode, Spanned};
+use fieldgate_api::config::{keys_of, section_with_list, ConfigIssue, ConfigNode, Spanned};
 use fieldgate_api::{
     wrong_setup, Adapter, AdapterKind, DeviceId, DeviceInput, DeviceSetup, FieldSpec, KindRuntime,
     Reporting,
@@ -56,13 +56,7 @@ impl AdapterKind for ModbusKind {
         section: Option<ConfigNode<'_>>,
         devices: &mut [DeviceInput<'_>],
     ) -> Result<Vec<Arc<dyn DeviceSetup>>, ConfigIssue> {
-        let (parsed, tables) = match &section {
-            Some(s) => (
-                s.parse::<Section>()?,
-                s.get("connection").map(|c| c.entries()).unwrap_or_default(),
-            ),
-            None => (Section::default(), Vec::new()),
-        };
+        let (parsed, tables) = section_with_list::<Section>(section.as_ref(), "connection")?;
         let mut connections: Vec<Spanned<ModbusConnection>> = Vec::new();
         for (i, c) in parsed.connection.into_iter().enumerate() {
             let span = tables.get(i).and_then(|t| t.span()).unwrap_or_default();

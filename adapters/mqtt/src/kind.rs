@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fieldgate_api::config::{keys_of, ConfigIssue, ConfigNode};
+use fieldgate_api::config::{keys_of, section_with_list, ConfigIssue, ConfigNode};
 use fieldgate_api::{
     wrong_setup, Adapter, AdapterKind, DeviceId, DeviceInput, DeviceSetup, FieldSpec, KindRuntime,
     Reporting,
@@ -47,13 +47,7 @@ impl AdapterKind for MqttKind {
         section: Option<ConfigNode<'_>>,
         devices: &mut [DeviceInput<'_>],
     ) -> Result<Vec<Arc<dyn DeviceSetup>>, ConfigIssue> {
-        let (parsed, tables) = match &section {
-            Some(s) => (
-                s.parse::<Section>()?,
-                s.get("broker").map(|c| c.entries()).unwrap_or_default(),
-            ),
-            None => (Section::default(), Vec::new()),
-        };
+        let (parsed, tables) = section_with_list::<Section>(section.as_ref(), "broker")?;
         let mut brokers: Vec<Broker> = Vec::new();
         for (i, mut b) in parsed.broker.into_iter().enumerate() {
             let table = tables.get(i);

@@ -27,8 +27,13 @@ use crate::device::Binding;
 use crate::router::Router;
 use crate::wire::{self, Client, Event, Loop};
 
-/// Requests queued for the event loop before a publisher waits.
-const REQUEST_QUEUE: usize = 256;
+/// Requests queued for the event loop before a publisher waits. Acknowledgements go
+/// there too, and must never find it full: rumqttc's own fallback queue is served one
+/// request per timer tick (1 ms), and once it holds one, the acknowledgements behind it
+/// pile up until every message waits a millisecond (QoS 1 at ~1,000 messages/s). A
+/// broker can have at most 65,535 messages unacknowledged (packet ids), so room for that
+/// many plus the commands bounds the queue without ever filling it with acks.
+const REQUEST_QUEUE: usize = 65_535 + 256;
 
 /// The state of the connection to the broker, as the devices see it.
 #[derive(Debug, Clone, PartialEq)]

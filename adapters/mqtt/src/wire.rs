@@ -91,7 +91,8 @@ pub fn connect(b: &Broker, request_queue: usize) -> Result<(Client, Loop), Strin
             if let Some(t) = transport {
                 o.set_transport(t);
             }
-            let (c, l) = rumqttc::AsyncClient::new(o, request_queue);
+            let (c, mut l) = rumqttc::AsyncClient::new(o, request_queue);
+            l.set_network_options(no_delay(l.network_options()));
             (Client::V4(c), Loop::V4(l, creds))
         }
         Protocol::V5 => {
@@ -105,6 +106,7 @@ pub fn connect(b: &Broker, request_queue: usize) -> Result<(Client, Loop), Strin
             }
             o.set_manual_acks(true);
             o.set_request_channel_capacity(request_queue);
+            o.set_network_options(no_delay(o.network_options()));
             o.set_max_packet_size(Some(b.max_packet.min(u32::MAX as usize) as u32));
             if let Some(user) = &b.username {
                 o.set_credentials(user.clone(), password.unwrap_or_default());
@@ -283,6 +285,13 @@ impl Loop {
         })
         .await;
     }
+}
+
+/// Acknowledgements and commands are small packets written one at a time: Nagle's
+/// algorithm would hold each behind the last one's TCP acknowledgement.
+fn no_delay(mut n: rumqttc::NetworkOptions) -> rumqttc::NetworkOptions {
+    n.set_tcp_nodelay(true);
+    n
 }
 
 /// A QoS as MQTT 5's types spell it.
