@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fieldgate MQTT benchmark:  bash tests/bench/run_mqtt.sh [--devices 1000]
 #     [--messages 200000] [--qos 0,1] [--fleet 10000] [--samples 500] [--spacing 0.05]
-#     [--phases throughput,latency,set,discovery] [--prosody-nagle off] [--profile] [--keep]
+#     [--phases throughput,latency,set,discovery] [--broker-inflight 20] [--prosody-nagle off]
+#     [--profile] [--keep]
 #
 # Installs what is missing (like tests/run.sh), builds the release binary and runs
 # tests/bench/bench_mqtt.py against a private Prosody and a private Mosquitto on free
