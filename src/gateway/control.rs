@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fieldgate_api::{AdapterError, AdapterRequest, DeviceId, Value};
+use fieldgate_api::{AdapterError, AdapterRequest, DeviceId, Refusal, Value};
 use tokio::sync::oneshot;
 use tokio_xmpp::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
@@ -98,6 +98,43 @@ pub(super) fn write_reply(h: &Header, result: &Result<(), AdapterError>) -> Elem
             DefinedCondition::BadRequest,
             ResponseCode::FormError,
         ),
+        Err(AdapterError::Answered { kind, .. }) => match kind {
+            Refusal::BadRequest => (
+                ErrorType::Modify,
+                DefinedCondition::BadRequest,
+                ResponseCode::FormError,
+            ),
+            Refusal::Forbidden => (
+                ErrorType::Auth,
+                DefinedCondition::Forbidden,
+                ResponseCode::InsufficientPrivileges,
+            ),
+            Refusal::NotFound => (
+                ErrorType::Cancel,
+                DefinedCondition::ItemNotFound,
+                ResponseCode::NotFound,
+            ),
+            Refusal::NotAllowed => (
+                ErrorType::Cancel,
+                DefinedCondition::NotAllowed,
+                ResponseCode::NotImplemented,
+            ),
+            Refusal::NotAcceptable => (
+                ErrorType::Modify,
+                DefinedCondition::NotAcceptable,
+                ResponseCode::FormError,
+            ),
+            Refusal::Unavailable { .. } => (
+                ErrorType::Wait,
+                DefinedCondition::ServiceUnavailable,
+                ResponseCode::Locked,
+            ),
+            Refusal::Internal => (
+                ErrorType::Cancel,
+                DefinedCondition::InternalServerError,
+                ResponseCode::OtherError,
+            ),
+        },
     };
     let e = result
         .as_ref()
@@ -107,6 +144,12 @@ pub(super) fn write_reply(h: &Header, result: &Result<(), AdapterError>) -> Elem
     let text = match result {
         Err(AdapterError::LinkDown(_)) => format!("device unreachable, nothing applied: {e}"),
         Err(AdapterError::Refused(_)) => format!("the device refused the value: {e}"),
+        Err(AdapterError::Answered {
+            kind: Refusal::Unavailable {
+                retry_after: Some(d),
+            },
+            ..
+        }) => format!("{e}; retry in {}", humantime::format_duration(*d)),
         _ => e,
     };
     h.error_with(type_, condition, &text, vec![], response(code))
@@ -360,6 +403,26 @@ mod tests {
                 "bad-request",
             ),
         ];
+        let answered = |kind| AdapterError::Answered {
+            kind,
+            text: "x".into(),
+        };
+        let unavailable = Refusal::Unavailable {
+            retry_after: Some(std::time::Duration::from_secs(30)),
+        };
+        let cases = cases.into_iter().chain([
+            (answered(Refusal::BadRequest), "modify", "bad-request"),
+            (answered(Refusal::Forbidden), "auth", "forbidden"),
+            (answered(Refusal::NotFound), "cancel", "item-not-found"),
+            (answered(Refusal::NotAllowed), "cancel", "not-allowed"),
+            (answered(Refusal::NotAcceptable), "modify", "not-acceptable"),
+            (answered(unavailable), "wait", "service-unavailable"),
+            (
+                answered(Refusal::Internal),
+                "cancel",
+                "internal-server-error",
+            ),
+        ]);
         for (e, type_, cond) in cases {
             let reply = write_reply(&h, &Err(e.clone()));
             assert_eq!(reply.attr("type"), Some("error"));
@@ -370,6 +433,14 @@ mod tests {
             // the older clients' setResponse beside the error
             assert!(reply.has_child("setResponse", ctl_ns::NS), "{e}");
         }
+        let text = |r: &Element| {
+            r.get_child("error", ns::COMPONENT)
+                .and_then(|e| e.get_child("text", ns::XMPP_STANZAS))
+                .map(|t| t.text())
+                .unwrap_or_default()
+        };
+        let wait = write_reply(&h, &Err(answered(unavailable)));
+        assert!(text(&wait).ends_with("retry in 30s"), "{}", text(&wait));
         let ok = write_reply(&h, &Ok(()));
         assert_eq!(ok.attr("type"), Some("result"));
         assert!(ok.has_child("setResponse", ctl_ns::NS));

@@ -27,6 +27,7 @@ pub use kind::{
     WrittenField,
 };
 pub use reason::Reason;
+
 pub use value::{Quality, Reading, Value};
 
 /// A device's identifier: its JID localpart, unique within one gateway.
@@ -70,6 +71,39 @@ pub enum AdapterError {
     /// The adapter is shutting down or has stopped.
     #[error("adapter stopped")]
     Stopped,
+    /// The device answered the request with a refusal of a kind its protocol names
+    /// (a CoAP response code, an HTTP status): each kind becomes its own XMPP error.
+    #[error("the device answered {text}")]
+    Answered {
+        /// What kind of refusal.
+        kind: Refusal,
+        /// The answer as the protocol writes it, for people (`4.03 Forbidden`).
+        text: String,
+    },
+}
+
+/// Kinds of refusal a device can answer with, named after what a client should make of
+/// them rather than after any one protocol's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request was malformed or the value not accepted (CoAP 4.00, 4.02, 4.08, 4.12).
+    BadRequest,
+    /// The requester is not allowed (CoAP 4.01, 4.03).
+    Forbidden,
+    /// No such resource (CoAP 4.04).
+    NotFound,
+    /// The method is not allowed on the resource (CoAP 4.05).
+    NotAllowed,
+    /// The content is not acceptable to the device (CoAP 4.06, 4.13, 4.15).
+    NotAcceptable,
+    /// The device cannot serve now; retrying later may succeed (CoAP 5.03), after
+    /// `retry_after` where it said.
+    Unavailable {
+        /// When to try again, if the device said.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The device failed (CoAP 5.00 and the other 5.xx).
+    Internal,
 }
 
 impl AdapterError {
