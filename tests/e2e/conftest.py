@@ -93,6 +93,64 @@ def mosquitto(workdir, tls_certs):
         m.close()
 
 
+def _coap_peers():
+    """coap_peers, or a clear failure if aiocoap/cbor2 or libcoap's programs are missing."""
+    try:
+        import coap_peers
+    except ImportError as e:
+        pytest.fail(f"{e}: run bash tests/run.sh (it installs tests/e2e/requirements.txt into .venv)", pytrace=False)
+    return coap_peers
+
+
+@pytest.fixture
+def libcoap_server(workdir):
+    """libcoap's example server (coap_peers.LibcoapServer: /time observable, /async,
+    /example_data, /.well-known/core) on a free UDP port; stopped after the test."""
+    cp = _coap_peers()
+    missing = cp.missing_tools()
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: install the Debian package 'libcoap3-bin' "
+                    "(bash tests/run.sh does it)", pytrace=False)
+    s = cp.LibcoapServer(workdir / "libcoap")
+    try:
+        s.start()
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def aiocoap_server(workdir):
+    """aiocoap with the test resources (coap_peers.AiocoapServer: /counter, /sensor,
+    /setpoint, /large, /senml, /codes/<code>, /hang, /void, ...) on a free UDP port, with its
+    side channel; stopped after the test."""
+    s = _coap_peers().AiocoapServer(workdir / "aiocoap")
+    try:
+        s.start()
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def coap_relay():
+    """A factory of LossyRelays: `coap_relay(server.port)` -> a relay in front of that
+    server (point the gateway at relay.port); all closed after the test."""
+    cp = _coap_peers()
+    relays = []
+
+    def make(upstream_port: int):
+        r = cp.LossyRelay(upstream_port)
+        relays.append(r)
+        return r
+
+    try:
+        yield make
+    finally:
+        for r in relays:
+            r.close()
+
+
 @pytest.fixture
 def fieldgate_bin() -> Path:
     return gateway_bin()

@@ -5,6 +5,8 @@
 #   - Mosquitto and openssl (Debian packages mosquitto, mosquitto-clients, openssl; the MQTT
 #     tests run their own broker with generated test certificates; its service is kept from
 #     starting too),
+#   - libcoap's example programs (Debian package libcoap3-bin: coap-server-notls and
+#     coap-client-notls; a second, independent CoAP server for the CoAP adapter's tests),
 #   - a Python >= 3.11 virtualenv at .venv with the pinned packages of requirements.txt,
 #   - the Rust toolchain components the checks need (rustfmt, clippy).
 # Sourced by tests/run.sh, tests/demo.sh and tests/bench/run.sh from the repository root.
@@ -104,6 +106,15 @@ fg_ensure_mosquitto() {
     command -v openssl >/dev/null 2>&1 || fg_die "openssl still missing after apt-get install"
 }
 
+# libcoap's example server and client for the CoAP adapter's tests (tests/e2e/coap_peers.py):
+# Debian 12's libcoap3-bin (4.3.1) ships coap-server / coap-client in the variants -notls,
+# -gnutls and -openssl; the tests run the -notls server (plain UDP, no DTLS). No service.
+fg_ensure_libcoap() {
+    command -v coap-server-notls >/dev/null 2>&1 && command -v coap-client-notls >/dev/null 2>&1 && return 0
+    fg_apt_install libcoap3-bin
+    command -v coap-server-notls >/dev/null 2>&1 || fg_die "coap-server-notls still missing after apt-get install"
+}
+
 fg_python_ok() {
     "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null
 }
@@ -155,10 +166,11 @@ fg_ensure_rust() {
     done
 }
 
-# Everything the tests, the demo and the benchmarks need: Prosody, Mosquitto, the venv, cargo.
+# Everything the tests, the demo and the benchmarks need: Prosody, Mosquitto, libcoap, the venv, cargo.
 fg_ensure_all() {
     fg_ensure_prosody
     fg_ensure_mosquitto
+    fg_ensure_libcoap
     fg_ensure_venv
     fg_ensure_rust "$@"
 }
