@@ -136,3 +136,30 @@ fn unreadable_secrets_and_tls_files_are_configuration_errors() {
     assert_eq!(e.key.as_deref(), Some("mqtt.broker[1].tls"));
     assert!(e.message.contains("/nonexistent/ca.pem"), "{}", e.message);
 }
+
+#[test]
+fn cbor_formats_are_not_offered_for_mqtt() {
+    let e = err(&device(
+        "broker = \"local\"\ntopic = \"a\"\nformat = \"cbor\"",
+        TEMP,
+    ));
+    assert_eq!(e.key.as_deref(), Some("device[0].mqtt.format"));
+    assert!(
+        e.message
+            .contains("MQTT payloads are \"plain\", \"json\" or \"senml\", not CBOR"),
+        "{}",
+        e.message
+    );
+    let e = err(&device(
+        "broker = \"local\"\ntopic = \"a\"",
+        "[[device.field]]\nname = \"t\"\ntype = \"double\"\n\
+         mqtt = { topic = \"b\", format = \"senml-cbor\" }\n",
+    ));
+    assert_eq!(e.key.as_deref(), Some("device[0].field[0].mqtt.format"));
+    let e = err(&device(
+        "broker = \"local\"\ntopic = \"a\"\ncommand_topic = \"a/set\"\ncommand_format = \"cbor\"",
+        TEMP,
+    ));
+    assert_eq!(e.key.as_deref(), Some("device[0].mqtt.command_format"));
+    assert!(e.message.contains("\"plain\" or \"json\""), "{}", e.message);
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use fieldgate_api::HumanDuration;
 use serde::Deserialize;
 
-use crate::codec::{Format, TimeUnit};
+use fieldgate_payload::{Format, TimeUnit};
 
 fn yes() -> bool {
     true

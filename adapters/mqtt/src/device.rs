@@ -13,9 +13,9 @@ use fieldgate_api::{
     AdapterError, AdapterRequest, DeviceId, EventSink, FieldSpec, Quality, Reachability,
     ReadOutcome, Reading, Reason, Value,
 };
+use fieldgate_payload::{encode, same_value};
 use tokio::sync::{oneshot, Notify};
 
-use crate::codec;
 use crate::session::{LinkStatus, Shared};
 use crate::setup::MqttSetup;
 
@@ -413,7 +413,7 @@ impl Entry {
                             continue;
                         }
                         live.confirms.retain_mut(|c| {
-                            if c.field == idx && codec::same_value(spec, &c.value, &value) {
+                            if c.field == idx && same_value(spec, &c.value, &value) {
                                 let (tx, _) = oneshot::channel();
                                 let _ = std::mem::replace(&mut c.reply, tx).send(());
                                 false
@@ -753,12 +753,11 @@ async fn write(
             .ok_or_else(|| AdapterError::NotWritable(name.clone()))?;
         spec.validate_write(&value)?;
         let bools = cmd.bools.as_ref().map(|(t, f)| (t.as_str(), f.as_str()));
-        let payload = codec::encode(&cmd.template, spec, &value, bools).map_err(|e| {
-            AdapterError::InvalidValue {
+        let payload =
+            encode(&cmd.template, spec, &value, bools).map_err(|e| AdapterError::InvalidValue {
                 field: name.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let topic = if entry.setup.device.discover {
             cmd.topic.replacen('+', &member.name, 1)
         } else {

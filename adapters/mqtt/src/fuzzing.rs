@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use fieldgate_api::{FieldSpec, FieldType};
 
-use crate::codec::{
+use fieldgate_payload::{
     encode, same_value, Availability, FieldDecoder, Format, Locator, Pointer, Template, TimeUnit,
     TimestampSpec, TopicDecoder,
 };
@@ -45,11 +45,13 @@ pub fn codec(data: &[u8]) {
             kind: *kind,
             locator: match format {
                 Format::Plain => Locator::Whole,
-                Format::Json => Locator::Pointer(
+                Format::Json | Format::Cbor => Locator::Pointer(
                     Pointer::parse(&format!("/{}", names[i % names.len()].replace('/', "~1")))
                         .unwrap_or_else(|_| Pointer::root()),
                 ),
-                Format::Senml => Locator::Senml(names[(i + usize::from(pick)) % 4].to_owned()),
+                Format::Senml | Format::SenmlCbor => {
+                    Locator::Senml(names[(i + usize::from(pick)) % 4].to_owned())
+                }
             },
             labels: vec!["on".into(), "off".into(), "1".into()],
         })

@@ -1,8 +1,8 @@
 //! A device entry's resolved configuration: its broker, the topics it listens on with a
 //! decoder each, and how each writable field publishes.
 
-use crate::codec::{Availability, Template, TopicDecoder};
 use crate::config::{Broker, DeviceOptions};
+use fieldgate_payload::{Availability, Template, TopicDecoder};
 
 /// What the `mqtt` kind made of one `[[device]]`.
 #[derive(Debug, Clone, PartialEq)]
