@@ -18,6 +18,11 @@ pub struct Registered {
     pub kind: Option<&'static dyn AdapterKind>,
 }
 
+#[cfg(feature = "coap")]
+const COAP: Option<&'static dyn AdapterKind> = Some(&fieldgate_coap::CoapKind);
+#[cfg(not(feature = "coap"))]
+const COAP: Option<&'static dyn AdapterKind> = None;
+
 #[cfg(feature = "modbus")]
 const MODBUS: Option<&'static dyn AdapterKind> = Some(&fieldgate_modbus::ModbusKind);
 #[cfg(not(feature = "modbus"))]
@@ -35,6 +40,11 @@ const SIM: Option<&'static dyn AdapterKind> = None;
 
 /// Every kind, in the order their parts of a configuration are validated.
 pub const REGISTRY: &[Registered] = &[
+    Registered {
+        name: "coap",
+        feature: "coap",
+        kind: COAP,
+    },
     Registered {
         name: "modbus",
         feature: "modbus",

@@ -39,6 +39,13 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Read a CoAP server's /.well-known/core and print a configuration skeleton for
+    /// the resources it lists.
+    #[cfg(feature = "coap")]
+    CoapDiscover {
+        /// The server: coap://host[:port].
+        address: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +61,29 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        #[cfg(feature = "coap")]
+        Command::CoapDiscover { address } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(fieldgate_coap::discover::discover(&address)) {
+                Ok(skeleton) => {
+                    print!("{skeleton}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             init_tracing();
             let cfg = match config::load(&config) {
