@@ -357,7 +357,7 @@ async fn observe(
                 _ = cancel.cancelled() => {
                     // Deregistration is best effort: the server forgets it anyway
                     // once it sees an RST for a later notification.
-                    let _ = obs.cancel().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), obs.cancel()).await;
                     return;
                 }
                 n = tokio::time::timeout(max_age + margin, obs.next()) => n,
