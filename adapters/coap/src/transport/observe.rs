@@ -182,7 +182,13 @@ impl Observation {
     pub async fn next(&mut self) -> Option<Notification> {
         loop {
             let reg = self.reg.as_mut()?;
-            let ev = reg.rx.recv().await;
+            let inner = self.endpoint.inner().clone();
+            let ev = tokio::select! {
+                // What is already buffered is still delivered after a stop.
+                biased;
+                ev = reg.rx.recv() => ev,
+                _ = inner.cancel.cancelled() => None,
+            };
             let (msg, at) = match ev {
                 None => {
                     self.reg = None;
@@ -191,7 +197,6 @@ impl Observation {
                 Some(Event::Response(m, at)) => (m, at),
                 Some(Event::Ack | Event::Reset) => continue,
             };
-            let inner = self.endpoint.inner().clone();
             let seq = match codec::observe(&msg.packet) {
                 Ok(s) => s,
                 Err(e) => {
