@@ -530,7 +530,7 @@ async fn observe_orders_notifications_and_ends_without_observe() {
         assert!(!n.last);
     }
     assert_eq!(ep.stats().stale_notifications, 1);
-    assert_eq!(obs.silent_since(), Instant::now());
+    assert_eq!(obs.last_notification_at(), Instant::now());
     r.notify(None, 0x84, b"", true).await;
     let n = obs.next().await.unwrap();
     assert!(n.last);
@@ -647,7 +647,7 @@ async fn reregister_with_same_token() {
     r.set(|b| b.max_age = Some(30));
     let mut obs = observed(&ep, &r).await;
     assert_eq!(obs.max_age(), Duration::from_secs(30));
-    let registered = obs.silent_since();
+    let registered = obs.last_notification_at();
     assert_eq!(
         obs.silence_deadline(Duration::from_secs(5)),
         registered + Duration::from_secs(35)
@@ -661,9 +661,45 @@ async fn reregister_with_same_token() {
     assert_eq!(reqs[1].packet.get_token(), token.as_slice());
     assert_eq!(reqs[1].observe(), Some(0));
     assert_eq!(r.observers().len(), 1);
-    assert!(obs.silent_since() > registered);
+    assert!(obs.last_notification_at() > registered);
     r.notify(Some(3), 0x45, b"still here", true).await;
     assert_eq!(obs.next().await.unwrap().response.payload, b"still here");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        !r.log().iter().any(|x| x.mtype() == MessageType::Reset),
+        "the route stayed in place during re-registration"
+    );
+}
+
+/// A reader that falls behind: notifications beyond the buffer are not taken; a CON one
+/// is left unacknowledged (the server will send it again), and counted.
+#[tokio::test(start_paused = true)]
+async fn slow_reader_backpressure() {
+    let cfg = EndpointConfig {
+        notification_buffer: 2,
+        ..Default::default()
+    };
+    let ep = Endpoint::bind(cfg, CancellationToken::new()).unwrap();
+    let r = responder().await;
+    let mut obs = observed(&ep, &r).await;
+    for seq in 2..6 {
+        r.notify(Some(seq), 0x45, format!("{seq}").as_bytes(), true)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let acks = r
+        .log()
+        .iter()
+        .filter(|x| x.mtype() == MessageType::Acknowledgement)
+        .count();
+    assert_eq!(acks, 2);
+    assert_eq!(ep.stats().overflow, 2);
+    assert_eq!(obs.next().await.unwrap().response.payload, b"2");
+    assert_eq!(obs.next().await.unwrap().response.payload, b"3");
+    // The server's retransmission of 4 now fits.
+    let o = r.observers()[0].clone();
+    r.notify_one(&o, 0x7003, Some(4), 0x45, b"4", true).await;
+    assert_eq!(obs.next().await.unwrap().response.payload, b"4");
 }
 
 /// A server that does not offer Observe: the first response has no Observe option.
@@ -690,7 +726,13 @@ async fn observe_declined() {
             BlockConfig::default(),
         )
         .await;
-    assert!(matches!(put, Err(TransportError::Malformed(_))));
+    assert!(matches!(put, Err(TransportError::Invalid(_))));
+    let long = Request::get(&"x".repeat(256));
+    assert!(matches!(
+        ep.request(r.addr, long, &params(), BlockConfig::default())
+            .await,
+        Err(TransportError::Invalid(_))
+    ));
 }
 
 /// A block-wise notification: the rest is fetched with GET + Block2, without Observe.

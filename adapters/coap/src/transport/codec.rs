@@ -251,7 +251,7 @@ pub(crate) fn request_packet(req: &Request, payload: &[u8], extra: Extra) -> Pac
 /// Encodes a packet; the only failure is a message over [`MAX_DATAGRAM`].
 pub(crate) fn encode(p: &Packet) -> Result<Vec<u8>, TransportError> {
     p.to_bytes_with_limit(MAX_DATAGRAM)
-        .map_err(|e| TransportError::Malformed(format!("cannot encode the request: {e}")))
+        .map_err(|e| TransportError::Invalid(format!("cannot encode the request: {e}")))
 }
 
 fn uint(p: &Packet, o: CoapOption, max_len: usize) -> Result<Option<u32>, TransportError> {
