@@ -468,6 +468,26 @@ mod tests {
         assert!(response(&bad).is_err());
     }
 
+    /// Longer run of the same: `cargo test -p fieldgate-coap -- --ignored decode_fuzz`.
+    #[test]
+    #[ignore]
+    fn decode_fuzz_long() {
+        for i in 0..2_000_000usize {
+            let mut b = vec![0u8; i % 48];
+            rand::fill(&mut b[..]);
+            if let Some(x) = b.first_mut() {
+                *x = (*x & 0x3f) | 0x40;
+            }
+            // Bias towards option headers with extended deltas/lengths.
+            for x in b.iter_mut().skip(4).step_by(3) {
+                if rand::random_bool(0.3) {
+                    *x |= 0xd0;
+                }
+            }
+            let _ = decode(&b);
+        }
+    }
+
     #[test]
     fn decode_never_panics_on_random_bytes() {
         for len in 0..64 {
