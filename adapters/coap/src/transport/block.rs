@@ -224,6 +224,8 @@ pub(crate) async fn download_rest(
     first: Message,
 ) -> Result<Response, TransportError> {
     let mut resp = codec::response(&first.packet)?;
+    // A notification's sequence number is on its first block only.
+    let observe = resp.observe;
     let too_large = || TransportError::TooLarge {
         limit: cfg.max_body,
     };
@@ -278,6 +280,7 @@ pub(crate) async fn download_rest(
         body.extend_from_slice(payload);
         if !block.more {
             resp.payload = body;
+            resp.observe = observe;
             return Ok(resp);
         }
         let szx = block.szx.min(cfg.szx());

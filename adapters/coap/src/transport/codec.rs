@@ -251,7 +251,7 @@ pub(crate) fn request_packet(req: &Request, payload: &[u8], extra: Extra) -> Pac
 /// Encodes a packet; the only failure is a message over [`MAX_DATAGRAM`].
 pub(crate) fn encode(p: &Packet) -> Result<Vec<u8>, TransportError> {
     p.to_bytes_with_limit(MAX_DATAGRAM)
-        .map_err(|e| TransportError::Malformed(format!("cannot encode the request: {e}")))
+        .map_err(|e| TransportError::Invalid(format!("cannot encode the request: {e}")))
 }
 
 fn uint(p: &Packet, o: CoapOption, max_len: usize) -> Result<Option<u32>, TransportError> {
@@ -466,6 +466,26 @@ mod tests {
         bad.clear_all_options();
         bad.add_option(CoapOption::ContentFormat, vec![1, 2, 3]);
         assert!(response(&bad).is_err());
+    }
+
+    /// Longer run of the same: `cargo test -p fieldgate-coap -- --ignored decode_fuzz`.
+    #[test]
+    #[ignore]
+    fn decode_fuzz_long() {
+        for i in 0..2_000_000usize {
+            let mut b = vec![0u8; i % 48];
+            rand::fill(&mut b[..]);
+            if let Some(x) = b.first_mut() {
+                *x = (*x & 0x3f) | 0x40;
+            }
+            // Bias towards option headers with extended deltas/lengths.
+            for x in b.iter_mut().skip(4).step_by(3) {
+                if rand::random_bool(0.3) {
+                    *x |= 0xd0;
+                }
+            }
+            let _ = decode(&b);
+        }
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl Endpoint {
         params: &TransmissionParams,
         block: BlockConfig,
     ) -> Result<Response, TransportError> {
-        check(params, &block)?;
+        check(&req, params, &block)?;
         block::request(&self.inner, normalize(peer), &req, params, &block).await
     }
 
@@ -203,7 +203,7 @@ impl Endpoint {
         params: &TransmissionParams,
         block: BlockConfig,
     ) -> Result<Observation, TransportError> {
-        check(params, &block)?;
+        check(&req, params, &block)?;
         observe::register(self.clone(), normalize(peer), req, params.clone(), block).await
     }
 
@@ -212,9 +212,21 @@ impl Endpoint {
     }
 }
 
-fn check(params: &TransmissionParams, block: &BlockConfig) -> Result<(), TransportError> {
-    params.validate().map_err(TransportError::Malformed)?;
-    block.validate().map_err(TransportError::Malformed)
+fn check(
+    req: &Request,
+    params: &TransmissionParams,
+    block: &BlockConfig,
+) -> Result<(), TransportError> {
+    params.validate().map_err(TransportError::Invalid)?;
+    block.validate().map_err(TransportError::Invalid)?;
+    // RFC 7252 §5.10: Uri-Path and Uri-Query values are 0–255 bytes.
+    if let Some(s) = req.path.iter().chain(&req.query).find(|s| s.len() > 255) {
+        return Err(TransportError::Invalid(format!(
+            "a Uri-Path or Uri-Query value has {} bytes (255 at most)",
+            s.len()
+        )));
+    }
+    Ok(())
 }
 
 fn invalid(msg: String) -> io::Error {

@@ -36,10 +36,13 @@ pub enum TransportError {
     #[error("socket error: {0}")]
     Io(String),
     /// The server's answers break the protocol (a block out of sequence, a body that
-    /// changed three times during a block-wise transfer, an invalid option value), or the
-    /// request cannot be encoded.
+    /// changed three times during a block-wise transfer, an invalid option value).
     #[error("protocol error: {0}")]
     Malformed(String),
+    /// The call itself is wrong: invalid parameters or block settings, an option value
+    /// too long to encode, Observe with another method than GET. Not worth retrying.
+    #[error("invalid request: {0}")]
+    Invalid(String),
     /// The endpoint was stopped (its cancellation token fired).
     #[error("the CoAP endpoint is stopped")]
     Stopped,

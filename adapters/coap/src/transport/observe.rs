@@ -10,7 +10,7 @@
 //! or if it arrived more than 128 s after it. A notification without Observe (an error
 //! code, or the server ending the relation) is the last one.
 //!
-//! Silence is not detected here: [`Observation::silent_since`] and
+//! Silence is not detected here: [`Observation::last_notification_at`] and
 //! [`Observation::max_age`] let the owner re-register ([`Observation::reregister`]) when
 //! nothing came for Max-Age plus a margin (a server restart loses its observers without a
 //! word). [`Observation::cancel`] deregisters explicitly (GET with Observe = 1); dropping
@@ -81,7 +81,7 @@ pub(crate) async fn register(
     block: BlockConfig,
 ) -> Result<Observation, TransportError> {
     if req.method != Method::Get {
-        return Err(TransportError::Malformed(format!(
+        return Err(TransportError::Invalid(format!(
             "Observe registers with GET, not {}",
             req.method
         )));
@@ -99,35 +99,46 @@ pub(crate) async fn register(
         last_at: Instant::now(),
         max_age: super::params::DEFAULT_MAX_AGE,
     };
-    obs.first = obs.register_with(None).await?;
+    let inner = obs.endpoint.inner().clone();
+    let reg = Registration::new(
+        &inner,
+        peer,
+        None,
+        inner.cfg.notification_buffer,
+        lifetimes(&obs.params),
+    )?;
+    obs.first = obs.register_on(reg).await?;
     Ok(obs)
 }
 
 impl Observation {
-    /// Sends the registration (Observe = 0) with `token` (a fresh one if `None`) and
-    /// installs its route as this observation's. Returns the complete first response.
-    async fn register_with(&mut self, token: Option<Token>) -> Result<Response, TransportError> {
+    /// Sends GET with Observe = `observe` (0 register, 1 deregister) with `reg`'s token,
+    /// in the server's NSTART turn.
+    async fn send_on(
+        &self,
+        reg: &mut Registration,
+        observe: u32,
+    ) -> Result<(codec::Message, Instant), TransportError> {
         let inner = self.endpoint.inner().clone();
         let _turn = turn(&inner, self.peer, &self.params).await?;
-        let mut reg = Registration::new(
-            &inner,
-            self.peer,
-            token,
-            inner.cfg.notification_buffer,
-            lifetimes(&self.params),
-        )?;
         let packet = codec::request_packet(
             &self.req,
             &[],
             Extra {
-                observe: Some(0),
+                observe: Some(observe),
                 block2: block::early_block2(&self.req, &self.block),
                 ..Default::default()
             },
         );
-        let (msg, at) = exchange(&mut reg, packet, &self.params).await?;
-        drop(_turn);
+        exchange(reg, packet, &self.params).await
+    }
+
+    /// Registers on `reg` and makes it this observation's route if the server accepts.
+    /// Returns the complete first response.
+    async fn register_on(&mut self, mut reg: Registration) -> Result<Response, TransportError> {
+        let (msg, at) = self.send_on(&mut reg, 0).await?;
         let seq = codec::observe(&msg.packet)?;
+        let inner = self.endpoint.inner().clone();
         let resp =
             block::download_rest(&inner, self.peer, &self.req, &self.params, &self.block, msg)
                 .await?;
@@ -138,6 +149,27 @@ impl Observation {
         // Without Observe in the answer the server does not keep us (RFC 7641 §3.1).
         self.reg = (seq.is_some() && resp.is_success()).then_some(reg);
         Ok(resp)
+    }
+
+    /// This observation's route, emptied (what was buffered is superseded by the answer
+    /// about to be asked for), or a new one with the same token.
+    fn take_route(&mut self) -> Result<Registration, TransportError> {
+        match self.reg.take() {
+            Some(mut reg) => {
+                while reg.rx.try_recv().is_ok() {}
+                Ok(reg)
+            }
+            None => {
+                let inner = self.endpoint.inner().clone();
+                Registration::new(
+                    &inner,
+                    self.peer,
+                    Some(self.token),
+                    inner.cfg.notification_buffer,
+                    lifetimes(&self.params),
+                )
+            }
+        }
     }
 
     /// The response to the registration (or to the last [`Observation::reregister`]).
@@ -157,7 +189,7 @@ impl Observation {
     }
 
     /// When the last fresh notification (or the registration's answer) arrived.
-    pub fn silent_since(&self) -> Instant {
+    pub fn last_notification_at(&self) -> Instant {
         self.last_at
     }
 
@@ -182,7 +214,13 @@ impl Observation {
     pub async fn next(&mut self) -> Option<Notification> {
         loop {
             let reg = self.reg.as_mut()?;
-            let ev = reg.rx.recv().await;
+            let inner = self.endpoint.inner().clone();
+            let ev = tokio::select! {
+                // What is already buffered is still delivered after a stop.
+                biased;
+                ev = reg.rx.recv() => ev,
+                _ = inner.cancel.cancelled() => None,
+            };
             let (msg, at) = match ev {
                 None => {
                     self.reg = None;
@@ -191,7 +229,6 @@ impl Observation {
                 Some(Event::Response(m, at)) => (m, at),
                 Some(Event::Ack | Event::Reset) => continue,
             };
-            let inner = self.endpoint.inner().clone();
             let seq = match codec::observe(&msg.packet) {
                 Ok(s) => s,
                 Err(e) => {
@@ -246,43 +283,23 @@ impl Observation {
     }
 
     /// Registers again with the same token (RFC 7641 §3.3.1), e.g. after Max-Age of
-    /// silence: a server that restarted gets us back, one that did not just answers.
-    /// Returns the fresh response (also [`Observation::first`]); freshness starts over
-    /// from it. On error the observation has ended; observe anew later.
+    /// silence: a server that restarted gets us back, one that did not just answers. The
+    /// route stays in place meanwhile (no notification is reset); notifications buffered
+    /// and not yet read are dropped, the answer supersedes them. Returns the fresh
+    /// response (also [`Observation::first`]); freshness starts over from it. On error the
+    /// observation has ended; observe anew later.
     pub async fn reregister(&mut self) -> Result<Response, TransportError> {
-        let token = self.token;
-        // The old route goes first: the re-registration's answer must reach the new one.
-        self.reg = None;
-        match self.register_with(Some(token)).await {
-            Ok(r) => {
-                self.first = r.clone();
-                Ok(r)
-            }
-            Err(e) => {
-                self.reg = None;
-                Err(e)
-            }
-        }
+        let reg = self.take_route()?;
+        let r = self.register_on(reg).await?;
+        self.first = r.clone();
+        Ok(r)
     }
 
     /// Ends the observation explicitly: GET with Observe = 1 and the same token
     /// (RFC 7641 §3.6), so the server stops at once. The answer is not returned.
     pub async fn cancel(mut self) -> Result<(), TransportError> {
-        let token = self.token;
-        self.reg = None;
-        let inner = self.endpoint.inner().clone();
-        let _turn = turn(&inner, self.peer, &self.params).await?;
-        let mut reg =
-            Registration::new(&inner, self.peer, Some(token), 4, lifetimes(&self.params))?;
-        let packet = codec::request_packet(
-            &self.req,
-            &[],
-            Extra {
-                observe: Some(1),
-                ..Default::default()
-            },
-        );
-        exchange(&mut reg, packet, &self.params).await.map(|_| ())
+        let mut reg = self.take_route()?;
+        self.send_on(&mut reg, 1).await.map(|_| ())
     }
 }
 

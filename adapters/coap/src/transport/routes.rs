@@ -82,7 +82,7 @@ impl Registration {
         let token = match token {
             Some(t) => {
                 if st.routes.by_token.contains_key(&(peer, t)) {
-                    return Err(TransportError::Malformed(format!(
+                    return Err(TransportError::Invalid(format!(
                         "token {t:?} is already in use for {peer}"
                     )));
                 }
