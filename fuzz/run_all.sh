@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(stanza_guard control sensordata events presence_disco config modbus_codec mqtt_codec)
+[ ${#targets[@]} -gt 0 ] || targets=(stanza_guard control sensordata events presence_disco config modbus_codec mqtt_codec payload_codec)
 nice -n 19 cargo fuzz build -s none -O
 bin=target/$(rustc -vV | sed -n 's/^host: //p')/release
 mkdir -p logs

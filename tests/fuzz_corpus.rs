@@ -79,3 +79,8 @@ fn modbus_codec() {
 fn mqtt_codec() {
     run("mqtt_codec", fieldgate_mqtt::fuzzing::codec);
 }
+
+#[test]
+fn payload_codec() {
+    run("payload_codec", fieldgate_payload::fuzzing::codec);
+}

@@ -139,3 +139,80 @@ for pick, payload in [
     (0x42, '[{"bn":"a","bv":10,"n":"temperature","v":1.5,"t":1e30}]'),
 ]:
     put("mqtt_codec", bytes([pick]) + (payload.encode() if isinstance(payload, str) else payload))
+
+
+# Payload codecs (fieldgate_payload::fuzzing::codec): the first byte's low three bits
+# pick the format (modulo 5: 0 plain, 1 JSON, 2 SenML, 3 CBOR, 4 SenML CBOR), 0x08 paths
+# with integer keys, 0x10 a timestamp (0x20 in milliseconds), 0x40 decimals; the rest is
+# the payload. CBOR is written by the small encoder below (preferred serialization).
+class Tag:
+    def __init__(self, tag, item):
+        self.tag, self.item = tag, item
+
+
+class Raw:
+    def __init__(self, data):
+        self.data = data
+
+
+class Half:
+    def __init__(self, value):
+        self.value = value
+
+
+def cbor_head(major, arg):
+    if arg < 24:
+        return bytes([major << 5 | arg])
+    for info, fmt in ((24, ">B"), (25, ">H"), (26, ">I"), (27, ">Q")):
+        if arg < 1 << (8 * struct.calcsize(fmt)):
+            return bytes([major << 5 | info]) + struct.pack(fmt, arg)
+    raise ValueError(arg)
+
+
+def cbor(v):
+    if isinstance(v, Raw):
+        return v.data
+    if isinstance(v, Tag):
+        return cbor_head(6, v.tag) + cbor(v.item)
+    if isinstance(v, Half):
+        return b"\xf9" + struct.pack(">e", v.value)
+    if v is None:
+        return b"\xf6"
+    if v is True:
+        return b"\xf5"
+    if v is False:
+        return b"\xf4"
+    if isinstance(v, int):
+        return cbor_head(0, v) if v >= 0 else cbor_head(1, -1 - v)
+    if isinstance(v, float):
+        return b"\xfb" + struct.pack(">d", v)
+    if isinstance(v, str):
+        b = v.encode()
+        return cbor_head(3, len(b)) + b
+    if isinstance(v, bytes):
+        return cbor_head(2, len(v)) + v
+    if isinstance(v, list):
+        return cbor_head(4, len(v)) + b"".join(cbor(i) for i in v)
+    if isinstance(v, dict):
+        return cbor_head(5, len(v)) + b"".join(cbor(k) + cbor(i) for k, i in v.items())
+    raise TypeError(v)
+
+
+for pick, payload in [
+    (0, "21.5"), (1, '{"temperature": 21.5, "state": "ON", "0": [1, 2], "time": 1767225600}'),
+    (0x11, '{"temperature": "21", "time": "2026-01-01T00:00:00Z", "a/b": null}'),
+    (2, '[{"bn":"urn:dev:ow:10e2073a01080063:","bt":1.767e9,"n":"temperature","u":"Cel","v":23.1},'
+        '{"n":"state","vb":true},{"n":"0","vs":"on","t":-5}]'),
+    (3, cbor({"temperature": Half(21.5), "state": "ON", "a/b": [1, 2], "0": True, "time": Tag(1, 1767225600)})),
+    (0x13, cbor({"temperature": 21, "state": Tag(0, "2026-01-01T00:00:00Z"), "time": Tag(0, "2026-01-01T00:00:00+01:00")})),
+    (0x3b, cbor({0: Tag(4, [-1, 215]), 1: {0: "on"}, -2: Tag(2, b"\x01\x00"), 6: 1767225600123})),
+    (0x0b, cbor({0: 2 ** 64 - 1, 1: [Raw(b"\x3b" + b"\xff" * 8)], -2: float("nan"), "x": b"\x00"})),
+    (3, cbor(Tag(55799, {"temperature": float("inf"), "state": Raw(b"\x7f\x61a\x61b\xff")}))),
+    (3, Raw(b"\x9f" * 150)), (3, Raw(b"\x5a\xff\xff\xff\xff\x00")), (3, Raw(b"\xbf\x61a\x01\xff\x00")),
+    (4, cbor([{-2: "urn:dev:ow:10e2073a01080063:", -3: 1.767e9, -1: 10, 0: "temperature", 1: "Cel", 2: 23.1},
+              {0: "state", 4: True}, {0: "0", 3: "on", 6: -5}, {0: "a/b", 8: b"\xfb\xff"}])),
+    (4, cbor([{-5: 10, 0: "temperature", 2: Tag(4, [-1, 15]), 6: Half(-1.5)}, {0: "temperature", 2: 1, 6: 1e30}])),
+    (0x44, cbor([{-1: 11, 0: "x", 2: 1}, {0: "state", 2: 1, 3: "x"}, {"n": "a", "foo_": 1}])),
+]:
+    data = payload.data if isinstance(payload, Raw) else payload.encode() if isinstance(payload, str) else payload
+    put("payload_codec", bytes([pick]) + data)
