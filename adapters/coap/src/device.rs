@@ -485,6 +485,11 @@ async fn write(
                 TransportError::Timeout { .. } | TransportError::NoResponse { .. } => {
                     AdapterError::Timeout(e.to_string())
                 }
+                // The server answered: it takes no payload this large.
+                TransportError::TooLarge { .. } => AdapterError::Answered {
+                    kind: Refusal::NotAcceptable,
+                    text: format!("4.13 Request Entity Too Large ({e})"),
+                },
                 other => AdapterError::LinkDown(reason(&other)),
             })?;
         if let Some(kind) = refusal(resp.code, resp.max_age) {

@@ -109,7 +109,7 @@ pub(crate) async fn request(
             params,
         )
         .await?;
-        if code(&m) == (4, 13) && !req.payload.is_empty() {
+        if code(&m) == (4, 13) && smaller_blocks_may_help(&m, req.payload.len()) {
             // The server will not take this payload in one message.
             upload_after_413(inner, peer, req, params, cfg, &m).await?
         } else {
@@ -142,6 +142,14 @@ async fn upload_after_413(
         ..cfg.clone()
     };
     upload(inner, peer, req, params, &cfg).await
+}
+
+/// Whether a 4.13 to a single message of `len` bytes asks for blocks: not when the payload
+/// is already within the server's Size1, nor when it is too short to split (the smallest
+/// block is 16 bytes). Then the 4.13 is the server's answer, returned as it is.
+fn smaller_blocks_may_help(m: &Message, len: usize) -> bool {
+    let size1 = codec::size1(&m.packet).ok().flatten();
+    len > 16 && size1.is_none_or(|s| (s as usize) < len)
 }
 
 /// The block size to try after a 4.13 to a message carrying `refused` bytes.
