@@ -145,13 +145,15 @@ class LibcoapServer(LogFile):
 
     Options: `verbosity` (-v 0..9), `non_observe` (-N), `dynamic` (-d N), `echo` (-e),
     `loss` (-l: "20%" or "1,3-5": datagrams libcoap itself fails to send), `block_mode`
-    (-L), `extra_args` (appended).
+    (-L), `extra_args` (appended), `bind` (-A: the listening address, 127.0.0.1 by default;
+    "::" listens on IPv6 and, dual-stack, on 127.0.0.1 too, which the readiness check uses).
     """
 
     def __init__(self, workdir: Path, port: int | None = None, *, verbosity: int = 7, non_observe: bool = False,
                  dynamic: int = 0, echo: bool = False, loss: str | None = None, block_mode: int | None = None,
-                 extra_args: Iterable[str] = (), name: str = "coap-server"):
+                 extra_args: Iterable[str] = (), name: str = "coap-server", bind: str = HOST):
         self.dir = Path(workdir).resolve()
+        self.bind = bind
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.port = port if port is not None else free_udp_port(also_tcp=True)
@@ -173,7 +175,7 @@ class LibcoapServer(LogFile):
         return f"coap://{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
-        a = [libcoap_bin("coap-server-notls"), "-A", HOST, "-p", str(self.port), "-v", str(self.verbosity)]
+        a = [libcoap_bin("coap-server-notls"), "-A", self.bind, "-p", str(self.port), "-v", str(self.verbosity)]
         if self.non_observe:
             a.append("-N")
         if self.dynamic:
@@ -334,8 +336,11 @@ class AiocoapServer(LogFile):
     """
 
     def __init__(self, workdir: Path, port: int | None = None, *, name: str = "aiocoap",
-                 log_level: str = "INFO"):
+                 log_level: str = "INFO", bind: str = HOST):
+        """`bind`: the listening address (127.0.0.1 by default; "::" listens on IPv6 and,
+        dual-stack, on 127.0.0.1 too, which the readiness ping uses)."""
         self.dir = Path(workdir).resolve()
+        self.bind = bind
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.port = port if port is not None else free_udp_port()
@@ -373,7 +378,7 @@ class AiocoapServer(LogFile):
             logf.write(f"\n===== harness: start #{self.starts} =====\n".encode())
             logf.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, str(AIOCOAP_SCRIPT), "--host", HOST, "--port", str(self.port),
+                [sys.executable, str(AIOCOAP_SCRIPT), "--host", self.bind, "--port", str(self.port),
                  "--log-level", self.log_level],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
                 text=True, bufsize=1, cwd=self.dir, start_new_session=True,
