@@ -6,7 +6,8 @@ use std::sync::Arc;
 use fieldgate_api::config::{keys_of, ConfigIssue, ConfigNode};
 use fieldgate_api::{AdapterKind, DeviceInput, DeviceSetup, KindRuntime, Reporting};
 use fieldgate_payload::{
-    content_format_for, FieldDecoder, Format, Locator, Pointer, Template, TopicDecoder,
+    content_format_for, default_pointer, FieldDecoder, Format, Locator, Pointer, Template,
+    TopicDecoder,
 };
 
 use crate::config::{DeviceOptions, FieldOptions, FormatName};
@@ -166,7 +167,7 @@ fn device(d: &mut DeviceInput<'_>) -> Result<CoapSetup, ConfigIssue> {
             let pointer = |text: &Option<String>| {
                 let t = text
                     .clone()
-                    .unwrap_or_else(|| format!("/{}", escape(&f.spec.name)));
+                    .unwrap_or_else(|| default_pointer(&f.spec.name));
                 Pointer::parse(&t).map_err(|e| issue("command_pointer", format!("{t:?}: {e}")))
             };
             let template = match format {
@@ -222,23 +223,13 @@ fn device(d: &mut DeviceInput<'_>) -> Result<CoapSetup, ConfigIssue> {
                 let f = &d.fields[*i];
                 let o = &per_written[f.written];
                 let w = &d.written[f.written];
-                let locator = match format {
-                    Format::Plain => Locator::Whole,
-                    Format::Json | Format::Cbor => {
-                        let t = o
-                            .pointer
-                            .clone()
-                            .unwrap_or_else(|| format!("/{}", escape(&f.spec.name)));
-                        Locator::Pointer(Pointer::parse(&t).map_err(|e| {
-                            ConfigIssue::new(w.key("coap.pointer"), format!("{t:?}: {e}"))
-                        })?)
-                    }
-                    Format::Senml | Format::SenmlCbor => Locator::Senml(
-                        o.senml_name
-                            .clone()
-                            .unwrap_or_else(|| f.spec.name.to_string()),
-                    ),
-                };
+                let locator = Locator::for_field(
+                    format,
+                    &f.spec.name,
+                    o.pointer.as_deref(),
+                    o.senml_name.as_deref(),
+                )
+                .map_err(|(t, e)| ConfigIssue::new(w.key("coap.pointer"), format!("{t:?}: {e}")))?;
                 fields.push(FieldDecoder {
                     kind: f.spec.kind,
                     locator,
@@ -261,9 +252,4 @@ fn device(d: &mut DeviceInput<'_>) -> Result<CoapSetup, ConfigIssue> {
         resources,
         commands,
     })
-}
-
-/// A field name as a JSON pointer token (RFC 6901: `~` and `/` escaped).
-fn escape(name: &str) -> String {
-    name.replace('~', "~0").replace('/', "~1")
 }

@@ -11,7 +11,8 @@ use fieldgate_api::{
     Reporting,
 };
 use fieldgate_payload::{
-    Availability, FieldDecoder, Format, Locator, Pointer, Template, TimestampSpec, TopicDecoder,
+    default_pointer, Availability, FieldDecoder, Format, Locator, Pointer, Template, TimestampSpec,
+    TopicDecoder,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -313,7 +314,7 @@ fn device(d: &mut DeviceInput<'_>, brokers: &[Broker]) -> Result<MqttSetup, Conf
                 let text = o
                     .command_pointer
                     .clone()
-                    .unwrap_or_else(|| format!("/{}", escape(&f.spec.name)));
+                    .unwrap_or_else(|| default_pointer(&f.spec.name));
                 Template::Json {
                     pointer: Pointer::parse(&text).map_err(|e| {
                         ConfigIssue::new(w.key("mqtt.command_pointer"), format!("{text:?}: {e}"))
@@ -372,23 +373,15 @@ fn device(d: &mut DeviceInput<'_>, brokers: &[Broker]) -> Result<MqttSetup, Conf
             let f = &d.fields[*i];
             let w = &d.written[f.written];
             let o = &per_written[f.written];
-            let locator = match format {
-                Format::Plain => Locator::Whole,
-                Format::Json | Format::Cbor => {
-                    let text = o
-                        .pointer
-                        .clone()
-                        .unwrap_or_else(|| format!("/{}", escape(&f.spec.name)));
-                    Locator::Pointer(Pointer::parse(&text).map_err(|e| {
-                        ConfigIssue::new(w.key("mqtt.pointer"), format!("{text:?}: {e}"))
-                    })?)
-                }
-                Format::Senml | Format::SenmlCbor => Locator::Senml(
-                    o.senml_name
-                        .clone()
-                        .unwrap_or_else(|| f.spec.name.to_string()),
-                ),
-            };
+            let locator = Locator::for_field(
+                format,
+                &f.spec.name,
+                o.pointer.as_deref(),
+                o.senml_name.as_deref(),
+            )
+            .map_err(|(text, e)| {
+                ConfigIssue::new(w.key("mqtt.pointer"), format!("{text:?}: {e}"))
+            })?;
             fields.push(FieldDecoder {
                 kind: f.spec.kind,
                 locator,
@@ -448,11 +441,6 @@ fn mqtt_format(format: Format) -> bool {
 
 fn not_mqtt(format: Format) -> String {
     format!("MQTT payloads are \"plain\", \"json\" or \"senml\", not {format}")
-}
-
-/// A field name as a JSON pointer token (RFC 6901: `~` and `/` escaped).
-fn escape(name: &str) -> String {
-    name.replace('~', "~0").replace('/', "~1")
 }
 
 /// The broker sessions in use.

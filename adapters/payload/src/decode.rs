@@ -64,7 +64,35 @@ pub enum Locator {
     Senml(String),
 }
 
+/// The pointer to a field named `name` at the top of a JSON object or CBOR map
+/// (`/<name>`, with `~` and `/` escaped as RFC 6901 says).
+pub fn default_pointer(name: &str) -> String {
+    format!("/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
 impl Locator {
+    /// Where field `name` is in a payload of `format`, as a configuration names it: the
+    /// whole payload (plain text), `pointer` (JSON and CBOR; `/<name>` if not given), or
+    /// the SenML record `senml_name` (`name` if not given). `Err`: the pointer as written
+    /// and why it is none.
+    pub fn for_field(
+        format: Format,
+        name: &str,
+        pointer: Option<&str>,
+        senml_name: Option<&str>,
+    ) -> Result<Locator, (String, crate::PointerError)> {
+        Ok(match format {
+            Format::Plain => Locator::Whole,
+            Format::Json | Format::Cbor => {
+                let text = pointer.map_or_else(|| default_pointer(name), str::to_owned);
+                Locator::Pointer(Pointer::parse(&text).map_err(|e| (text, e))?)
+            }
+            Format::Senml | Format::SenmlCbor => {
+                Locator::Senml(senml_name.unwrap_or(name).to_owned())
+            }
+        })
+    }
+
     /// Where this locator points in a message of `format`, for error messages.
     pub(crate) fn place(&self, format: Format) -> String {
         match self {

@@ -150,7 +150,10 @@ mod tree;
 
 pub use availability::Availability;
 pub use content_format::{content_format_for, format_for_content_format};
-pub use decode::{Decoded, FieldDecoder, Format, Locator, SetupError, TimestampSpec, TopicDecoder};
+pub use decode::{
+    default_pointer, Decoded, FieldDecoder, Format, Locator, SetupError, TimestampSpec,
+    TopicDecoder,
+};
 pub use encode::{encode, same_value, EncodeError, Template};
 pub use error::DecodeError;
 pub use pointer::{Pointer, PointerError};
