@@ -7,14 +7,17 @@ bench_server.rs: one thread, requests decoded with coap-lite, answers encoded by
 resources `/r/<i>` and a probe `/lat`, each answering `{"v":<n>,"ts":<µs>}` with
 Content-Format 50, `n` new on every read and every notification, `ts` the server's wall
 clock when it built the datagram), all on loopback. Each field of the gateway reads
-`v` (or `ts` for the probe) with an RFC 6901 pointer, type long.
+`v` (or `ts` for the probe) with an RFC 6901 pointer, type long. 2 CPUs shared by all of
+it (and by whatever else runs: see others_cpu_pct): CPU per request is the steadier
+figure; the rates depend on what the machine had to spare.
 
 Phases (`--phases`, all by default, in this order):
 
 poll        `--devices` devices (default 100) × `--per-device` resources (10), every one a
             field on its own resource `/r/<d·10+k>` of ONE server (one UDP port: the
-            gateway's NSTART 1 queue serialises all 1,000 requests), polled every `--poll`
-            (1s): 1,000 confirmable GETs a second. After a warm-up, a `--duration` window
+            gateway's NSTART 1 queue serialises all 1,000 requests; `--servers N` spreads
+            the devices over N ports instead), polled every `--poll` (1s): 1,000
+            confirmable GETs a second. After a warm-up, a `--duration` window
             (20 s). Prefixed poll_:
   offered_req_per_s         OFFERED LOAD: resources / poll
   req_per_s                 what the server answered per second over the window (whole
@@ -37,6 +40,14 @@ capacity    The same gateway configuration with `--capacity-poll` (default 10ms:
                             one server, one at a time (NSTART 1): each costs a round trip
                             on loopback plus the gateway's turn-around
   cpu_s_per_100k_requests / cpu_us_per_request / gateway_cpu_pct / server_cpu_pct / hwm_kb
+
+spread      The poll and capacity runs again (`--spread-duration` windows, 10 s) with the
+            devices spread over `--spread-servers` servers (100 UDP ports of one
+            bench_server: device d on port d), so that requests to different servers
+            overlap instead of waiting for each other. Prefixed spread_ and spread_cap_.
+            With one server every request is a full sleep / wake-up of the gateway's
+            runtime (nothing else to do while its one outstanding request is answered,
+            ~25 µs on loopback); here several answers are taken per wake-up.
 
 observe     The same 100 × 10 resources observed (`observe = true`), plus device `lat`
             observing `/lat` (field `ts`), which the server notifies `--probe-rate` times a
@@ -69,7 +80,8 @@ observe     The same 100 × 10 resources observed (`observe = true`), plus devic
                             datagram is built) → the change event's arrival at the client
                             (same machine, same clock)
   coap_leg_ms_p50/_p99      `ts` → the event's <timestamp> (the gateway's stamp of the
-                            reading, ms resolution)
+                            reading, truncated to whole ms: 0.5 ms early on average, so
+                            a leg of ~0.1 ms shows as about −0.4)
   ping_device_ms_p50/_p99   client → Prosody → gateway → Prosody → client
   ping_server_ms_p50/_p99   client → Prosody → client
   event_minus_ping_device_ms_p50/_p99   the issue's goal: under 1 ms at p99
@@ -115,9 +127,11 @@ transmission k (k = 1..5) with probability p(1 − p)^(k−1), at time T·(2^(k�
 uniform in [ACK_TIMEOUT, ACK_TIMEOUT·ACK_RANDOM_FACTOR] = [2 s, 3 s] (a round trip on
 loopback is ~0); the percentiles are those of that mixture, conditioned on completing.
 
-`--profile` records `perf record -e cpu-clock` of the gateway for 8 s after the poll
-window, the capacity window and the last observe step (not inside the measured windows) and prints the
-top symbols (self time).
+`--profile` records `perf record -g -e cpu-clock` of the gateway for 8 s after the poll
+window, the capacity window (one server) and the last observe step, outside the measured
+windows, and prints where its CPU went: by DSO (kernel, the binary, libc), the inclusive
+share of the main syscalls (context switches, futex: worker threads parked and woken,
+epoll_wait, sendto, recvfrom, eventfd writes) and the top user-space symbols.
 
 Not pass/fail. Run through `bash tests/bench/run_coap.sh` (release builds).
 """
@@ -230,8 +244,9 @@ class Server:
 # profiles
 
 
-SYSCALLS = {"__schedule (context switches)": "__schedule", "futex (thread park/unpark)": "__x64_sys_futex", "epoll_wait": "__x64_sys_epoll_wait",
-            "sendto": "__x64_sys_sendto", "recvfrom": "__x64_sys_recvfrom", "write (eventfd wake)": "ksys_write"}
+SYSCALLS = {"__schedule (context switches)": "__schedule", "futex (thread park/unpark)": "__x64_sys_futex",
+            "epoll_wait": "__x64_sys_epoll_wait", "sendto": "__x64_sys_sendto", "recvfrom": "__x64_sys_recvfrom",
+            "write (eventfd wake)": "ksys_write"}
 
 
 def profile(pid: int, seconds: float, workdir: Path, prefix: str) -> None:
@@ -303,9 +318,11 @@ def dev_id(i: int) -> str:
     return f"c{i:03d}"
 
 
-def grid_devices(address: str, devices: int, per: int, opts: dict) -> list[str]:
-    """`devices` × `per` fields, field k of device d on `/r/<d·per+k>`."""
-    return [coap_device(dev_id(d), address, [(f"v{k}", f"/r/{d * per + k}", "/v") for k in range(per)],
+def grid_devices(addresses: list[str], devices: int, per: int, opts: dict) -> list[str]:
+    """`devices` × `per` fields, field k of device d on `/r/<d·per+k>` of server d mod
+    len(addresses)."""
+    return [coap_device(dev_id(d), addresses[d % len(addresses)],
+                        [(f"v{k}", f"/r/{d * per + k}", "/v") for k in range(per)],
                         f"CoAP sensor {d}", opts) for d in range(devices)]
 
 
@@ -383,34 +400,28 @@ def poll_window(args, env, gw, srv: Server, prefix: str, poll_s: float, duration
     machine.report(prefix)
 
 
-def poll_phases(args, env, root: Path, server_bin: Path, phases: list[str]) -> None:
+def poll_phases(args, env, root: Path, server_bin: Path, servers: int,
+                runs: list[tuple[str, str, float]]) -> None:
+    """Poll windows against one bench_server with `servers` ports: per run (prefix, poll
+    interval, window seconds), a gateway of its own."""
     n = args.devices * args.per_device
-    srv = Server(server_bin, root, "poll", "--resources", str(n))
+    srv = Server(server_bin, root, f"poll{servers}", "--resources", str(n), "--ports", str(servers))
     try:
-        addr = srv.addresses[0]
-        layout = f"{args.devices} devices x {args.per_device} resources, one server ({addr}), NSTART 1"
-        if "poll" in phases:
-            print(f"# poll: {layout}, poll {args.poll}", flush=True)
-            report("poll_layout", f"{args.devices}x{args.per_device}")
-            gw = start_gateway(env, root, "gw-poll", grid_devices(addr, args.devices, args.per_device,
-                                                                  {"poll": args.poll}))
-            report("poll_rss_kb_idle", status(gw.pid).get("VmRSS", 0))
-            h.wait_for(lambda: srv.latest()["gets"] >= n, 30, "a first poll round")
-            time.sleep(args.warmup)
-            poll_window(args, env, gw, srv, "poll_", parse_duration(args.poll), args.duration)
-            if args.profile:
-                profile(gw.pid, 8, root, "poll-")
-            gw.close()
-        if "capacity" in phases:
-            print(f"# capacity: {layout}, poll {args.capacity_poll}", flush=True)
+        addrs = srv.addresses
+        where = f"one server ({addrs[0]})" if len(addrs) == 1 else f"{len(addrs)} servers (ports)"
+        layout = f"{args.devices} devices x {args.per_device} resources, {where}, NSTART 1"
+        for prefix, poll, duration in runs:
+            print(f"# {prefix.rstrip('_')}: {layout}, poll {poll}", flush=True)
+            report(f"{prefix}layout", f"{args.devices}x{args.per_device} on {len(addrs)} server(s)")
             s_before = srv.latest()["gets"]
-            gw = start_gateway(env, root, "gw-cap", grid_devices(addr, args.devices, args.per_device,
-                                                                 {"poll": args.capacity_poll}))
+            gw = start_gateway(env, root, f"gw-{prefix.rstrip('_')}",
+                               grid_devices(addrs, args.devices, args.per_device, {"poll": poll}))
+            report(f"{prefix}rss_kb_idle", status(gw.pid).get("VmRSS", 0))
             h.wait_for(lambda: srv.latest()["gets"] >= s_before + n, 30, "a first poll round")
             time.sleep(args.warmup)
-            poll_window(args, env, gw, srv, "cap_", parse_duration(args.capacity_poll), args.capacity_duration)
-            if args.profile:
-                profile(gw.pid, 8, root, "cap-")
+            poll_window(args, env, gw, srv, prefix, parse_duration(poll), duration)
+            if args.profile and servers == 1:
+                profile(gw.pid, 8, root, prefix.replace("_", "-"))
             gw.close()
     finally:
         srv.close()
@@ -450,7 +461,7 @@ def observe_phase(args, env, root: Path, server_bin: Path, client: IotClient) ->
         print(f"# observe: {args.devices} devices x {args.per_device} observed resources + the probe, one server "
               f"({addr}); rates {args.notify_rates}/s", flush=True)
         opts = {"observe": True, "poll": "10s"}
-        devs = grid_devices(addr, args.devices, args.per_device, opts)
+        devs = grid_devices([addr], args.devices, args.per_device, opts)
         devs.append(coap_device("lat", addr, [("ts", "/lat", "/ts")], "Latency probe", opts))
         t = time.monotonic()
         gw = start_gateway(env, root, "gw-observe", devs)
@@ -671,6 +682,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--per-device", type=int, default=10, help="resources (fields) per device")
+    ap.add_argument("--servers", type=int, default=1,
+                    help="poll and capacity: servers (UDP ports of bench_server) the devices are spread over")
     ap.add_argument("--poll", default="1s")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of the poll window")
     ap.add_argument("--warmup", type=float, default=3.0)
@@ -686,7 +699,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--loss-duration", type=float, default=60.0)
     ap.add_argument("--loss-tail", type=float, default=47.0)
-    ap.add_argument("--phases", default="poll,capacity,observe,loss")
+    ap.add_argument("--spread-servers", type=int, default=100)
+    ap.add_argument("--spread-duration", type=float, default=10.0)
+    ap.add_argument("--phases", default="poll,capacity,spread,observe,loss")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -706,8 +721,15 @@ def main() -> int:
         client.connect()
         print(f"# gateway {h.gateway_bin()}; server {server_bin}; {os.cpu_count()} CPUs; "
               f"load {os.getloadavg()[0]:.2f}", flush=True)
-        if "poll" in phases or "capacity" in phases:
-            poll_phases(args, env, root, server_bin, phases)
+        runs = [r for r in (("poll_", args.poll, args.duration),
+                            ("cap_", args.capacity_poll, args.capacity_duration)) if r[0].rstrip("_") in
+                [{"poll": "poll", "capacity": "cap"}.get(p, p) for p in phases]]
+        if runs:
+            poll_phases(args, env, root, server_bin, args.servers, runs)
+        if "spread" in phases:
+            poll_phases(args, env, root, server_bin, args.spread_servers,
+                        [("spread_", args.poll, args.spread_duration),
+                         ("spread_cap_", args.capacity_poll, args.spread_duration)])
         if "observe" in phases:
             observe_phase(args, env, root, server_bin, client)
         if "loss" in phases:
