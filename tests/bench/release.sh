@@ -13,7 +13,7 @@ fg_bench() {
     fg_ensure_all
     fg_log "cargo build --release"
     cargo build --release
-    export FIELDGATE_BIN="${FIELDGATE_BIN:-target/release/fieldgate}"
+    export FIELDGATE_BIN="${FIELDGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/fieldgate}"
     export FIELDGATE_LOG="${FIELDGATE_LOG:-info}"
     exec "$FG_VENV/bin/python" "tests/bench/$script" "$@"
 }
