@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable
 
 import coap_wire as cw
 import harness
-from harness import HarnessError, LogFile, stop_process, tail, wait_for
+from harness import HarnessError, LogFile, SideChannel, stop_process, tail, wait_for
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
@@ -307,7 +307,7 @@ class LibcoapServer(LogFile):
 # aiocoap with test-controlled resources
 
 
-class AiocoapServer(LogFile):
+class AiocoapServer(SideChannel, LogFile):
     """aiocoap 0.4.17 (aiocoap_server.py in a subprocess) on UDP 127.0.0.1:`port` (free by
     default, fixed for the object's life: `restart()` comes back on the same port).
 
@@ -450,26 +450,6 @@ class AiocoapServer(LogFile):
 
     # -- side channel
 
-    def _read(self, timeout: float, what: str) -> dict:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise HarnessError(f"{self.name}: no {what} within {timeout}s\n{self.describe()}") from None
-        if line is None:
-            raise HarnessError(f"{self.name}: exited (waiting for {what})\n{self.describe()}")
-        return json.loads(line)
-
-    def call(self, **cmd: Any) -> dict:
-        """One side-channel command; raises HarnessError when it fails."""
-        with self._lock:
-            if not self.running:
-                raise HarnessError(f"{self.name} is not running\n{self.describe()}")
-            self.proc.stdin.write(json.dumps(cmd) + "\n")
-            self.proc.stdin.flush()
-            reply = self._read(10, f"reply to {cmd}")
-        if not reply.get("ok"):
-            raise HarnessError(f"{self.name}: {cmd} failed: {reply.get('error')}")
-        return reply
 
     def get(self, resource: str) -> Any:
         """The current value of a resource (as JSON: a dict for sensor, a number for

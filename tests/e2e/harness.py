@@ -12,6 +12,8 @@ what it waited for.
 from __future__ import annotations
 
 import asyncio
+import json
+import queue
 import atexit
 import copy
 import itertools
@@ -514,6 +516,34 @@ class NotifySocket:
 
 # --------------------------------------------------------------------------------------
 # the gateway process
+
+
+class SideChannel:
+    """A peer in a subprocess driven by one JSON line per command on its stdin, answered
+    by one JSON line (`{"ok": true, ...}` or `{"ok": false, "error": ...}`) that a reader
+    thread puts on `self._lines` (`None` when the process ended). The class provides
+    `name`, `proc`, `running`, `_lock`, `_lines` and `describe()`."""
+
+    def _read(self, timeout: float, what: str) -> dict:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise HarnessError(f"{self.name}: no {what} within {timeout}s\n{self.describe()}") from None
+        if line is None:
+            raise HarnessError(f"{self.name}: exited (waiting for {what})\n{self.describe()}")
+        return json.loads(line)
+
+    def call(self, **cmd: Any) -> dict:
+        """One command; raises HarnessError when it fails."""
+        with self._lock:
+            if not self.running:
+                raise HarnessError(f"{self.name} is not running\n{self.describe()}")
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+            reply = self._read(10, f"reply to {cmd}")
+        if not reply.get("ok"):
+            raise HarnessError(f"{self.name}: {cmd} failed: {reply.get('error')}")
+        return reply
 
 
 class LogFile:

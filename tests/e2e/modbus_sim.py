@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import harness
-from harness import HarnessError, free_port, port_open, stop_process, tail, toml_value, wait_for
+from harness import HarnessError, SideChannel, free_port, port_open, stop_process, tail, toml_value, wait_for
 
 HERE = Path(__file__).resolve().parent
 SERVER_SCRIPT = HERE / "pymodbus_server.py"
@@ -98,7 +98,7 @@ def f32_shortest(x: float) -> str:
 # pymodbus in a subprocess
 
 
-class PymodbusServer:
+class PymodbusServer(SideChannel):
     """pymodbus serving `units` (`{unit: {"holding": [(start, count)], ...}}`).
 
     transport "tcp" / "rtu-over-tcp": on 127.0.0.1:`port` (a free port by default; fixed for
@@ -202,25 +202,6 @@ class PymodbusServer:
 
     # -- side channel
 
-    def _read(self, timeout: float, what: str) -> dict:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise HarnessError(f"{self.name}: no {what} within {timeout}s\n{self.describe()}") from None
-        if line is None:
-            raise HarnessError(f"{self.name}: exited (waiting for {what})\n{self.describe()}")
-        return json.loads(line)
-
-    def call(self, **cmd: Any) -> dict:
-        with self._lock:
-            if not self.running:
-                raise HarnessError(f"{self.name} is not running\n{self.describe()}")
-            self.proc.stdin.write(json.dumps(cmd) + "\n")
-            self.proc.stdin.flush()
-            reply = self._read(10, f"reply to {cmd}")
-        if not reply.get("ok"):
-            raise HarnessError(f"{self.name}: {cmd} failed: {reply.get('error')}")
-        return reply
 
     def get(self, unit: int, table: str, address: int, count: int = 1) -> list:
         return self.call(op="get", unit=unit, table=table, address=address, count=count)["values"]

@@ -10,22 +10,13 @@
 
 use std::time::SystemTime;
 
-use fieldgate_api::{FieldSpec, FieldType};
+use fieldgate_api::FieldSpec;
 
+use fieldgate_payload::fuzzing::TYPES;
 use fieldgate_payload::{
     encode, same_value, Availability, FieldDecoder, Format, Locator, Pointer, Template, TimeUnit,
     TimestampSpec, TopicDecoder,
 };
-
-const TYPES: [FieldType; 7] = [
-    FieldType::Bool,
-    FieldType::Int,
-    FieldType::Long,
-    FieldType::Double,
-    FieldType::String,
-    FieldType::Enum,
-    FieldType::Timestamp,
-];
 
 /// Decodes `data` as the first byte says; checks that nothing panics.
 pub fn codec(data: &[u8]) {

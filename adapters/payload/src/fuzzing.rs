@@ -20,7 +20,8 @@ use crate::{
     TimestampSpec, TopicDecoder,
 };
 
-const TYPES: [FieldType; 7] = [
+/// Every field type, for fuzz bodies that try each (the MQTT adapter's too).
+pub const TYPES: [FieldType; 7] = [
     FieldType::Bool,
     FieldType::Int,
     FieldType::Long,
