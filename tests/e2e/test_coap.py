@@ -201,6 +201,9 @@ class CoapWorld:
         self.r_lossy.drop_first(2, "up", ("CON",))
         self.r_stale = self._peer(cp.LossyRelay(self.ai.port, name="relay-stale"))
         self.r_mal = self._peer(cp.LossyRelay(self.ai.port, name="relay-mal"))
+        # nothing gets through toward the server until a test says so
+        self.r_dead = self._peer(cp.LossyRelay(self.ai.port, name="relay-dead"))
+        self.r_dead.blackhole("up")
         # what /large holds, to name a field at its far end
         body = cw.request_sync(self.ai.port, "GET", "/large").payload
         self.large_len = len(body)
@@ -240,6 +243,11 @@ class CoapWorld:
                         observe=True, poll="60s", **FAST),
             coap_device("mal", relay(self.r_mal), [fld("temperature", "double", {"path": "/senml-cbor"})],
                         poll="300ms", ack_timeout="300ms", max_retransmit=2),
+            coap_device("dead3", relay(self.r_dead), [
+                fld("count", "long", {"path": "/counter"}),
+                fld("temperature", "double", {"path": "/sensor"}),
+                fld("setpoint", "double", {"path": "/setpoint"}),
+            ], poll="300ms", **QUICK),
             coap_device("forget", f"coap://127.0.0.1:{self.af.port}",
                         [fld("temperature", "double", {"path": "/sensor"})],
                         observe=True, observe_margin="1s", poll="60s", **FAST),
@@ -626,6 +634,33 @@ def test_server_that_disappears_and_returns(w):
     lv.start()
     w.alice.wait_presence(jid("vanish"), "available", m, timeout=10)
     w.wait_value("vanish", "clock", LIBCOAP_TIME.match, "a libcoap time after the restart")
+    w.assert_alive()
+
+
+def test_a_silent_server_costs_one_exchange_per_polling_round(w):
+    """The resources of a device are read one after the other each round; when the
+    server does not answer the first, the rest of the round is not queued behind it (each
+    would hold the server's NSTART 1 queue for the whole give-up time)."""
+    r = w.r_dead
+    w.subscribe("dead3", "unavailable")
+    # two give-ups at least (the first round at start, then the next ones)
+    wait_for(lambda: len({d.mid for d in r.datagrams() if d.dir == "up" and d.type == "CON"}) >= 3, 20,
+             "three exchanges toward the silent server")
+    ups = [d for d in r.datagrams() if d.dir == "up" and d.msg is not None and d.msg.is_request]
+    assert {d.msg.path for d in ups} == {"/counter"}, sorted({d.msg.path for d in ups})
+    # one exchange at a time: each message id is transmitted 1 + max_retransmit times
+    # before the next one starts
+    order = [d.mid for d in ups]
+    runs = [m for i, m in enumerate(order) if i == 0 or order[i - 1] != m]
+    assert len(runs) == len(set(runs)), f"exchanges interleaved: {order}"
+    assert all(order.count(m) <= 1 + QUICK_MAXR for m in set(order)), order
+    # the server back: the whole device is read again
+    m = w.alice.mark()
+    r.forward()
+    w.alice.wait_presence(jid("dead3"), "available", m, timeout=10)
+    got = w.wait_readout("dead3", lambda x: {"count", "temperature", "setpoint"} <= set(x.fields),
+                         "every resource read once the server answers")
+    assert got.fields["temperature"].value
     w.assert_alive()
 
 

@@ -30,6 +30,9 @@ enum Outcome {
     Answered,
     /// The server could not be reached, or ended an observation; why.
     Failed(Reason),
+    /// One polling round: the values read, and why the round ended early if the server
+    /// stopped answering.
+    Round(Vec<Reading>, Option<Reason>),
 }
 
 /// The adapter of one CoAP device.
@@ -42,6 +45,8 @@ pub struct CoapAdapter {
     pub fields: Arc<[FieldSpec]>,
     /// The shared UDP endpoint.
     pub endpoint: Endpoint,
+    /// The CoAP thread's runtime, where the device's tasks run (see `runtime.rs`).
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// A transport failure as the device's status shows it.
@@ -163,7 +168,21 @@ impl fieldgate_api::Adapter for CoapAdapter {
         self: Box<Self>,
         ctx: fieldgate_api::AdapterContext,
     ) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(run(*self, ctx))
+        let rt = self.runtime.clone();
+        Box::pin(async move {
+            // Aborted when the core drops this future, so the device never outlives it.
+            let mut task = AbortOnDrop(rt.spawn(run(*self, ctx)));
+            let _ = (&mut task.0).await;
+        })
+    }
+}
+
+/// A task handle that aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -222,13 +241,20 @@ async fn run(a: CoapAdapter, mut ctx: fieldgate_api::AdapterContext) {
     };
     let (tx, mut outcomes) = mpsc::channel::<Outcome>(OUTCOMES);
     let mut tasks = JoinSet::new();
-    for i in 0..cx.setup.resources.len() {
-        let (cx, tx, cancel) = (cx.clone(), tx.clone(), ctx.shutdown.clone());
-        if cx.setup.device.observe {
+    if cx.setup.device.observe {
+        for i in 0..cx.setup.resources.len() {
+            let (cx, tx, cancel) = (cx.clone(), tx.clone(), ctx.shutdown.clone());
             tasks.spawn(observe(cx, peer, i, tx, cancel));
-        } else {
-            tasks.spawn(poll(cx, peer, i, tx, cancel));
         }
+    } else {
+        let all = (0..cx.setup.resources.len()).collect();
+        tasks.spawn(poll(
+            cx.clone(),
+            peer,
+            all,
+            tx.clone(),
+            ctx.shutdown.clone(),
+        ));
     }
     drop(tx);
     let mut writes = JoinSet::new();
@@ -244,6 +270,10 @@ async fn run(a: CoapAdapter, mut ctx: fieldgate_api::AdapterContext) {
                     }
                     Outcome::Answered => Reachability::Reachable,
                     Outcome::Failed(why) => Reachability::Unreachable(why),
+                    Outcome::Round(readings, failed) => {
+                        events.readings(&cx.id, readings);
+                        failed.map_or(Reachability::Reachable, Reachability::Unreachable)
+                    }
                 };
                 if let Some(r) = report(&mut reach, r) {
                     if !events.reachability(&cx.id, r).await {
@@ -275,32 +305,68 @@ async fn run(a: CoapAdapter, mut ctx: fieldgate_api::AdapterContext) {
     writes.abort_all();
 }
 
-/// Reads resource `i` every poll.
+/// Reads resources `which` every poll period, one after the other, and hands over each
+/// round's values at once. One task per device, not per resource: NSTART 1 lets one
+/// server answer one request at a time anyway, and one hand-off per round instead of one
+/// per resource is what keeps the CPU of a poll low (each crosses to the core's thread).
+/// The first round runs at once; later rounds are shifted by a phase of the device's own
+/// (see [`phase`]), so that the devices of one server do not all poll at one instant.
 async fn poll(
     cx: Arc<Context>,
     peer: SocketAddr,
-    i: usize,
+    which: Vec<usize>,
     tx: mpsc::Sender<Outcome>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(cx.setup.device.poll.0);
+    let period = cx.setup.device.poll.0;
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + period + phase(&cx.id, period),
+        period,
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut readings = Vec::new();
+        let mut failed = None;
+        for &i in &which {
+            let r = &cx.setup.resources[i];
+            match cx.read(peer, r).await {
+                Ok(v) => readings.extend(v),
+                Err(TransportError::Stopped) => return,
+                Err(e) => {
+                    let timed_out = matches!(e, TransportError::Timeout { .. });
+                    failed = Some(reason(&e));
+                    if timed_out {
+                        // The server does not answer: the rest of the round would only
+                        // queue more exchanges that time out, each holding the queue.
+                        break;
+                    }
+                }
+            }
+        }
+        if tx.send(Outcome::Round(readings, failed)).await.is_err() {
+            return;
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let r = &cx.setup.resources[i];
-        let o = match cx.read(peer, r).await {
-            Ok(v) if v.is_empty() => Outcome::Answered,
-            Ok(v) => Outcome::Values(v),
-            Err(TransportError::Stopped) => return,
-            Err(e) => Outcome::Failed(reason(&e)),
-        };
-        if tx.send(o).await.is_err() {
-            return;
-        }
     }
+}
+
+/// A device's polling phase, in [0, `period`): a hash of its id, so that it is spread
+/// evenly over the devices and the same on every start.
+fn phase(id: &DeviceId, period: Duration) -> Duration {
+    // FNV-1a (stable across releases, unlike std's hasher), then MurmurHash3's
+    // finaliser: FNV alone leaves the high bits of similar short ids alike.
+    let mut h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    period.mul_f64((h >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 /// Observes resource `i`: registers, takes notifications in order, registers again when
@@ -348,7 +414,7 @@ async fn observe(
             // The server does not let the resource be observed: poll it.
             tracing::info!(device = %cx.id, resource = %r.display(),
                 "observation not accepted by the server; polling instead");
-            poll(cx.clone(), peer, i, tx, cancel).await;
+            poll(cx.clone(), peer, vec![i], tx, cancel).await;
             return;
         }
         let mut max_age = first.max_age_or_default();
@@ -506,4 +572,25 @@ async fn write(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_phases_are_stable_in_range_and_spread() {
+        let period = Duration::from_secs(1);
+        let phases: Vec<Duration> = (0..1000)
+            .map(|i| phase(&DeviceId::from(format!("dev{i}")), period))
+            .collect();
+        assert!(phases.iter().all(|p| *p < period));
+        assert_eq!(phases[7], phase(&DeviceId::from("dev7"), period));
+        // Ten slots of 100 ms each hold a tenth of the devices, give or take.
+        let mut slots = [0usize; 10];
+        for p in &phases {
+            slots[(p.as_millis() / 100) as usize] += 1;
+        }
+        assert!(slots.iter().all(|n| (60..=140).contains(n)), "{slots:?}");
+    }
 }
