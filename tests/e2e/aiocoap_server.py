@@ -389,6 +389,38 @@ class CborValue(JsonValue):
         return Message(code=code, payload=cbor2.dumps(self.value), content_format=self.ct)
 
 
+class Negotiated(Base):
+    """One value in the representation the request's Accept option asks for (RFC 7252
+    §5.10.4): JSON, CBOR or SenML JSON; without Accept, prose no decoder reads as a number;
+    any other format 4.06 Not Acceptable."""
+    ct = cw.CF_JSON
+
+    def __init__(self, server, path, value):
+        super().__init__(server, path)
+        self.value = value
+
+    async def render_get(self, request):
+        accept = request.opt.accept
+        v = {"temperature": self.value}
+        if accept is None:
+            return Message(payload=f"temperature {self.value} C".encode(), content_format=cw.CF_TEXT)
+        accept = int(accept)
+        if accept == cw.CF_JSON:
+            return Message(payload=json.dumps(v).encode(), content_format=cw.CF_JSON)
+        if accept == cw.CF_CBOR:
+            return Message(payload=cbor2.dumps(v), content_format=cw.CF_CBOR)
+        if accept == cw.CF_SENML_JSON:
+            return Message(payload=json.dumps([{"n": "temperature", "v": self.value}]).encode(),
+                           content_format=cw.CF_SENML_JSON)
+        return Message(code=Code.NOT_ACCEPTABLE)
+
+    def get_value(self):
+        return self.value
+
+    def set_value(self, value):
+        self.value = value
+
+
 class Setpoint(ObservableBase):
     ct = cw.CF_TEXT
 
@@ -560,6 +592,7 @@ class Server:
         add("/blob", Blob(self, "/blob"), "Blob")
         add("/senml", SenmlJson(self, "/senml", [dict(r) for r in SENML_PACK]), "SenML JSON", "fg.senml")
         add("/senml-cbor", SenmlCbor(self, "/senml-cbor", [dict(r) for r in SENML_PACK]), "SenML CBOR", "fg.senml")
+        add("/multi", Negotiated(self, "/multi", 19.25), "Any format you Accept")
         add("/cbor", CborValue(self, "/cbor", {"temperature": 21.5, "humidity": 40, "ok": True}), "CBOR map")
         for code in CODES:
             add(f"/codes/{code}", CodeResource(self, f"/codes/{code}", code))

@@ -235,6 +235,9 @@ class CoapWorld:
                 fld("first", "long", {"path": "/large", "pointer": "/samples/0/i"}),
                 fld("last", "double", {"path": "/large", "pointer": f"/samples/{self.large_last}/v"}),
             ], max_age="0s", poll="1h", block_size=512, **FAST),
+            # one resource, three representations: chosen by each device's Accept
+            *[coap_device(f"acc-{fmt}", ai4, [fld("temperature", "double", {"path": "/multi", "accept": fmt})],
+                          max_age="0s", poll="1h", **FAST) for fmt in ("json", "cbor", "senml", "senml-cbor")],
             coap_device("cfdev", ai4, [fld("temperature", "double", {"path": "/cbor"})], max_age="0s",
                         poll="300ms", **FAST),
             coap_device("lossy", relay(self.r_lossy), [fld("temperature", "double", {"path": "/senml"})],
@@ -261,6 +264,12 @@ class CoapWorld:
                         observe=True, poll="60s", **FAST),
             coap_device("lc6", lc6, [fld("clock", "string", {"path": "/time"})], poll="500ms", **FAST),
             coap_device("ai6", ai6, [fld("count", "long", {"path": "/counter"})], poll="500ms", **FAST),
+            # a zone (RFC 6874) on an address that needs none: read, and not let in the way
+            coap_device("zoned", f"coap://[::1%25lo]:{self.ai.port}", [fld("count", "long", {"path": "/counter"})],
+                        poll="500ms", **FAST),
+            # a link-local address on an interface that does not exist
+            coap_device("nozone", f"coap://[fe80::1%25nosuchif0]:{self.ai.port}",
+                        [fld("count", "long", {"path": "/counter"})], poll="500ms", **FAST),
         ]
         self.devices = devices
         self.env = make_env(self.root, users=("alice",))
@@ -734,6 +743,23 @@ def test_malformed_datagrams_and_resets(w):
 # payloads
 
 
+def test_accept_option_chooses_the_representation(w):
+    """A server that varies a resource's format by the Accept option: each device gets
+    the format it asks for and decodes it by the answer's Content-Format; a format the
+    server does not offer is its 4.06, shown as the field's failure."""
+    since = len(w.ai.requests())
+    for fmt, cf in (("json", 50), ("cbor", 60), ("senml", 110)):
+        r = w.readout(f"acc-{fmt}")
+        assert r.value("temperature") == "19.25", (fmt, r.summary(), r.failures)
+    seen = {q["accept"] for q in w.ai.requests(since, "/multi")}
+    assert {50, 60, 110} <= seen, seen
+    r = w.readout("acc-senml-cbor")
+    assert "temperature" not in r.fields, r.summary()
+    assert any("4.06" in f for f in r.failures), r.failures
+    assert 112 in {q["accept"] for q in w.ai.requests(since, "/multi")}
+    w.assert_alive()
+
+
 def test_wrong_content_format_is_logged_and_polling_goes_on(w):
     ai = w.ai
     w.subscribe("cfdev")
@@ -788,7 +814,7 @@ def test_libcoap_polled_and_observed(w):
 # discovery
 
 
-EXPECTED_AI = {"/counter", "/sensor", "/setpoint", "/command", "/large", "/blob", "/senml", "/senml-cbor", "/cbor",
+EXPECTED_AI = {"/counter", "/sensor", "/setpoint", "/command", "/large", "/blob", "/senml", "/senml-cbor", "/cbor", "/multi",
                "/slow", "/hang", "/void"}
 EXPECTED_LC = {"/", "/time", "/async", "/example_data"}
 
@@ -833,6 +859,9 @@ def test_coap_discover_prints_a_skeleton(w):
         paths = {f["coap"]["path"] for f in d["field"]}
         assert paths == EXPECTED_LC, f"{address}: {sorted(paths)}"
         assert d["coap"].get("observe") is True, "/time is observable (obs)"
+        types = {f["coap"]["path"]: f["type"] for f in d["field"]}
+        # if="clock" (its rt="ticks" notwithstanding): libcoap's /time answers a date as text
+        assert types["/time"] == "string", types
 
 
 # --------------------------------------------------------------------------------------
@@ -847,4 +876,10 @@ def test_ipv6_loopback(w):
     r = w.wait_readout("ai6", lambda r: "count" in r.fields, "ai6.count")
     assert int(r.value("count")) >= 1
     assert gateway_requests(w, "/counter", v6=True), "aiocoap saw no request over IPv6"
+    r = w.wait_readout("zoned", lambda r: "count" in r.fields, "zoned.count")
+    assert int(r.value("count")) >= 1
+    down = w.subscribe("nozone", "unavailable")
+    assert "does not resolve" in down.status, down.status
+    r = w.readout("nozone")
+    assert any("nosuchif0" in f for f in r.failures), (r.summary(), r.failures)
     w.assert_alive()

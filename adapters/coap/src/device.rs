@@ -22,6 +22,10 @@ use crate::transport::{
 /// Outcomes of the resource tasks, waiting for the adapter's loop.
 const OUTCOMES: usize = 64;
 
+/// A server address that does not resolve is looked up again after this long at most
+/// (or the poll period, if shorter).
+const RESOLVE_RETRY: Duration = Duration::from_secs(10);
+
 /// What a resource task learnt.
 enum Outcome {
     /// Values of resource `r`.
@@ -75,6 +79,18 @@ pub fn refusal((class, detail): (u8, u8), max_age: Option<Duration>) -> Option<R
         },
         _ => Refusal::Internal,
     })
+}
+
+/// An error response as a failure's text: its code, and the start of its diagnostic
+/// payload if it has one (RFC 7252 §5.5.2).
+fn answered_text(resp: &Response) -> String {
+    let text = String::from_utf8_lossy(&resp.payload);
+    let text: String = text.chars().take(64).collect();
+    if text.is_empty() {
+        code_text(resp.code)
+    } else {
+        format!("{} ({text})", code_text(resp.code))
+    }
 }
 
 /// `c.dd` as CoAP writes response codes.
@@ -214,29 +230,46 @@ async fn run(a: CoapAdapter, mut ctx: fieldgate_api::AdapterContext) {
         *reach = Some(r.clone());
         changed.then_some(r)
     };
-    // The server's address, looked up again until it resolves.
+    // The server's address, looked up again until it resolves; meanwhile requests are
+    // answered at once with the reason.
     let peer = loop {
-        match tokio::net::lookup_host(cx.setup.address.authority()).await {
-            Ok(mut addrs) => {
-                if let Some(a) = addrs.next() {
-                    break a;
-                }
-            }
-            Err(e) => {
-                let r = Reachability::Unreachable(Reason::with_detail(
-                    "the server's name does not resolve",
-                    format!("{}: {e}", cx.setup.address.host),
-                ));
-                if let Some(r) = report(&mut reach, r) {
-                    if !events.reachability(&cx.id, r).await {
-                        return;
-                    }
-                }
+        let why = match cx.setup.address.resolve().await {
+            Ok(a) => break a,
+            Err(e) => Reason::with_detail(
+                "the server's address does not resolve",
+                format!("{}: {e}", cx.setup.address.authority()),
+            ),
+        };
+        if let Some(r) = report(&mut reach, Reachability::Unreachable(why.clone())) {
+            if !events.reachability(&cx.id, r).await {
+                return;
             }
         }
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(cx.setup.device.poll.0) => {}
+        let again = tokio::time::sleep(cx.setup.device.poll.0.min(RESOLVE_RETRY));
+        tokio::pin!(again);
+        loop {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                _ = &mut again => break,
+                req = ctx.requests.recv() => match req {
+                    None => return,
+                    Some(AdapterRequest::Read { fields, reply, .. }) => {
+                        let names: Vec<String> = match fields {
+                            Some(f) => f,
+                            None => cx.fields.iter().map(|f| f.name.to_string()).collect(),
+                        };
+                        let failures = names
+                            .into_iter()
+                            .map(|n| (n, AdapterError::LinkDown(why.clone())))
+                            .collect();
+                        let _ = reply.send(ReadOutcome { failures, ..ReadOutcome::default() });
+                    }
+                    Some(AdapterRequest::Write { reply, .. }) => {
+                        let _ = reply.send(Err(AdapterError::LinkDown(why.clone())));
+                    }
+                    Some(AdapterRequest::Adopt { .. }) => {}
+                },
+            }
         }
     };
     let (tx, mut outcomes) = mpsc::channel::<Outcome>(OUTCOMES);
@@ -478,8 +511,26 @@ async fn read(cx: &Context, peer: SocketAddr, fields: Option<Vec<String>>) -> Re
         if !r.fields.iter().any(|i| wanted(*i)) {
             continue;
         }
-        match cx.read(peer, r).await {
-            Ok(values) => {
+        let answer = cx
+            .endpoint
+            .request(peer, cx.request(r), &cx.params, cx.block.clone())
+            .await;
+        match answer {
+            Ok(resp) if refusal(resp.code, resp.max_age).is_some() => {
+                let kind = refusal(resp.code, resp.max_age).expect("checked");
+                let text = answered_text(&resp);
+                for i in r.fields.iter().filter(|i| wanted(**i)) {
+                    out.failures.push((
+                        cx.fields[*i].name.to_string(),
+                        AdapterError::Answered {
+                            kind,
+                            text: format!("{} answered {text}", r.display()),
+                        },
+                    ));
+                }
+            }
+            Ok(resp) => {
+                let values = cx.decode(r, &resp);
                 for i in r.fields.iter().filter(|i| wanted(**i)) {
                     let name = &cx.fields[*i].name;
                     match values.iter().find(|v| v.field == *name) {
@@ -559,15 +610,9 @@ async fn write(
                 other => AdapterError::LinkDown(reason(&other)),
             })?;
         if let Some(kind) = refusal(resp.code, resp.max_age) {
-            let text = String::from_utf8_lossy(&resp.payload);
-            let text: String = text.chars().take(64).collect();
             return Err(AdapterError::Answered {
                 kind,
-                text: if text.is_empty() {
-                    code_text(resp.code)
-                } else {
-                    format!("{} ({text})", code_text(resp.code))
-                },
+                text: answered_text(&resp),
             });
         }
     }

@@ -12,11 +12,10 @@ use crate::transport::{BlockConfig, Endpoint, EndpointConfig, Request, Transmiss
 /// Reads `address`'s resources and returns the skeleton.
 pub async fn discover(address: &str) -> Result<String, String> {
     let a = crate::address::parse(address)?;
-    let peer = tokio::net::lookup_host(a.authority())
+    let peer = a
+        .resolve()
         .await
-        .map_err(|e| format!("{}: {e}", a.host))?
-        .next()
-        .ok_or_else(|| format!("{}: no address", a.host))?;
+        .map_err(|e| format!("{}: {e}", a.authority()))?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let endpoint = Endpoint::bind(EndpointConfig::default(), cancel.clone())
         .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
@@ -54,6 +53,12 @@ fn guess(link: &Link) -> (&'static str, String) {
     let cts = link.content_formats();
     if cts.iter().any(|c| matches!(c, 110 | 112)) {
         return ("double", "a SenML pack: one field per record name".into());
+    }
+    // A clock (libcoap's /time: if="clock", rt="ticks") answers with a date as text,
+    // whatever its rt says.
+    let iface = link.attr("if").unwrap_or("").to_ascii_lowercase();
+    if ["clock", "time", "date"].iter().any(|w| iface.contains(w)) {
+        return ("string", format!("if={iface:?}: a clock, read as text"));
     }
     for (words, kind) in [
         (

@@ -908,3 +908,32 @@ async fn cancellation_stops_everything() {
         .expect("receive task ended");
     assert_eq!(get(&ep, &r, "temp").await, Err(TransportError::Stopped));
 }
+
+/// The sockets get the configured receive buffer (up to the kernel's cap), larger than the
+/// system's default, so that a burst of notifications is not dropped by the kernel.
+#[tokio::test]
+async fn receive_buffer_is_enlarged() {
+    let read = |p: &str| -> usize { std::fs::read_to_string(p).unwrap().trim().parse().unwrap() };
+    let (default, max) = (
+        read("/proc/sys/net/core/rmem_default"),
+        read("/proc/sys/net/core/rmem_max"),
+    );
+    let want = 4usize << 20;
+    let ep = endpoint();
+    let got = ep.receive_buffer().unwrap();
+    // Linux reports twice what was set (its bookkeeping); the cap is rmem_max.
+    assert!(got >= 2 * want.min(max), "{got} < 2 x min({want}, {max})");
+    assert!(
+        got > 2 * default || max <= default,
+        "{got} not above the default {default}"
+    );
+    let plain = Endpoint::bind(
+        EndpointConfig {
+            receive_buffer: None,
+            ..EndpointConfig::default()
+        },
+        CancellationToken::new(),
+    )
+    .unwrap();
+    assert_eq!(plain.receive_buffer().unwrap(), default);
+}
