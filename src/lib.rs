@@ -10,6 +10,7 @@ pub mod config;
 pub mod devices;
 pub mod discovered;
 pub mod gateway;
+pub mod history;
 pub mod log_limit;
 pub mod state;
 pub mod xmpp;
