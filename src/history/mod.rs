@@ -4,3 +4,4 @@
 //! `fieldgate history` export — never block the writer nor wait for it).
 
 pub mod store;
+pub mod writer;

@@ -38,7 +38,6 @@ CREATE TABLE IF NOT EXISTS samples(
     v ANY,
     PRIMARY KEY(series, t)
 ) WITHOUT ROWID, STRICT;
-CREATE INDEX IF NOT EXISTS samples_by_time ON samples(t);
 ";
 
 /// A stored value, in the storage class SQLite keeps it in.
@@ -281,6 +280,15 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Every series in the store: (id, device, field).
+    pub fn all_series(&self) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, device, field FROM series")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Stores `batch` in one transaction (sorted first; a second sample of a series at
     /// the same millisecond replaces the first). All or nothing.
     pub fn write(&mut self, batch: &mut [Sample]) -> Result<(), StoreError> {
@@ -311,17 +319,38 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Deletes the `n` oldest samples of the whole store (by their time); how many went.
-    pub fn drop_oldest(&mut self, n: u64) -> Result<u64, StoreError> {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let gone = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM samples WHERE (series, t) IN \
-                 (SELECT series, t FROM samples ORDER BY t LIMIT ?1)",
-            )?
-            .execute(params![n])?;
-        Ok(gone as u64)
+    /// The time of the oldest and the newest sample of the whole store, if any. One
+    /// look-up per series (the key is (series, time)): no index on time alone, which
+    /// would cost a third more bytes per sample.
+    pub fn time_span(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT min(lo), max(hi) FROM (SELECT \
+               (SELECT t FROM samples WHERE series = s.id ORDER BY t LIMIT 1) AS lo, \
+               (SELECT t FROM samples WHERE series = s.id ORDER BY t DESC LIMIT 1) AS hi \
+             FROM series AS s)",
+        )?;
+        let (lo, hi): (Option<i64>, Option<i64>) =
+            st.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(lo.zip(hi))
+    }
+
+    /// Deletes every sample older than `cutoff` (ms), whatever its series: the oldest
+    /// go first when the store is full. How many went.
+    pub fn drop_before(&mut self, cutoff: i64) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        {
+            let ids: Vec<i64> = tx
+                .prepare_cached("SELECT id FROM series")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut del = tx.prepare_cached("DELETE FROM samples WHERE series = ?1 AND t < ?2")?;
+            for id in ids {
+                n += del.execute(params![id, cutoff])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     /// Bytes the store's live pages take (pages in use, not the free list), plus the WAL
@@ -589,11 +618,13 @@ mod tests {
         s.write(&mut batch).unwrap();
         assert_eq!(s.expire(a, 500).unwrap(), 50);
         assert_eq!(s.count().unwrap(), 150);
-        // The 10 oldest overall: b's first 50 are older than a's survivors.
-        assert_eq!(s.drop_oldest(10).unwrap(), 10);
+        assert_eq!(s.time_span().unwrap(), Some((5, 995)));
+        // Everything before 300, whatever the series.
+        assert_eq!(s.drop_before(300).unwrap(), 30);
         let r = Reader::open(&p).unwrap().unwrap();
-        assert_eq!(r.range(b, 0, i64::MAX, 1).unwrap()[0].0, 105);
+        assert_eq!(r.range(b, 0, i64::MAX, 1).unwrap()[0].0, 305);
         assert_eq!(r.range(a, 0, i64::MAX, 1).unwrap()[0].0, 500);
+        assert_eq!(s.time_span().unwrap(), Some((305, 995)));
     }
 
     #[test]
