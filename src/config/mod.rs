@@ -38,6 +38,8 @@ pub struct Config {
     pub readout: ReadoutConfig,
     /// Change-event subscriptions.
     pub events: EventsConfig,
+    /// The history store (`[history]`).
+    pub history: crate::history::policy::HistoryConfig,
     /// The devices, in file order.
     pub devices: Vec<DeviceConfig>,
 }
@@ -148,6 +150,8 @@ pub struct DeviceConfig {
     pub discovers: bool,
     /// The field catalogue, shared (not copied) with the running device.
     pub fields: Arc<[FieldSpec]>,
+    /// Each field's history (in catalogue order): `None` where it is not kept.
+    pub history: Arc<[Option<crate::history::policy::FieldHistory>]>,
 }
 
 impl PartialEq for DeviceConfig {
@@ -162,6 +166,7 @@ impl PartialEq for DeviceConfig {
             && self.kind == other.kind
             && self.setup.same_as(&*other.setup)
             && self.fields == other.fields
+            && self.history == other.history
     }
 }
 

@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub(super) readout: RawReadout,
     #[serde(default)]
     pub(super) events: RawEvents,
+    #[serde(default)]
+    pub(super) history: RawHistory,
     #[serde(default, rename = "device")]
     pub(super) devices: Vec<Spanned<RawDevice>>,
 }
@@ -109,6 +111,7 @@ pub(super) struct RawDevice {
     #[serde(default)]
     pub(super) access: RawAccess,
     pub(super) max_age: Option<Spanned<HumanDuration>>,
+    pub(super) history: Option<Spanned<RawHistoryOpt>>,
     #[serde(default, rename = "field")]
     pub(super) fields: Vec<Spanned<RawField>>,
 }
@@ -132,7 +135,83 @@ pub(super) struct RawField {
     /// Address step between repetitions, for adapters whose fields have addresses
     /// (default: the adapter's, e.g. the registers one value takes).
     pub(super) stride: Option<Spanned<u32>>,
+    pub(super) history: Option<Spanned<RawHistoryOpt>>,
 }
 
 /// Most repetitions one `count` may ask for.
 pub(super) const MAX_COUNT: u32 = 65_536;
+
+/// The top-level `[history]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHistory {
+    pub(super) keep: Option<Spanned<HumanDuration>>,
+    pub(super) sample: Option<Spanned<String>>,
+    pub(super) deadband: Option<Spanned<f64>>,
+    pub(super) max_size: Option<Spanned<bytesize::ByteSize>>,
+    pub(super) commit_interval: Option<Spanned<HumanDuration>>,
+    pub(super) read_interval: Option<Spanned<HumanDuration>>,
+    pub(super) file: Option<PathBuf>,
+}
+
+/// A device's or a field's `history`: `false` (not kept), `true` (kept as `[history]`
+/// says), a retention (`"30d"`), or a table of `keep`, `sample` and `deadband`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct RawHistoryOpt {
+    pub(super) on: Option<bool>,
+    pub(super) keep: Option<HumanDuration>,
+    pub(super) sample: Option<String>,
+    pub(super) deadband: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistoryTable {
+    keep: Option<HumanDuration>,
+    sample: Option<String>,
+    deadband: Option<f64>,
+}
+
+impl<'de> Deserialize<'de> for RawHistoryOpt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawHistoryOpt;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("false, true, a retention such as \"30d\", or a table of keep, sample and deadband")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawHistoryOpt {
+                    on: Some(v),
+                    ..RawHistoryOpt::default()
+                })
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let keep =
+                    HumanDuration::deserialize(serde::de::value::StrDeserializer::<E>::new(v))?;
+                Ok(RawHistoryOpt {
+                    keep: Some(keep),
+                    ..RawHistoryOpt::default()
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let t =
+                    RawHistoryTable::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(RawHistoryOpt {
+                    on: None,
+                    keep: t.keep,
+                    sample: t.sample,
+                    deadband: t.deadband,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

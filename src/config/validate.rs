@@ -17,15 +17,40 @@ use xmpp_parsers::jid::BareJid;
 
 use super::keys::{entries, kind_part};
 use super::location::{span_of, Ctx};
-use super::schema::{RawAccess, RawConfig, RawDevice, RawXmpp, MAX_COUNT};
+use super::schema::{
+    RawAccess, RawConfig, RawDevice, RawHistory, RawHistoryOpt, RawXmpp, MAX_COUNT,
+};
 use super::{Config, ConfigError, DeviceConfig, EventsConfig, ReadoutConfig, XmppConfig};
 use crate::access::{Entry, Lists};
 use crate::adapters;
+use crate::history::policy::{FieldHistory, HistoryConfig, Sampling};
 
 /// Range of the stanza size bounds, in bytes: below 4 KiB a JID-addressed error reply
 /// might not fit; above 16 MiB no server forwards a stanza.
 const MIN_STANZA_SIZE: i64 = 4096;
 const MAX_STANZA_SIZE: i64 = 16 * 1024 * 1024;
+
+/// `[history] max_size`: the default, and its bounds.
+const DEFAULT_HISTORY_SIZE: u64 = 256 << 20;
+const MIN_HISTORY_SIZE: u64 = 16 << 20;
+const MAX_HISTORY_SIZE: u64 = 1 << 40;
+
+/// A `sample` rule as written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SampleRule {
+    Change,
+    Every,
+    Interval(Duration),
+}
+
+/// History options as resolved so far (gateway, then device, then field).
+#[derive(Debug, Clone)]
+struct Layer {
+    on: bool,
+    keep: Option<Duration>,
+    sample: Option<SampleRule>,
+    deadband: Option<f64>,
+}
 
 /// A written field's `stride`, with its span, if given.
 type Stride = Option<(u32, Range<usize>)>;
@@ -39,6 +64,8 @@ struct Pending {
     fields: Vec<FieldInput>,
     /// Each written field's `stride`.
     strides: Vec<Stride>,
+    /// Each written field's history.
+    history: Vec<Option<FieldHistory>>,
     device: DeviceConfig,
 }
 
@@ -238,6 +265,8 @@ impl Ctx<'_> {
             )?,
         };
 
+        let (history, history_defaults) = self.history_section(&raw.history, &state_dir)?;
+
         let mut seen = HashSet::new();
         let mut pending = Vec::with_capacity(raw.devices.len());
         for (i, d) in raw.devices.into_iter().enumerate() {
@@ -273,12 +302,32 @@ impl Ctx<'_> {
             }
             let (fields, strides) = self.fields(&d, i)?;
             let kind = self.kind(&d, i)?;
+            let device_history =
+                self.history_layer(&history_defaults, d.history.as_ref(), &key("history"))?;
+            let history = d
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(j, f)| {
+                    let layer = self.history_layer(
+                        &device_history,
+                        f.get_ref().history.as_ref(),
+                        &format!("device[{i}].field[{j}].history"),
+                    )?;
+                    self.field_history(
+                        &layer,
+                        f.get_ref().history.as_ref().or(d.history.as_ref()),
+                        &key("history"),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             pending.push(Pending {
                 index: i,
                 span,
                 kind,
                 fields,
                 strides,
+                history,
                 device: DeviceConfig {
                     id: id.as_str().into(),
                     name: d.name.clone().unwrap_or_else(|| id.clone()),
@@ -301,6 +350,7 @@ impl Ctx<'_> {
                     reporting: Default::default(),
                     discovers: false,
                     fields: Arc::from([]),
+                    history: Arc::from([]),
                 },
             });
         }
@@ -326,6 +376,7 @@ impl Ctx<'_> {
             state_dir,
             readout,
             events,
+            history,
             devices,
         })
     }
@@ -454,11 +505,179 @@ impl Ctx<'_> {
                 device.reporting = kind.reporting(&*setup);
                 device.discovers = kind.discovers(&*setup);
                 device.setup = setup;
+                device.history = input
+                    .fields
+                    .iter()
+                    .map(|f| p.history.get(f.written).copied().flatten())
+                    .collect();
                 device.fields = input.fields.into_iter().map(|f| f.spec).collect();
                 done[slot] = Some(device);
             }
         }
         Ok(done.into_iter().flatten().collect())
+    }
+
+    /// The `[history]` section, and the defaults it gives devices and fields.
+    fn history_section(
+        &self,
+        h: &RawHistory,
+        state_dir: &Path,
+    ) -> Result<(HistoryConfig, Layer), ConfigError> {
+        let dur = |v: &Option<Spanned<HumanDuration>>,
+                   key: &str,
+                   default: Duration,
+                   min: Duration,
+                   max: Duration| {
+            let Some(s) = v else { return Ok(default) };
+            let d = s.get_ref().0;
+            if d < min || d > max {
+                return Err(self.at(
+                    s,
+                    key,
+                    format!(
+                        "{} is out of range ({} to {})",
+                        s.get_ref(),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+            Ok(d)
+        };
+        let max_size = match &h.max_size {
+            None => DEFAULT_HISTORY_SIZE,
+            Some(m) => {
+                let b = m.get_ref().as_u64();
+                if !(MIN_HISTORY_SIZE..=MAX_HISTORY_SIZE).contains(&b) {
+                    return Err(self.at(
+                        m,
+                        "history.max_size",
+                        format!("{} is out of range (16 MiB to 1 TiB)", m.get_ref()),
+                    ));
+                }
+                b
+            }
+        };
+        let file = match &h.file {
+            Some(f) if f.is_absolute() => f.clone(),
+            Some(f) => state_dir.join(f),
+            None => state_dir.join("history.db"),
+        };
+        let cfg = HistoryConfig {
+            file,
+            max_size,
+            commit_interval: dur(
+                &h.commit_interval,
+                "history.commit_interval",
+                Duration::from_secs(1),
+                Duration::from_millis(10),
+                Duration::from_secs(60),
+            )?,
+            read_interval: dur(
+                &h.read_interval,
+                "history.read_interval",
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+                Duration::from_secs(86_400),
+            )?,
+        };
+        let mut layer = Layer {
+            on: h.keep.is_some(),
+            keep: h.keep.as_ref().map(|k| k.get_ref().0),
+            sample: None,
+            deadband: None,
+        };
+        if let Some(s) = &h.sample {
+            layer.sample = Some(
+                self.sampling(s.get_ref())
+                    .map_err(|m| self.at(s, "history.sample", m))?,
+            );
+        }
+        if let Some(d) = &h.deadband {
+            if !(d.get_ref().is_finite() && *d.get_ref() >= 0.0) {
+                return Err(self.at(d, "history.deadband", "a deadband is a number, 0 or more"));
+            }
+            layer.deadband = Some(*d.get_ref());
+        }
+        Ok((cfg, layer))
+    }
+
+    /// `"change"`, `"every"`, or an interval.
+    fn sampling(&self, text: &str) -> Result<SampleRule, String> {
+        match text.trim() {
+            "change" => Ok(SampleRule::Change),
+            "every" => Ok(SampleRule::Every),
+            other => match humantime::parse_duration(other) {
+                Ok(d) if d >= Duration::from_millis(100) => Ok(SampleRule::Interval(d)),
+                Ok(_) => Err("a sampling interval is 100ms or more".into()),
+                Err(_) => Err(format!(
+                    "{other:?} is not a sampling rule: write \"change\", \"every\" or an interval such as \"10s\""
+                )),
+            },
+        }
+    }
+
+    /// `over` overridden by a device's or field's `history` option.
+    fn history_layer(
+        &self,
+        over: &Layer,
+        opt: Option<&Spanned<RawHistoryOpt>>,
+        key: &str,
+    ) -> Result<Layer, ConfigError> {
+        let Some(o) = opt else {
+            return Ok(over.clone());
+        };
+        let r = o.get_ref();
+        let mut l = over.clone();
+        l.on = r.on.unwrap_or(true);
+        if let Some(k) = &r.keep {
+            if k.0.is_zero() {
+                return Err(self.at(
+                    o,
+                    key,
+                    "keep is a duration greater than zero (or write history = false)",
+                ));
+            }
+            l.keep = Some(k.0);
+        }
+        if let Some(s) = &r.sample {
+            l.sample = Some(self.sampling(s).map_err(|m| self.at(o, key, m))?);
+        }
+        if let Some(d) = r.deadband {
+            if !(d.is_finite() && d >= 0.0) {
+                return Err(self.at(o, key, "a deadband is a number, 0 or more"));
+            }
+            l.deadband = Some(d);
+        }
+        Ok(l)
+    }
+
+    /// A field's history from its resolved layer.
+    fn field_history(
+        &self,
+        l: &Layer,
+        opt: Option<&Spanned<RawHistoryOpt>>,
+        key: &str,
+    ) -> Result<Option<FieldHistory>, ConfigError> {
+        if !l.on {
+            return Ok(None);
+        }
+        let Some(keep) = l.keep else {
+            let msg =
+                "history = true needs a retention: write history = \"30d\" or set [history] keep";
+            return Err(match opt {
+                Some(o) => self.at(o, key, msg),
+                None => self.error(0..0, Some(key.into()), msg.into()),
+            });
+        };
+        let sample = match l.sample.unwrap_or(SampleRule::Change) {
+            SampleRule::Change => Sampling::Change {
+                deadband: l.deadband.unwrap_or(0.0),
+            },
+            SampleRule::Every => Sampling::Every,
+            SampleRule::Interval(d) => Sampling::Interval(d),
+        };
+        Ok(Some(FieldHistory { keep, sample }))
     }
 
     fn count(

@@ -1,7 +1,8 @@
 //! History: a local, bounded, crash-safe record of field values (issue 14).
 //!
-//! [`store`] holds the samples in SQLite (WAL mode: readers — historical readouts, the
+//! [`policy`] says what is kept; [`store`] holds the samples in SQLite (WAL mode: readers — historical readouts, the
 //! `fieldgate history` export — never block the writer nor wait for it).
 
+pub mod policy;
 pub mod store;
 pub mod writer;
