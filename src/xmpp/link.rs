@@ -200,9 +200,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut attempt: u32 = 0;
-    // A server that stays away, or refuses our certificate check on every attempt,
-    // would otherwise write a line per back-off step for as long as it lasts.
-    let mut down_log = LogLimiter::new(DOWN_LOG_BURST, DOWN_LOG_WINDOW);
+    let mut down_log = DownLog::default();
     loop {
         let config = settings.borrow_and_update().clone();
         let connected = tokio::select! {
@@ -217,6 +215,7 @@ async fn run(
                 let n = stats.connects.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(server = %config.server, domain = %config.domain,
                     connection = n, "component link up");
+                down_log.up();
                 state.send_replace(LinkState::Up(n));
                 let ended = serve(
                     connected,
@@ -249,7 +248,7 @@ async fn run(
         };
         let delay = backoff(attempt, config.reconnect_min, config.reconnect_max);
         attempt = attempt.saturating_add(1);
-        match down_log.allow(Instant::now()) {
+        match down_log.allow(&reason, Instant::now()) {
             Some(suppressed) => tracing::warn!(server = %config.server, reason = %reason,
                 retry_in_ms = delay.as_millis() as u64, suppressed, "component link down"),
             None => tracing::debug!(server = %config.server, reason = %reason,
@@ -271,6 +270,43 @@ async fn run(
                 },
             }
         }
+    }
+}
+
+/// The "component link down" lines. A server that stays away, or fails our certificate
+/// check on every attempt, would otherwise write a line per back-off step for as long as
+/// it lasts; but a reason that changes (the server is back and refuses us now) is logged
+/// at once, as is the first after the link was up.
+struct DownLog {
+    limiter: LogLimiter,
+    /// The last reason logged, digits left out: the same failure says other times,
+    /// addresses or counts on each attempt.
+    last: Option<String>,
+}
+
+impl Default for DownLog {
+    fn default() -> Self {
+        DownLog {
+            limiter: LogLimiter::new(DOWN_LOG_BURST, DOWN_LOG_WINDOW),
+            last: None,
+        }
+    }
+}
+
+impl DownLog {
+    /// Whether to log `reason` now: `Some` with the lines left out since the last.
+    fn allow(&mut self, reason: &str, now: Instant) -> Option<u64> {
+        let shape: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if self.last.as_deref() == Some(shape.as_str()) {
+            return self.limiter.allow(now);
+        }
+        self.last = Some(shape);
+        Some(self.limiter.always(now))
+    }
+
+    /// The link came up: whatever ends it next is news.
+    fn up(&mut self) {
+        self.last = None;
     }
 }
 
@@ -836,6 +872,39 @@ mod tests {
         // dropped right after the handshake: keep backing off
         assert_eq!(attempt_after(5, Duration::from_millis(50), stable), 5);
         assert_eq!(attempt_after(5, Duration::from_secs(10), stable), 0);
+    }
+
+    #[test]
+    fn link_down_lines_are_limited_but_a_new_reason_is_logged_at_once() {
+        let t0 = Instant::now();
+        let mut log = DownLog::default();
+        let expired = |n: u32| format!("TLS: expired: valid until 2020, the clock says {n}");
+        for n in 0..DOWN_LOG_BURST {
+            assert_eq!(log.allow(&expired(n), t0), Some(0), "the first lines pass");
+        }
+        for n in 0..10 {
+            assert_eq!(
+                log.allow(&expired(100 + n), t0),
+                None,
+                "then they are counted"
+            );
+        }
+        // another reason is news, and says how many lines were left out
+        assert_eq!(
+            log.allow("cannot connect to 10.0.0.5:5347: refused", t0),
+            Some(10)
+        );
+        assert_eq!(
+            log.allow("cannot connect to 10.0.0.5:5347: refused", t0),
+            None
+        );
+        // as is any reason after the link was up
+        log.up();
+        assert_eq!(
+            log.allow("cannot connect to 10.0.0.5:5347: refused", t0),
+            Some(1)
+        );
+        assert_eq!(log.allow(&expired(7), t0 + DOWN_LOG_WINDOW), Some(0));
     }
 
     #[test]
