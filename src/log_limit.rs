@@ -44,6 +44,16 @@ impl LogLimiter {
             None
         }
     }
+
+    /// For a line that must be logged whatever the rate (what it reports has changed):
+    /// counted in the window like any other; the number of events left unlogged since
+    /// the last line.
+    pub fn always(&mut self, now: Instant) -> u64 {
+        if self.allow(now).is_none() {
+            self.suppressed -= 1;
+        }
+        std::mem::take(&mut self.suppressed)
+    }
 }
 
 #[cfg(test)]
@@ -63,6 +73,21 @@ mod tests {
         // the next window's first line reports what was left out
         assert_eq!(l.allow(t0 + Duration::from_secs(10)), Some(100));
         assert_eq!(l.allow(t0 + Duration::from_secs(10)), Some(0));
+    }
+
+    #[test]
+    fn a_line_that_must_be_logged_reports_the_count_and_uses_the_window() {
+        let t0 = Instant::now();
+        let mut l = LogLimiter::new(1, Duration::from_secs(10));
+        assert_eq!(l.allow(t0), Some(0));
+        assert_eq!(l.allow(t0), None);
+        assert_eq!(l.allow(t0), None);
+        assert_eq!(l.always(t0), 2);
+        assert_eq!(l.allow(t0), None, "the window is still used up");
+        assert_eq!(l.allow(t0 + Duration::from_secs(10)), Some(1));
+        let mut fresh = LogLimiter::new(1, Duration::from_secs(10));
+        assert_eq!(fresh.always(t0), 0);
+        assert_eq!(fresh.allow(t0), None);
     }
 }
 

@@ -70,6 +70,22 @@ pub struct XmppConfig {
     pub max_inbound_stanza_size: usize,
     /// Bound on how deep elements may nest below an accepted stanza.
     pub max_inbound_depth: usize,
+    /// TLS from the first byte, with these settings (file paths resolved against the
+    /// configuration file's directory); plaintext when `None`.
+    pub tls: Option<fieldgate_tls::Settings>,
+}
+
+impl XmppConfig {
+    /// The name the server's certificate must carry: `server_name`, or the host of
+    /// `server`.
+    pub fn tls_name(&self) -> Option<&str> {
+        let tls = self.tls.as_ref()?;
+        Some(
+            tls.server_name
+                .as_deref()
+                .unwrap_or_else(|| fieldgate_tls::host_of(&self.server)),
+        )
+    }
 }
 
 impl fmt::Debug for XmppConfig {
@@ -87,6 +103,7 @@ impl fmt::Debug for XmppConfig {
             .field("max_outbound_stanza_size", &self.max_outbound_stanza_size)
             .field("max_inbound_stanza_size", &self.max_inbound_stanza_size)
             .field("max_inbound_depth", &self.max_inbound_depth)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -217,6 +234,7 @@ pub fn options() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out = vec![
         ("", keys_of::<RawConfig>().to_vec()),
         ("xmpp", keys_of::<RawXmpp>().to_vec()),
+        ("xmpp.tls", keys_of::<RawTlsTable>().to_vec()),
         ("access", keys_of::<RawGatewayAccess>().to_vec()),
         ("state", keys_of::<RawState>().to_vec()),
         ("readout", keys_of::<RawReadout>().to_vec()),
@@ -247,6 +265,23 @@ impl Config {
             humantime::format_duration(self.xmpp.reconnect_min),
             humantime::format_duration(self.xmpp.reconnect_max),
         );
+        match (&self.xmpp.tls, self.xmpp.tls_name()) {
+            (Some(tls), Some(name)) => {
+                let _ = writeln!(
+                    s,
+                    "xmpp tls: certificate checked for {name} against {}; client certificate: {}",
+                    tls.ca_file
+                        .as_ref()
+                        .map_or("the system's roots".to_owned(), |f| f.display().to_string()),
+                    tls.cert_file
+                        .as_ref()
+                        .map_or("none".to_owned(), |f| f.display().to_string()),
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "xmpp tls: off (plaintext component link)");
+            }
+        }
         let n = |l: &Option<Vec<Entry>>| l.as_ref().map_or(0, Vec::len);
         let _ = writeln!(
             s,
@@ -527,6 +562,103 @@ secret = "s"
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn tls_is_off_unless_asked_for() {
+        let c = parse(Path::new("t.toml"), BASE).unwrap();
+        assert_eq!((c.xmpp.tls.as_ref(), c.xmpp.tls_name()), (None, None));
+        let c = parse(Path::new("t.toml"), &format!("{BASE}tls = false\n")).unwrap();
+        assert!(c.xmpp.tls.is_none());
+        // `true`: the system's roots, and the host of `server` as the name.
+        let c = parse(Path::new("t.toml"), &format!("{BASE}tls = true\n")).unwrap();
+        assert_eq!(c.xmpp.tls, Some(fieldgate_tls::Settings::default()));
+        assert_eq!(c.xmpp.tls_name(), Some("127.0.0.1"));
+        assert!(c
+            .summary()
+            .contains("xmpp tls: certificate checked for 127.0.0.1"));
+        let e = err(&format!("{BASE}tls = \"yes\"\n"));
+        assert_eq!((e.line, e.key.as_deref()), (6, Some("xmpp.tls")));
+        assert!(
+            e.message.contains("true, false or a table"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn tls_files_are_read_from_the_config_directory_and_their_faults_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gw.example.org".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("gw.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("gw.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("not.pem"), "hello\n").unwrap();
+        let path = dir.path().join("gw.toml");
+        let parse_tls = |tls: &str| parse(&path, &format!("{BASE}[xmpp.tls]\n{tls}\n"));
+        let err_tls = |tls: &str| match parse_tls(tls) {
+            Err(ConfigError::Invalid(l)) => *l,
+            other => panic!("expected an error, got {other:?}"),
+        };
+
+        let c = parse_tls(
+            "ca_file = \"ca.pem\"\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n\
+             server_name = \"xmpp.example.org\"",
+        )
+        .unwrap();
+        let tls = c.xmpp.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file.as_deref(), Some(&*dir.path().join("ca.pem")));
+        assert_eq!(tls.key_file.as_deref(), Some(&*dir.path().join("gw.key")));
+        assert_eq!(c.xmpp.tls_name(), Some("xmpp.example.org"));
+
+        let cases = [
+            ("ca_file = \"nope.pem\"", "xmpp.tls.ca_file", "nope.pem"),
+            (
+                "ca_file = \"not.pem\"",
+                "xmpp.tls.ca_file",
+                "no PEM certificate",
+            ),
+            (
+                "key_file = \"gw.key\"",
+                "xmpp.tls.key_file",
+                "needs cert_file",
+            ),
+            (
+                "cert_file = \"gw.pem\"",
+                "xmpp.tls.cert_file",
+                "needs key_file",
+            ),
+            (
+                "cert_file = \"gw.pem\"\nkey_file = \"not.pem\"",
+                "xmpp.tls.key_file",
+                "no PEM private key",
+            ),
+            (
+                "cert_file = \"not.pem\"\nkey_file = \"gw.key\"",
+                "xmpp.tls.cert_file",
+                "no PEM certificate",
+            ),
+            (
+                "server_name = \"not a name\"",
+                "xmpp.tls.server_name",
+                "not a host name",
+            ),
+            (
+                "cafile = \"ca.pem\"",
+                "xmpp.tls.cafile",
+                "unknown field `cafile`",
+            ),
+        ];
+        for (tls, key, says) in cases {
+            let e = err_tls(tls);
+            assert_eq!(e.key.as_deref(), Some(key), "{tls}: {e}");
+            assert!(e.line >= 7, "{tls}: located in the table: {e}");
+            assert!(e.message.contains(says), "{tls}: {e}");
+        }
     }
 
     #[test]

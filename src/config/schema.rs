@@ -43,6 +43,49 @@ pub(super) struct RawXmpp {
     pub(super) max_outbound_stanza_size: Option<Spanned<i64>>,
     pub(super) max_inbound_stanza_size: Option<Spanned<i64>>,
     pub(super) max_inbound_depth: Option<Spanned<i64>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+}
+
+/// `[xmpp] tls`: `true` / `false`, or a table of settings (which means on).
+pub(super) enum RawTls {
+    Off,
+    On(RawTlsTable),
+}
+
+/// `[xmpp.tls]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTlsTable {
+    pub(super) ca_file: Option<Spanned<PathBuf>>,
+    pub(super) cert_file: Option<Spanned<PathBuf>>,
+    pub(super) key_file: Option<Spanned<PathBuf>>,
+    pub(super) server_name: Option<Spanned<String>>,
+}
+
+// By hand rather than `#[serde(untagged)]`: an untagged enum would answer a misspelt key
+// in the table with "did not match any variant" instead of naming the key.
+impl<'de> Deserialize<'de> for RawTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a table of TLS settings")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<RawTls, E> {
+                Ok(if on {
+                    RawTls::On(RawTlsTable::default())
+                } else {
+                    RawTls::Off
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawTls, A::Error> {
+                RawTlsTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawTls::On)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize, Default)]

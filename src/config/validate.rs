@@ -18,7 +18,7 @@ use xmpp_parsers::jid::BareJid;
 use super::keys::{entries, kind_part};
 use super::location::{span_of, Ctx};
 use super::schema::{
-    RawAccess, RawConfig, RawDevice, RawHistory, RawHistoryOpt, RawXmpp, MAX_COUNT,
+    RawAccess, RawConfig, RawDevice, RawHistory, RawHistoryOpt, RawTls, RawXmpp, MAX_COUNT,
 };
 use super::{Config, ConfigError, DeviceConfig, EventsConfig, ReadoutConfig, XmppConfig};
 use crate::access::{Entry, Lists};
@@ -187,6 +187,7 @@ impl Ctx<'_> {
         // builder, `Drop`, serialiser) could exhaust a thread's stack.
         let max_inbound_depth =
             self.count(&x.max_inbound_depth, "xmpp.max_inbound_depth", 64, 8..=256)?;
+        let tls = self.tls(&x)?;
 
         let access = self.lists(&raw.access.lists(), "access")?;
         let max_subscriptions = self.count(
@@ -370,6 +371,7 @@ impl Ctx<'_> {
                 max_outbound_stanza_size,
                 max_inbound_stanza_size,
                 max_inbound_depth,
+                tls,
             },
             access,
             max_subscriptions,
@@ -701,6 +703,67 @@ impl Ctx<'_> {
             ));
         }
         Ok(*s.get_ref() as usize)
+    }
+
+    /// `[xmpp] tls`: the settings, with the files read once here so that a mistake in
+    /// them is a configuration error with its place rather than a link that never
+    /// comes up.
+    fn tls(&self, x: &RawXmpp) -> Result<Option<fieldgate_tls::Settings>, ConfigError> {
+        let Some(raw) = &x.tls else { return Ok(None) };
+        let RawTls::On(t) = raw.get_ref() else {
+            return Ok(None);
+        };
+        // Relative paths are read from the configuration file's directory, as
+        // `secret_file` is, so that `fieldgate check` and the service agree.
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let path = |p: &Option<Spanned<PathBuf>>| p.as_ref().map(|p| dir.join(p.get_ref()));
+        let settings = fieldgate_tls::Settings {
+            ca_file: path(&t.ca_file),
+            cert_file: path(&t.cert_file),
+            key_file: path(&t.key_file),
+            server_name: t.server_name.as_ref().map(|n| n.get_ref().clone()),
+        };
+        match (&t.cert_file, &t.key_file) {
+            (Some(c), None) => {
+                return Err(self.at(
+                    c,
+                    "xmpp.tls.cert_file",
+                    "a client certificate needs key_file too",
+                ))
+            }
+            (None, Some(k)) => {
+                return Err(self.at(k, "xmpp.tls.key_file", "a client key needs cert_file too"))
+            }
+            _ => {}
+        }
+        if let Some(n) = &t.server_name {
+            if let Err(e) = fieldgate_tls::server_name(n.get_ref()) {
+                return Err(self.at(n, "xmpp.tls.server_name", e.to_string()));
+            }
+        } else if let Err(e) =
+            fieldgate_tls::server_name(fieldgate_tls::host_of(x.server.get_ref().trim()))
+        {
+            return Err(self.at(
+                &x.server,
+                "xmpp.server",
+                format!("{e}: with TLS, the host must be a name or address the certificate can carry (or set tls.server_name)"),
+            ));
+        }
+        if let Err(e) = fieldgate_tls::client_config(&settings) {
+            let spanned = |k: &str| match k {
+                "ca_file" => t.ca_file.as_ref().map(Spanned::span),
+                "cert_file" => t.cert_file.as_ref().map(Spanned::span),
+                "key_file" => t.key_file.as_ref().map(Spanned::span),
+                "server_name" => t.server_name.as_ref().map(Spanned::span),
+                _ => None,
+            };
+            let message = format!("cannot set up TLS: {e}");
+            return Err(match e.key().and_then(|k| spanned(k).map(|s| (k, s))) {
+                Some((k, span)) => self.at_span(span, &format!("xmpp.tls.{k}"), message),
+                None => self.at(raw, "xmpp.tls", message),
+            });
+        }
+        Ok(Some(settings))
     }
 
     fn secret(&self, x: &RawXmpp, xmpp_span: Range<usize>) -> Result<String, ConfigError> {

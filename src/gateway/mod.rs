@@ -174,6 +174,9 @@ struct Gateway {
     /// Log lines about refused and unroutable stanzas, which anyone can cause.
     refused_log: PerSender,
     unroutable_log: LogLimiter,
+    /// Stanzas for a domain that is not the gateway's (a server routing several
+    /// domains to this component).
+    other_domain_log: LogLimiter,
 }
 
 /// Runs the gateway until `controls.shutdown` is cancelled, then withdraws every device's
@@ -421,6 +424,7 @@ impl Gateway {
             discovered_save: None,
             refused_log: PerSender::new(3, 20, Duration::from_secs(60)),
             unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
+            other_domain_log: LogLimiter::new(10, Duration::from_secs(60)),
             cfg: cfg.clone(),
         };
         for d in &cfg.devices {

@@ -30,9 +30,7 @@ impl Gateway {
             }
         };
         if h.to.domain().as_str() != self.domain() {
-            if let Some(suppressed) = self.unroutable_log.allow(Instant::now()) {
-                tracing::warn!(to = %h.to, suppressed, "stanza for another domain dropped");
-            }
+            self.on_other_domain(&h).await;
             return;
         }
         if let Some(r) = refusal {
@@ -44,6 +42,44 @@ impl Gateway {
             Kind::Iq => self.on_iq(&h, &el).await,
             Kind::Message => self.on_message(&h, &el).await,
         }
+    }
+
+    /// A stanza for a domain this gateway does not serve. The server routed it here
+    /// because it routes several domains to this component: ejabberd does so for every
+    /// domain of an `ejabberd_service` listener (`global_routes`, on by default) to
+    /// whichever component authenticated on it. A request is answered with an error
+    /// from the JID it was addressed to, so that its sender learns at once instead of
+    /// waiting for a time-out; what only informs (a result, an error, an available
+    /// presence) is not answered, so that two entities can never bounce errors
+    /// between them.
+    pub(super) async fn on_other_domain(&mut self, h: &Header) {
+        let answer = match h.kind {
+            Kind::Iq => matches!(h.type_.as_deref(), Some("get" | "set")),
+            // RFC 6121 §8.5.2: a headline is dropped silently, as for an unknown account.
+            Kind::Message => !matches!(h.type_.as_deref(), Some("error" | "headline")),
+            Kind::Presence => matches!(h.type_.as_deref(), Some("subscribe" | "probe")),
+        };
+        if let Some(suppressed) = self.other_domain_log.allow(Instant::now()) {
+            tracing::warn!(to = %h.to, from = %h.from, stanza = ?h.kind, answered = answer, suppressed,
+                "stanza for a domain this gateway does not serve: the XMPP server routes {} to \
+                 this component (on ejabberd, give each gateway its own ejabberd_service \
+                 listener, or set global_routes: false)", h.to.domain());
+        }
+        if !answer {
+            return;
+        }
+        let text = format!(
+            "{} is not served here: this component is {}",
+            clip(h.to.domain().as_str()),
+            self.domain()
+        );
+        self.send(h.error(
+            ErrorType::Cancel,
+            DefinedCondition::ItemNotFound,
+            &text,
+            None,
+        ))
+        .await;
     }
 
     /// A stanza the guard refused for breaking a bound: only its routing header is left.
@@ -263,5 +299,104 @@ impl Gateway {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::super::testing::{condition, device, el, gateway, TestGateway, ALICE};
+    use crate::xmpp::link::Outbound;
+
+    /// Everything the gateway sent so far.
+    fn sent(t: &mut TestGateway) -> Vec<Element> {
+        let mut out = Vec::new();
+        while let Ok(o) = t.out.try_recv() {
+            out.extend(Outbound::into_vec(o));
+        }
+        out
+    }
+
+    /// `xml` (an iq, message or presence) in the component namespace.
+    fn stanza(xml: &str) -> Element {
+        let (name, rest) = xml[1..].split_once(' ').unwrap();
+        el(&format!("<{name} xmlns='{}' {rest}", ns::COMPONENT))
+    }
+
+    use super::*;
+
+    /// What ejabberd hands one component when one listener serves two: stanzas for the
+    /// other gateway's domain. A request is answered at once, from the JID it was
+    /// addressed to; a response never is.
+    #[tokio::test]
+    async fn a_request_for_another_domain_is_answered_with_an_error() {
+        let mut t = gateway(&device("pump"));
+        let other = "pump@gw2.example.org";
+        let requests = [
+            format!("<iq type='get' id='q1' from='{ALICE}' to='{other}'><ping xmlns='urn:xmpp:ping'/></iq>"),
+            format!("<iq type='set' id='q1' from='{ALICE}' to='gw2.example.org'><query xmlns='urn:x'/></iq>"),
+            format!("<message id='q1' from='{ALICE}' to='{other}'><body>hi</body></message>"),
+            format!("<message type='chat' id='q1' from='{ALICE}' to='{other}'><body>hi</body></message>"),
+            format!("<presence type='subscribe' id='q1' from='{ALICE}' to='{other}'/>"),
+            format!("<presence type='probe' id='q1' from='{ALICE}' to='{other}'/>"),
+        ];
+        for xml in requests {
+            let request = stanza(&xml);
+            t.gw.handle(request.clone()).await;
+            let out = sent(&mut t);
+            assert_eq!(out.len(), 1, "one answer to {xml}");
+            let reply = &out[0];
+            assert_eq!(reply.name(), request.name(), "{xml}");
+            assert_eq!(reply.attr("type"), Some("error"), "{xml}");
+            assert_eq!(
+                reply.attr("from"),
+                request.attr("to"),
+                "from the addressed JID: {xml}"
+            );
+            assert_eq!(reply.attr("to"), Some(ALICE));
+            assert_eq!(reply.attr("id"), Some("q1"));
+            assert_eq!(condition(reply).as_deref(), Some("item-not-found"), "{xml}");
+            let text = reply
+                .get_child("error", ns::COMPONENT)
+                .and_then(|e| e.get_child("text", ns::XMPP_STANZAS))
+                .map(Element::text)
+                .unwrap_or_default();
+            assert!(
+                text.contains("gw2.example.org"),
+                "the text names the domain: {text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_or_a_notice_for_another_domain_is_not_answered() {
+        let mut t = gateway(&device("pump"));
+        let other = "pump@gw2.example.org";
+        let quiet = [
+            format!("<iq type='result' id='q1' from='{ALICE}' to='{other}'/>"),
+            format!("<iq type='error' id='q1' from='{ALICE}' to='{other}'/>"),
+            format!("<message type='error' id='q1' from='{ALICE}' to='{other}'/>"),
+            format!(
+                "<message type='headline' from='{ALICE}' to='{other}'><body>x</body></message>"
+            ),
+            format!("<presence from='{ALICE}' to='{other}'/>"),
+            format!("<presence type='unavailable' from='{ALICE}' to='{other}'/>"),
+            format!("<presence type='error' from='{ALICE}' to='{other}'/>"),
+            format!("<presence type='subscribed' from='{ALICE}' to='{other}'/>"),
+            format!("<presence type='unsubscribe' from='{ALICE}' to='{other}'/>"),
+        ];
+        for xml in quiet {
+            t.gw.handle(stanza(&xml)).await;
+            assert!(sent(&mut t).is_empty(), "no answer to {xml}");
+        }
+        // The gateway's own domain is still served.
+        let ping = el(&format!(
+            "<iq xmlns='jabber:component:accept' type='get' id='p' from='{ALICE}' \
+             to='pump@{}'><ping xmlns='urn:xmpp:ping'/></iq>",
+            super::super::testing::DOMAIN
+        ));
+        t.gw.handle(ping).await;
+        let out = sent(&mut t);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].attr("type"), Some("result"));
     }
 }

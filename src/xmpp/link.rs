@@ -28,6 +28,7 @@ use crate::xmpp::guard::io::{GuardStats, Guarded, RawOut};
 use crate::xmpp::guard::Limits;
 use crate::xmpp::size::encoded_len;
 use crate::xmpp::stanza::BuilderExt;
+use crate::xmpp::tls;
 
 /// Link state, published to the gateway through a `watch` channel so a state change can
 /// never be lost or block the link behind a full stanza queue.
@@ -134,6 +135,10 @@ const INBOUND_QUEUE: usize = 4096;
 const INBOUND_PER_SENDER: usize = 512;
 const OUTBOUND_QUEUE: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// "component link down" lines logged per window at most; the rest are counted, and the
+/// count is written on the next line logged.
+const DOWN_LOG_BURST: u32 = 6;
+const DOWN_LOG_WINDOW: Duration = Duration::from_secs(60);
 const KEEPALIVE_ID_PREFIX: &str = "fg-ka-";
 const WINDOW_ID_PREFIX: &str = "fg-fc-";
 
@@ -168,7 +173,11 @@ pub fn spawn(
     )
 }
 
-type Stream = XmlStream<tokio::io::BufStream<Guarded<tokio::net::TcpStream>>, Element>;
+/// The socket under the XML stream: plain TCP, or TLS over it (`[xmpp] tls`).
+type Transport =
+    tokio_util::either::Either<tokio::net::TcpStream, Box<crate::xmpp::tls::TlsStream>>;
+
+type Stream = XmlStream<tokio::io::BufStream<Guarded<Transport>>, Element>;
 
 /// Why a connection ended.
 enum End {
@@ -191,6 +200,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut attempt: u32 = 0;
+    let mut down_log = DownLog::default();
     loop {
         let config = settings.borrow_and_update().clone();
         let connected = tokio::select! {
@@ -205,6 +215,7 @@ async fn run(
                 let n = stats.connects.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(server = %config.server, domain = %config.domain,
                     connection = n, "component link up");
+                down_log.up();
                 state.send_replace(LinkState::Up(n));
                 let ended = serve(
                     connected,
@@ -237,8 +248,12 @@ async fn run(
         };
         let delay = backoff(attempt, config.reconnect_min, config.reconnect_max);
         attempt = attempt.saturating_add(1);
-        tracing::warn!(server = %config.server, reason = %reason,
-            retry_in_ms = delay.as_millis() as u64, "component link down");
+        match down_log.allow(&reason, Instant::now()) {
+            Some(suppressed) => tracing::warn!(server = %config.server, reason = %reason,
+                retry_in_ms = delay.as_millis() as u64, suppressed, "component link down"),
+            None => tracing::debug!(server = %config.server, reason = %reason,
+                retry_in_ms = delay.as_millis() as u64, "component link down"),
+        }
         state.send_replace(LinkState::Down(reason));
         // Keep draining the outbound queue while down, so the gateway never blocks on a
         // link that is away; everything it sends now is re-announced after reconnecting.
@@ -255,6 +270,43 @@ async fn run(
                 },
             }
         }
+    }
+}
+
+/// The "component link down" lines. A server that stays away, or fails our certificate
+/// check on every attempt, would otherwise write a line per back-off step for as long as
+/// it lasts; but a reason that changes (the server is back and refuses us now) is logged
+/// at once, as is the first after the link was up.
+struct DownLog {
+    limiter: LogLimiter,
+    /// The last reason logged, digits left out: the same failure says other times,
+    /// addresses or counts on each attempt.
+    last: Option<String>,
+}
+
+impl Default for DownLog {
+    fn default() -> Self {
+        DownLog {
+            limiter: LogLimiter::new(DOWN_LOG_BURST, DOWN_LOG_WINDOW),
+            last: None,
+        }
+    }
+}
+
+impl DownLog {
+    /// Whether to log `reason` now: `Some` with the lines left out since the last.
+    fn allow(&mut self, reason: &str, now: Instant) -> Option<u64> {
+        let shape: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if self.last.as_deref() == Some(shape.as_str()) {
+            return self.limiter.allow(now);
+        }
+        self.last = Some(shape);
+        Some(self.limiter.always(now))
+    }
+
+    /// The link came up: whatever ends it next is news.
+    fn up(&mut self) {
+        self.last = None;
     }
 }
 
@@ -294,14 +346,24 @@ async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<(Stream
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot disable Nagle's algorithm on the component link");
     }
+    #[cfg(unix)]
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    // With TLS, the handshake comes first and nothing else is ever tried on this
+    // socket: a refused certificate ends the attempt, and the next attempt (after the
+    // back-off) is TLS again. There is no fallback to plaintext.
+    let tls_name = config.tls_name();
+    let transport: Transport = match (&config.tls, tls_name) {
+        (Some(settings), Some(name)) => {
+            tokio_util::either::Either::Right(Box::new(tls::handshake(tcp, settings, name).await?))
+        }
+        _ => tokio_util::either::Either::Left(tcp),
+    };
     // Every byte from the server is bounded before tokio-xmpp's parser sees it: the
     // parser cannot be configured, and a stanza beyond its limits would end the stream
     // or, nested deep enough, the process (see `guard`).
     let limits = Limits::new(config.max_inbound_stanza_size, config.max_inbound_depth);
-    #[cfg(unix)]
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     #[allow(unused_mut)]
-    let mut guarded = Guarded::new(tcp, limits, guard.clone());
+    let mut guarded = Guarded::new(transport, limits, guard.clone());
     #[cfg(unix)]
     guarded.quick_acks(fd);
     let raw = guarded.raw();
@@ -313,7 +375,27 @@ async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<(Stream
     };
     let mut pending = initiate_stream(io, ns::COMPONENT, header, timeouts(config.keepalive))
         .await
-        .map_err(|e| format!("no stream from {addr}: {e}"))?;
+        .map_err(|e| {
+            // A TLS 1.3 server judges the client certificate after the client's side of
+            // the handshake is done: its verdict arrives on the first read.
+            match tls_name.and_then(|name| tls::verdict(&e, name)) {
+                Some(why) => why,
+                // A TLS listener hangs up on (or answers in binary) the plaintext stream
+                // header it cannot read.
+                None if config.tls.is_none()
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                    ) =>
+                {
+                    format!(
+                        "no stream from {addr}: {e} (if the server's component listener \
+                         expects TLS, set tls in [xmpp])"
+                    )
+                }
+                None => format!("no stream from {addr}: {e}"),
+            }
+        })?;
     let header = pending.take_header();
     let id = header
         .id
@@ -344,6 +426,12 @@ async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<(Stream
             }
             Some(Ok(el)) => return Err(format!("unexpected <{}/> during handshake", el.name())),
             Some(Err(ReadError::SoftTimeout)) => continue,
+            Some(Err(ReadError::HardError(e))) => {
+                return Err(match tls_name.and_then(|name| tls::verdict(&e, name)) {
+                    Some(why) => why,
+                    None => format!("handshake failed: {e}"),
+                })
+            }
             Some(Err(e)) => return Err(format!("handshake failed: {e}")),
             None => return Err("the server closed the stream during the handshake".into()),
         }
@@ -784,6 +872,39 @@ mod tests {
         // dropped right after the handshake: keep backing off
         assert_eq!(attempt_after(5, Duration::from_millis(50), stable), 5);
         assert_eq!(attempt_after(5, Duration::from_secs(10), stable), 0);
+    }
+
+    #[test]
+    fn link_down_lines_are_limited_but_a_new_reason_is_logged_at_once() {
+        let t0 = Instant::now();
+        let mut log = DownLog::default();
+        let expired = |n: u32| format!("TLS: expired: valid until 2020, the clock says {n}");
+        for n in 0..DOWN_LOG_BURST {
+            assert_eq!(log.allow(&expired(n), t0), Some(0), "the first lines pass");
+        }
+        for n in 0..10 {
+            assert_eq!(
+                log.allow(&expired(100 + n), t0),
+                None,
+                "then they are counted"
+            );
+        }
+        // another reason is news, and says how many lines were left out
+        assert_eq!(
+            log.allow("cannot connect to 10.0.0.5:5347: refused", t0),
+            Some(10)
+        );
+        assert_eq!(
+            log.allow("cannot connect to 10.0.0.5:5347: refused", t0),
+            None
+        );
+        // as is any reason after the link was up
+        log.up();
+        assert_eq!(
+            log.allow("cannot connect to 10.0.0.5:5347: refused", t0),
+            Some(1)
+        );
+        assert_eq!(log.allow(&expired(7), t0 + DOWN_LOG_WINDOW), Some(0));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The XMPP side of the gateway. Nothing here knows any field bus.
 //!
-//! - the component link and what guards it: [`link`], [`guard`] (inbound bounds),
-//!   [`size`] (outbound bounds);
+//! - the component link and what guards it: [`link`], [`tls`] (TLS under it),
+//!   [`guard`] (inbound bounds), [`size`] (outbound bounds);
 //! - stanzas: [`stanza`] (routing headers, errors), [`presence`], [`disco`], and the
 //!   typed IoT payloads in [`payload`] (XEP-0323, XEP-0325, IoT events) — data only;
 //! - behaviour on top of the payloads: [`readout`] (runs one XEP-0323 readout),
@@ -21,3 +21,4 @@ pub mod size;
 pub mod stanza;
 pub mod stanza_text;
 pub mod subscription;
+pub mod tls;

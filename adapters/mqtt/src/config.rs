@@ -58,20 +58,9 @@ pub enum Protocol {
     V5,
 }
 
-/// `tls = { ... }` of a broker: TLS from the first byte, never a fallback to plaintext.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    /// PEM file of the certificates that may sign the broker's; the system's roots if
-    /// not given.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain), for brokers that ask for one.
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-    /// The name the broker's certificate must carry, when it differs from `host`.
-    pub server_name: Option<String>,
-}
+/// `tls = { ... }` of a broker: TLS from the first byte, never a fallback to plaintext
+/// (the settings every TLS client of the gateway shares).
+pub type Tls = fieldgate_tls::Settings;
 
 /// One `[[mqtt.broker]]`: a session shared by the devices that name it.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
