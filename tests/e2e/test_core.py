@@ -1,5 +1,5 @@
 """Presence subscription, probes, disco, ping, version and error replies of device JIDs,
-checked through a real Prosody with slixmpp as the client."""
+checked through a real XMPP server (Prosody and ejabberd) with slixmpp as the client."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 
 from harness import (NS_DISCO_INFO, NS_PING, NS_VERSION, caps_ver, parse_disco_info,
                      parse_disco_items, run_cli)
+
+pytestmark = pytest.mark.servers("prosody", "ejabberd")
 
 def log_lines(gw, since: int, *words: str) -> list[str]:
     """The gateway's log lines written after offset `since` that hold every one of `words`."""
@@ -36,7 +38,7 @@ def test_subscribe_allowed_gets_subscribed_then_available_with_caps(env, gw):
     assert avail.caps.get("ver")
     assert not any(p.type in ("unsubscribed", "unavailable") for p in alice.presences_since(m, pump))
 
-    # Prosody recorded the approval: the device is in alice's roster with subscription 'to'.
+    # The server recorded the approval: the device is in alice's roster with subscription 'to'.
     assert alice.fetch_roster().get(pump) == "to"
     # ... and the gateway logged it: the approval's own line, not just any line naming alice.
     assert log_lines(gw, 0, "subscription approved", "device=pump1", "subscriber=alice@example.test"), \
@@ -117,7 +119,7 @@ def test_presence_after_relogin(env, gw):
     alice.wait_presence(dead, "unavailable", m)
     alice.disconnect()
 
-    # A new session: Prosody probes every contact with subscription 'to' on initial presence.
+    # A new session: the server probes every contact with subscription 'to' on initial presence.
     m = alice.mark()
     alice.connect()
     p = alice.wait_presence(pump, "available", m)
