@@ -116,7 +116,7 @@ class Ejabberd:
 
     def __init__(self, workdir: Path, vhost: str = VHOST, component: str = COMPONENT,
                  secret: str = "component-secret", log_level: str = "info", default_limits: bool = False,
-                 s2s: bool = True):
+                 s2s: bool = True, extra_modules: str = ""):
         missing = missing_tools()
         if missing:
             raise HarnessError(f"{', '.join(missing)} not found: install the Debian package 'ejabberd' "
@@ -130,6 +130,8 @@ class Ejabberd:
         self.log_level = {"warn": "warning"}.get(log_level, log_level)
         self.default_limits = default_limits
         self.s2s = s2s
+        # more `modules:` entries, as YAML indented by two spaces
+        self.extra_modules = extra_modules
         ports: set[int] = set()
         while len(ports) < 3:
             ports.add(free_port())
@@ -202,7 +204,7 @@ modules:
   mod_carboncopy: {{}}
   mod_client_state: {{}}
   mod_stream_mgmt: {{}}
-"""
+{self.extra_modules}"""
         self.config_path.write_text(cfg)
         # Host names from a hosts file that knows localhost only (the node names' host) and no
         # name server at all: any other lookup (ejabberd's s2s for a domain that has no route)
