@@ -10,8 +10,11 @@ How it runs (Debian's ejabberd 23.01, checked against its `ejabberdctl`):
 - `erl` directly under Popen, in the foreground, with the arguments `ejabberdctl foreground`
   would give it: `ejabberdctl` itself switches to the `ejabberd` system user when run as
   root (CI runs as root) and refuses any other user, and that user cannot write the test's
-  directory. One process, so SIGTERM stops it cleanly (ejabberd logs "SIGTERM received -
-  shutting down" and closes its listeners within about a second).
+  directory. One process, stopped by a line on its stdin: ejabberd's application stops
+  (listeners and sessions closed), Mnesia and the logs are flushed, the VM halts, in some
+  30 ms. SIGTERM (ejabberd's own path: "SIGTERM received - shutting down", then OTP's
+  init:stop, a second) if that does not end it, SIGKILL after that. When the harness dies,
+  stdin ends and the node stops itself.
 - Everything under the test's directory: `ejabberd.yml` (EJABBERD_CONFIG_PATH), the Mnesia
   spool (`-mnesia dir`, the same as `ejabberdctl --spool`), the logs (EJABBERD_LOG_PATH;
   ejabberd writes error.log beside it), an `inetrc` (ERL_INETRC) so that no DNS lookup leaves
@@ -19,6 +22,7 @@ How it runs (Debian's ejabberd 23.01, checked against its `ejabberdctl`):
 - Its own Erlang node name and a random cookie, and Erlang distribution on a free loopback
   port given with `-erl_epmd_port` (ejabberdctl's ERL_DIST_PORT): no epmd is started or
   used, so parallel instances cannot collide in epmd and none is left running.
+- Start-up with three users: 0.9 to 1.5 s on two shared cores (Prosody: 0.2 s).
 - Users: the ones registered before `start()` are registered by the node itself as it
   boots (`ejabberd_admin:register/3`, which `ejabberdctl register` calls), so that start-up
   costs one Erlang VM, not one per user; `register()` on a running server runs
