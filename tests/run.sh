@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # THE test command of fieldgate:  bash tests/run.sh [extra pytest arguments]
 #
-# Installs what is missing (Prosody and Mosquitto from Debian, a Python venv at .venv with
-# slixmpp, paho-mqtt and pytest), then runs: cargo fmt --check, cargo clippy -D warnings,
-# cargo test, the core's tests built with the Modbus adapter alone, cargo build, and the
-# end-to-end tests in tests/e2e against a real Prosody with slixmpp as client.
+# Installs what is missing (Prosody, ejabberd and Mosquitto from Debian, a Python venv at
+# .venv with slixmpp, paho-mqtt and pytest), then runs: cargo fmt --check, cargo clippy -D
+# warnings, cargo test, the core's tests built with the Modbus adapter alone, cargo build,
+# and the end-to-end tests in tests/e2e against a real Prosody (and, for the XMPP
+# behaviour, a real ejabberd too) with slixmpp as client.
 # Every step runs even when an earlier one failed (except the e2e tests, which need the
 # build); the exit status is non-zero if any step failed.
 #

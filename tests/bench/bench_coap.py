@@ -712,7 +712,7 @@ def main() -> int:
     env = None
     try:
         prosody = h.Prosody(root / "prosody", log_level="warn")
-        env = h.Env(root=root, prosody=prosody)
+        env = h.Env(root=root, server=prosody)
         set_prosody_nagle_off(prosody)
         prosody.register("bench")
         prosody.start()

@@ -212,7 +212,7 @@ def main() -> int:
         if args.prosody_nagle == "off":
             set_prosody_nagle_off(prosody)
         null_domain = add_null_component(prosody)
-        env = h.Env(root=root, prosody=prosody)
+        env = h.Env(root=root, server=prosody)
         t = time.monotonic()
         how = register_users(prosody, args.sessions)
         print(f"# registered {args.sessions} users in {time.monotonic() - t:.2f}s ({how}; not measured)",

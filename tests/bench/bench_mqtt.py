@@ -865,7 +865,7 @@ def main() -> int:
     mosq = None
     try:
         prosody = h.Prosody(root / "prosody", log_level="warn")
-        env = h.Env(root=root, prosody=prosody)
+        env = h.Env(root=root, server=prosody)
         if args.prosody_nagle == "off":
             set_prosody_nagle_off(prosody)
         prosody.register("bench")

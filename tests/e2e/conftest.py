@@ -13,15 +13,56 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from harness import Env, gateway_bin, loop_thread, make_env, sim_device  # noqa: E402
+from harness import SERVERS, Env, gateway_bin, loop_thread, make_env, sim_device  # noqa: E402
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "servers(*names): run the module's tests against each of these XMPP servers "
+        "(\"prosody\", \"ejabberd\"), through the xmpp_server fixture; unmarked tests run on Prosody")
     # Fail fast with one clear message instead of N identical start-up failures.
     missing = [name for name in ("prosody", "prosodyctl") if shutil.which(name) is None]
     if missing:
         raise pytest.UsageError(f"{', '.join(missing)} not on PATH: install the Debian package 'prosody' "
                                 "(bash tests/run.sh does it)")
+
+
+def pytest_generate_tests(metafunc):
+    """`@pytest.mark.servers("prosody", "ejabberd")` (usually as a module's pytestmark):
+    every test of it that uses the xmpp_server fixture (through env, or a module fixture)
+    runs once per server. Module-scoped, so that a module's shared environment is made once
+    per server and its tests are grouped by server."""
+    marker = metafunc.definition.get_closest_marker("servers")
+    if marker is None or "xmpp_server" not in metafunc.fixturenames:
+        return
+    names = marker.args or SERVERS
+    unknown = set(names) - set(SERVERS)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown XMPP server(s) {sorted(unknown)}")
+    metafunc.parametrize("xmpp_server", names, scope="module")
+
+
+@pytest.fixture(scope="module")
+def xmpp_server() -> str:
+    """The XMPP server the test runs against: "prosody" unless the module is marked
+    `servers(...)` (then each in turn)."""
+    return "prosody"
+
+
+# A gateway bug that ejabberd revealed and whose fix lies in src/xmpp/link.rs (pending):
+# the link closes its socket right after sending its closing tag, without waiting for the
+# server's (RFC 6120 4.4). With stanzas from the server still unread in it, the close is a
+# reset: ejabberd, seeing it, ends the stream at once and drops the stanzas it had read but
+# not yet routed, and a loaded Prosody loses what it had not yet read; either way the
+# withdrawal of presence. The tests that meet it are expected to fail there now and then
+# (not strict: it is a race), so that they pass with the fix and show XPASS until then.
+LINK_CLOSE_RACE = ("the withdrawal may be lost: the link closes without waiting for the server's "
+                   "closing tag (RFC 6120 4.4); fix pending in src/xmpp/link.rs close()")
+
+
+def expect_link_close_race(request, env, servers=("prosody", "ejabberd")) -> None:
+    if env.server_name in servers:
+        request.applymarker(pytest.mark.xfail(reason=LINK_CLOSE_RACE, strict=False))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -157,9 +198,10 @@ def fieldgate_bin() -> Path:
 
 
 @pytest.fixture
-def env(workdir) -> Env:
-    """Prosody running with users alice, bob, carol; no gateway yet."""
-    e = make_env(workdir)
+def env(workdir, xmpp_server) -> Env:
+    """The XMPP server (xmpp_server: Prosody, or ejabberd) running with users alice, bob,
+    carol; no gateway yet."""
+    e = make_env(workdir, server=xmpp_server)
     try:
         yield e
     finally:
@@ -191,11 +233,11 @@ def standard_devices() -> list[dict]:
     ]
 
 
-def linked_gateway(env):
+def linked_gateway(env, record: bool = False):
     """The standard gateway behind a TCP proxy that counts component connections (so a
     test can tell that the link never dropped), with alice subscribed to pump1.
-    Returns (proxy, gateway, alice)."""
-    proxy = env.proxy()
+    Returns (proxy, gateway, alice). record: the proxy keeps what the gateway sends."""
+    proxy = env.proxy(record=record)
     g = env.new_gateway()
     g.write_config(standard_devices(), access=ALICE_BOB_ACCESS, xmpp={"server": f"127.0.0.1:{proxy.port}"})
     g.start()

@@ -5,6 +5,8 @@
 #   - Mosquitto and openssl (Debian packages mosquitto, mosquitto-clients, openssl; the MQTT
 #     tests run their own broker with generated test certificates; its service is kept from
 #     starting too),
+#   - ejabberd (Debian package; the second XMPP server of the end-to-end tests, which run
+#     their own instances, tests/e2e/ejabberd.py; its service is kept from starting too),
 #   - libcoap's example programs (Debian package libcoap3-bin: coap-server-notls and
 #     coap-client-notls; a second, independent CoAP server for the CoAP adapter's tests),
 #   - a Python >= 3.11 virtualenv at .venv with the pinned packages of requirements.txt,
@@ -115,6 +117,20 @@ fg_ensure_libcoap() {
     command -v coap-server-notls >/dev/null 2>&1 || fg_die "coap-server-notls still missing after apt-get install"
 }
 
+# ejabberd (Debian 12: 23.01) for the end-to-end tests that run on both XMPP servers: they
+# start their own nodes (erl with ejabberd's libraries, as ejabberdctl would, on free
+# loopback ports, no epmd). The packaged service is not needed: kept from starting, and
+# stopped if a package script started it anyway (systemd hosts).
+fg_ensure_ejabberd() {
+    [ -x /usr/sbin/ejabberdctl ] && command -v erl >/dev/null 2>&1 && return 0
+    fg_apt_install ejabberd
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet ejabberd 2>/dev/null; then
+        fg_log "stopping the packaged ejabberd service (the tests run their own)"
+        fg_as_root systemctl stop ejabberd || true
+    fi
+    [ -x /usr/sbin/ejabberdctl ] || fg_die "ejabberd still missing after apt-get install"
+}
+
 fg_python_ok() {
     "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null
 }
@@ -166,9 +182,11 @@ fg_ensure_rust() {
     done
 }
 
-# Everything the tests, the demo and the benchmarks need: Prosody, Mosquitto, libcoap, the venv, cargo.
+# Everything the tests, the demo and the benchmarks need: Prosody, ejabberd, Mosquitto, libcoap,
+# the venv, cargo.
 fg_ensure_all() {
     fg_ensure_prosody
+    fg_ensure_ejabberd
     fg_ensure_mosquitto
     fg_ensure_libcoap
     fg_ensure_venv

@@ -1,7 +1,8 @@
 """Real-server end-to-end harness for fieldgate.
 
-Starts a real Prosody (foreground, generated config in a temp dir, loopback ports picked by
-binding port 0), the fieldgate binary under test, and slixmpp clients driven from synchronous
+Starts a real XMPP server: Prosody (here) or ejabberd (ejabberd.py), foreground, with a
+generated config in a temp dir and loopback ports picked by binding port 0; the fieldgate
+binary under test, and slixmpp clients driven from synchronous
 code through one asyncio loop running in a background thread.
 
 Nothing here waits blindly: every wait polls a condition (a port accepting, a stanza
@@ -134,7 +135,11 @@ class Prosody:
 
     The ports are fixed at construction, so stop()/start() restarts the server on the same
     ports (the gateway reconnects to the same address).
+
+    ejabberd.Ejabberd has the same interface; code that takes "a server" takes either.
     """
+
+    name = "prosody"
 
     def __init__(self, workdir: Path, vhost: str = VHOST, component: str = COMPONENT,
                  secret: str = "component-secret", log_level: str = "debug", default_limits: bool = False):
@@ -289,12 +294,13 @@ def sim_device(id: str, name: str | None = None, fields: list[dict] | None = Non
     return d
 
 
-def gateway_toml(prosody: Prosody, state_dir: Path, devices: Iterable[dict],
+def gateway_toml(server: Any, state_dir: Path, devices: Iterable[dict],
                  access: dict | None = None, xmpp: dict | None = None) -> str:
+    """The gateway's config for `server` (a Prosody or an Ejabberd)."""
     x: dict[str, Any] = {
-        "server": f"127.0.0.1:{prosody.component_port}",
-        "domain": prosody.component,
-        "secret": prosody.secret,
+        "server": f"127.0.0.1:{server.component_port}",
+        "domain": server.component,
+        "secret": server.secret,
         "keepalive": "5s",
         "reconnect_min": "100ms",
         "reconnect_max": "1s",
@@ -338,10 +344,13 @@ class TcpProxy:
                    again instead of answering `conflict`.
     """
 
-    def __init__(self, upstream_port: int):
+    def __init__(self, upstream_port: int, record: bool = False):
         import selectors
 
         self.upstream_port = upstream_port
+        # record: keep every byte the gateway sends towards the server (upstream_text())
+        self.record = record
+        self._upstream_bytes = bytearray()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -358,6 +367,7 @@ class TcpProxy:
         self._hole = False
         self._downstream: set[socket.socket] = set()  # our accepted side (towards the gateway)
         self._inject: list[bytes] = []
+        self._rec_lock = threading.Lock()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
         self._thread.start()
@@ -431,6 +441,9 @@ class TcpProxy:
                     continue
                 if s in self._holed:
                     continue
+                if self.record and s in self._downstream:
+                    with self._rec_lock:
+                        self._upstream_bytes += data
                 other = self._peers.get(s)
                 if other is not None:
                     try:
@@ -449,6 +462,12 @@ class TcpProxy:
         from the server, so at a stanza boundary while the link is idle)."""
         self._inject.append(data.encode())
         wait_for(lambda: not self._inject, 5, "the proxy to inject")
+
+    def upstream_text(self) -> str:
+        """What the gateway has sent towards the server so far (with record=True)."""
+        assert self.record, "TcpProxy(record=True) records the gateway's bytes"
+        with self._rec_lock:
+            return self._upstream_bytes.decode(errors="replace")
 
     def blackhole(self) -> None:
         self._hole = True
@@ -576,10 +595,10 @@ class LogFile:
 class Gateway(LogFile):
     """fieldgate run --config <workdir>/fieldgate.toml, logs to a file."""
 
-    def __init__(self, workdir: Path, prosody: Prosody, binary: Path | None = None):
+    def __init__(self, workdir: Path, server: Any, binary: Path | None = None):
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.prosody = prosody
+        self.server = server  # a Prosody or an Ejabberd
         self.binary = binary or gateway_bin()
         self.config_path = self.dir / "fieldgate.toml"
         self.state_dir = self.dir / "state"
@@ -593,7 +612,7 @@ class Gateway(LogFile):
 
     def write_config(self, devices: Iterable[dict], access: dict | None = None,
                      xmpp: dict | None = None) -> str:
-        text = gateway_toml(self.prosody, self.state_dir, devices, access, xmpp)
+        text = gateway_toml(self.server, self.state_dir, devices, access, xmpp)
         self.write_raw_config(text)
         return text
 
@@ -797,10 +816,10 @@ class XmppClient:
 
     _ids = itertools.count(1)
 
-    def __init__(self, prosody: Prosody, user: str, password: str = PASSWORD, resource: str = "test"):
-        self.prosody = prosody
+    def __init__(self, server: Any, user: str, password: str = PASSWORD, resource: str = "test"):
+        self.server = server  # a Prosody or an Ejabberd
         self.user = user
-        self.jid = prosody.jid(user)
+        self.jid = server.jid(user)
         self.full_jid_wanted = f"{self.jid}/{resource}"
         self.password = password
         self.lt = loop_thread()
@@ -911,11 +930,11 @@ class XmppClient:
 
         async def go():
             self.xmpp = self._make()
-            self.xmpp.connect(host="127.0.0.1", port=self.prosody.c2s_port)
+            self.xmpp.connect(host="127.0.0.1", port=self.server.c2s_port)
 
         self.lt.run(go())
         if not self.session_started.wait(timeout):
-            raise HarnessError(f"{self.jid}: no session within {timeout}s (c2s port {self.prosody.c2s_port})")
+            raise HarnessError(f"{self.jid}: no session within {timeout}s ({self.server.name} c2s port {self.server.c2s_port})")
         return self
 
     def disconnect(self, timeout: float = 10.0) -> None:
@@ -1238,33 +1257,44 @@ def proc_status(pid: int) -> dict[str, int]:
 @dataclass
 class Env:
     root: Path
-    prosody: Prosody
+    server: Any  # a Prosody or an ejabberd.Ejabberd
     gateway: Gateway | None = None
     clients: list[XmppClient] = field(default_factory=list)
     extras: list[Any] = field(default_factory=list)
 
     @property
+    def prosody(self) -> Any:
+        """The server, under its old name (the tests of the bus adapters run on Prosody)."""
+        return self.server
+
+    @property
+    def server_name(self) -> str:
+        """"prosody" or "ejabberd"."""
+        return self.server.name
+
+    @property
     def domain(self) -> str:
-        return self.prosody.component
+        return self.server.component
 
     def dev(self, device_id: str) -> str:
-        return f"{device_id}@{self.prosody.component}"
+        return f"{device_id}@{self.server.component}"
 
     def client(self, user: str, connect: bool = True, **kw) -> XmppClient:
-        c = XmppClient(self.prosody, user)
+        c = XmppClient(self.server, user)
         self.clients.append(c)
         if connect:
             c.connect(**kw)
         return c
 
-    def proxy(self) -> TcpProxy:
-        """A TCP proxy in front of Prosody's component port."""
-        p = TcpProxy(self.prosody.component_port)
+    def proxy(self, record: bool = False) -> TcpProxy:
+        """A TCP proxy in front of the server's component port (record: keep what the
+        gateway sends, TcpProxy.upstream_text())."""
+        p = TcpProxy(self.server.component_port, record=record)
         self.extras.append(p)
         return p
 
     def new_gateway(self) -> Gateway:
-        self.gateway = Gateway(self.root / "gw", self.prosody)
+        self.gateway = Gateway(self.root / "gw", self.server)
         return self.gateway
 
     def close(self) -> None:
@@ -1274,17 +1304,38 @@ class Env:
             self.gateway.close()
         for x in self.extras:
             x.close()
-        self.prosody.close()
+        self.server.close()
+
+
+SERVERS = ("prosody", "ejabberd")
+
+
+def make_server(root: Path, server: str = "prosody", log_level: str = "debug", default_limits: bool = False,
+                **kw: Any) -> Any:
+    """An XMPP server (not started) in `root`/<server>: "prosody" or "ejabberd"."""
+    if server == "prosody":
+        return Prosody(root / "prosody", log_level=log_level, default_limits=default_limits, **kw)
+    if server == "ejabberd":
+        from ejabberd import Ejabberd
+
+        # ejabberd's debug level logs every stanza routed and slows it down; info keeps the
+        # log readable (FIELDGATE_E2E_EJABBERD_LOG=debug to see the stanzas)
+        if log_level == "debug":
+            log_level = os.environ.get("FIELDGATE_E2E_EJABBERD_LOG", "info")
+        return Ejabberd(root / "ejabberd", log_level=log_level,
+                        default_limits=default_limits, **kw)
+    raise ValueError(f"unknown XMPP server {server!r} (one of {SERVERS})")
 
 
 def make_env(root: Path, users: Iterable[str] = ("alice", "bob", "carol"), log_level: str = "debug",
-             default_limits: bool = False) -> Env:
-    prosody = Prosody(root / "prosody", log_level=log_level, default_limits=default_limits)
-    env = Env(root=root, prosody=prosody)
+             default_limits: bool = False, server: str = "prosody", **server_kw: Any) -> Env:
+    """The server started with `users` registered (password PASSWORD); no gateway yet."""
+    srv = make_server(root, server, log_level=log_level, default_limits=default_limits, **server_kw)
+    env = Env(root=root, server=srv)
     try:
         for u in users:
-            prosody.register(u)
-        prosody.start()
+            srv.register(u)
+        srv.start()
     except BaseException:
         env.close()
         raise

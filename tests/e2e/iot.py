@@ -38,7 +38,7 @@ def q(ns: str, name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# a module-scoped Prosody + gateway
+# a module-scoped XMPP server + gateway
 
 
 def extra_sections(sections: dict[str, dict] | None) -> str:
@@ -53,16 +53,16 @@ def extra_sections(sections: dict[str, dict] | None) -> str:
 
 
 class ModuleEnv:
-    """Prosody + users + one gateway for a whole test module (tests that do not disturb
-    each other share it); torn down by `close()`."""
+    """An XMPP server (`server`: "prosody" or "ejabberd") + users + one gateway for a whole
+    test module (tests that do not disturb each other share it); torn down by `close()`."""
 
     def __init__(self, devices: list[dict], access: dict, users: Iterable[str] = ("alice", "bob", "carol"),
-                 sections: dict[str, dict] | None = None, xmpp: dict | None = None):
+                 sections: dict[str, dict] | None = None, xmpp: dict | None = None, server: str = "prosody"):
         self.root = Path(tempfile.mkdtemp(prefix="fg-iot-"))
-        self.env: Env = make_env(self.root, users=users)
+        self.env: Env = make_env(self.root, users=users, server=server)
         try:
             gw = self.env.new_gateway()
-            text = gateway_toml(self.env.prosody, gw.state_dir, devices, access, xmpp) + extra_sections(sections)
+            text = gateway_toml(self.env.server, gw.state_dir, devices, access, xmpp) + extra_sections(sections)
             gw.write_raw_config(text)
             gw.start()
         except BaseException:
@@ -86,7 +86,7 @@ class ModuleEnv:
         key = (user, resource)
         c = self._clients.get(key)
         if c is None:
-            c = IotClient(self.env.prosody, user, resource=resource)
+            c = IotClient(self.env.server, user, resource=resource)
             self.env.clients.append(c)
             self._clients[key] = c
         if c.xmpp is None:
@@ -97,7 +97,7 @@ class ModuleEnv:
 
     def fresh_client(self, user: str, resource: str) -> "IotClient":
         """A new connected client not cached (for tests that disconnect it)."""
-        c = IotClient(self.env.prosody, user, resource=resource)
+        c = IotClient(self.env.server, user, resource=resource)
         self.env.clients.append(c)
         c.connect()
         return c

@@ -1,10 +1,10 @@
-"""XEP-0325 control through a real Prosody: iq and message `set` with typed parameters and
+"""XEP-0325 control through a real XMPP server (Prosody and ejabberd): iq and message `set` with typed parameters and
 with a submitted data form, `getForm`, the all-or-nothing rule, paramError, the access
 rights, and slixmpp's own xep_0325 plugin as an independent client (it expects
 <setResponse responseCode='OK'/> and, on error, a <setResponse responseCode=.../> beside
 the RFC 6120 error).
 
-One Prosody + gateway serves the module; each test writes the values it later checks.
+One server + gateway serves the module (per server); each test writes the values it later checks.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import pytest
 from harness import NS_CLIENT, sim_device, wait_for
 from iot import (NS_CTL, NS_SD, NS_XDATA, NS_XDD, NS_XDV, ModuleEnv, all_fields, brief, expect_error,
                  param_errors, q, quiet_plugin_iq_errors, req_iq, set_iq, set_payload, set_response_code)
+
+pytestmark = pytest.mark.servers("prosody", "ejabberd")
 
 ALICE, BOB, CAROL = (f"{u}@example.test" for u in ("alice", "bob", "carol"))
 
@@ -47,8 +49,8 @@ DEVICES = [
 
 
 @pytest.fixture(scope="module")
-def m():
-    env = ModuleEnv(DEVICES, ACCESS, users=("alice", "bob", "carol", "dave"))
+def m(xmpp_server):
+    env = ModuleEnv(DEVICES, ACCESS, users=("alice", "bob", "carol", "dave"), server=xmpp_server)
     yield env
     env.close()
 
@@ -473,7 +475,7 @@ def test_slixmpp_plugin_insufficient_privileges(m, plug):
 
 def test_slixmpp_plugin_set_command(m, plug):
     """xep_0325's message-based set_command (which sends type='set', not a valid message
-    type; Prosody passes it on): applied without any reply."""
+    type; Prosody and ejabberd pass it on): applied without any reply."""
     alice = m.client("alice")
     apply(alice, [("double", "setpoint", "1.0")])
     mk = plug.c.mark_stanzas()

@@ -1,5 +1,5 @@
 """Presence subscription, probes, disco, ping, version and error replies of device JIDs,
-checked through a real Prosody with slixmpp as the client."""
+checked through a real XMPP server (Prosody and ejabberd) with slixmpp as the client."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import re
 
 import pytest
 
-from harness import (NS_DISCO_INFO, NS_PING, NS_VERSION, caps_ver, parse_disco_info,
-                     parse_disco_items, run_cli)
+from conftest import ALICE_BOB_ACCESS
+from harness import (NS_DISCO_INFO, NS_PING, NS_VERSION, caps_ver, make_env, parse_disco_info,
+                     parse_disco_items, run_cli, sim_device)
+
+pytestmark = pytest.mark.servers("prosody", "ejabberd")
 
 def log_lines(gw, since: int, *words: str) -> list[str]:
     """The gateway's log lines written after offset `since` that hold every one of `words`."""
@@ -36,7 +39,7 @@ def test_subscribe_allowed_gets_subscribed_then_available_with_caps(env, gw):
     assert avail.caps.get("ver")
     assert not any(p.type in ("unsubscribed", "unavailable") for p in alice.presences_since(m, pump))
 
-    # Prosody recorded the approval: the device is in alice's roster with subscription 'to'.
+    # The server recorded the approval: the device is in alice's roster with subscription 'to'.
     assert alice.fetch_roster().get(pump) == "to"
     # ... and the gateway logged it: the approval's own line, not just any line naming alice.
     assert log_lines(gw, 0, "subscription approved", "device=pump1", "subscriber=alice@example.test"), \
@@ -117,7 +120,7 @@ def test_presence_after_relogin(env, gw):
     alice.wait_presence(dead, "unavailable", m)
     alice.disconnect()
 
-    # A new session: Prosody probes every contact with subscription 'to' on initial presence.
+    # A new session: the server probes every contact with subscription 'to' on initial presence.
     m = alice.mark()
     alice.connect()
     p = alice.wait_presence(pump, "available", m)
@@ -289,3 +292,33 @@ def test_unsubscribe_stops_presence(env, gw):
     alice.barrier(env.domain)
     leaked = [(p.frm, p.type) for p in alice.presences_since(m, meter)]
     assert not [t for _f, t in leaked if t in ("available", "unavailable")], leaked
+
+
+@pytest.mark.servers("ejabberd")
+def test_ejabberd_default_presence_counter_limits_subscriptions(workdir, xmpp_server):
+    """Debian's default ejabberd.yml loads mod_pres_counter (count 5, interval 60): the sixth
+    subscription request within a minute is refused by the server with not-acceptable and
+    never reaches the gateway. A user subscribing to many devices needs a higher count
+    (README: Configuring the XMPP server)."""
+    env = make_env(workdir, users=("alice",), server=xmpp_server,
+                   extra_modules="  mod_pres_counter:\n    count: 5\n    interval: 60\n")
+    try:
+        ids = [f"dev{i}" for i in range(8)]
+        gw = env.new_gateway()
+        gw.write_config([sim_device(i) for i in ids], access=ALICE_BOB_ACCESS)
+        gw.start()
+        alice = env.client("alice")
+        m = alice.mark()
+        for i in ids:
+            alice.subscribe(env.dev(i))
+        alice.wait_all([env.dev(i) for i in ids[:5]], "available", m)
+        refused = alice.wait_all([env.dev(i) for i in ids[5:]], "error", m)
+        for p in refused.values():
+            assert "not-acceptable" in p.xml and 'type="modify"' in p.xml, p.xml
+        alice.barrier(env.domain)
+        roster = alice.fetch_roster()
+        assert [roster.get(env.dev(i)) for i in ids] == ["to"] * 5 + ["none"] * 3, roster
+        assert not [line for line in gw.log_text().splitlines()
+                    if "subscription approved" in line and any(f"device={i}" in line for i in ids[5:])]
+    finally:
+        env.close()

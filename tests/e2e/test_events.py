@@ -1,10 +1,10 @@
 """Change-event subscriptions ("IoT Events" ProtoXEP, urn:xmpp:iot:events) through a real
-Prosody, with raw stanzas: subscribe (req, minInterval, maxInterval, per-field changedBy /
+XMPP server (Prosody and ejabberd), with raw stanzas: subscribe (req, minInterval, maxInterval, per-field changedBy /
 changedUp / changedDown, currentValue), events as XEP-0323 <fields seqnr done='true'>
 messages reusing the subscription's seqnr, unsubscribe, refusals, and the end of a
 subscription whose holder went away (bounces, liveness pings from the device JID).
 
-One Prosody + gateway serves the module; every test ends its own subscriptions.
+One server + gateway serves the module (per server); every test ends its own subscriptions.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import pytest
 from harness import NS_CLIENT, NS_PING, sim_device, wait_for
 from iot import (NS_SD, ModuleEnv, assert_accepted_first, brief, by_name, counter_at, expect_error,
                  fields_of, parse_iso, q, set_iq, sine_at, subscribe_iq, unsubscribe_iq)
+
+pytestmark = pytest.mark.servers("prosody", "ejabberd")
 
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 J = {u: f"{u}@example.test" for u in USERS}
@@ -45,8 +47,9 @@ PUMP, METER, TANK = (f"{d}@gw.example.test" for d in ("pump1", "meter1", "tank")
 
 
 @pytest.fixture(scope="module")
-def m():
-    env = ModuleEnv(DEVICES, ACCESS, users=USERS, sections={"events": {"sample_interval": "200ms", "min_interval": "200ms"}})
+def m(xmpp_server):
+    env = ModuleEnv(DEVICES, ACCESS, users=USERS, sections={"events": {"sample_interval": "200ms", "min_interval": "200ms"}},
+                    server=xmpp_server)
     yield env
     env.close()
 

@@ -1,14 +1,21 @@
-"""Outages, restarts of the gateway and of Prosody, and configuration reload (SIGHUP)."""
+"""Outages, restarts of the gateway and of the XMPP server, and configuration reload (SIGHUP),
+on Prosody and on ejabberd."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import threading
 import time
 
-from conftest import ALICE_BOB_ACCESS, standard_devices
+import pytest
+
+from conftest import ALICE_BOB_ACCESS, expect_link_close_race, standard_devices
 from harness import parse_disco_info, sim_device, wait_for
 from iot import NS_SD, IotClient, req_iq
+
+pytestmark = pytest.mark.servers("prosody", "ejabberd")
 
 # --------------------------------------------------------------------------------------
 # 5. simulated outages
@@ -48,7 +55,7 @@ def test_a_panicking_adapter_is_restarted_with_back_off(env):
     gw.write_config([sim_device("fragile", sim={"fault_panic_after_reads": 1}), sim_device("steady")],
                     access=ALICE_BOB_ACCESS)
     gw.start()
-    alice = IotClient(env.prosody, "alice", resource="supervision")
+    alice = IotClient(env.server, "alice", resource="supervision")
     env.clients.append(alice)
     alice.connect()
     fragile, steady = env.dev("fragile"), env.dev("steady")
@@ -89,7 +96,9 @@ def test_a_panicking_adapter_is_restarted_with_back_off(env):
 # 6. gateway restart keeps subscribers
 
 
-def test_gateway_restart_keeps_subscribers(env, gw):
+def test_gateway_restart_keeps_subscribers(env, gw, request):
+    # stopped right after the subscriptions: ejabberd's mod_caps queries are in flight
+    expect_link_close_race(request, env, servers=("ejabberd",))
     alice = env.client("alice")
     subscribed = [env.dev(d) for d in ("pump1", "meter1", "dead")]
     m = alice.mark()
@@ -121,6 +130,52 @@ def test_gateway_restart_keeps_subscribers(env, gw):
     assert dead.status == "cable cut"
     # and subscription answers were not re-sent (nothing asked for them)
     assert not [p for p in alice.presences_since(m) if p.type in ("subscribed", "unsubscribed")]
+
+
+def test_withdrawal_reaches_subscribers_while_the_server_talks(env, request):
+    """The gateway stops while the server keeps sending it stanzas (a client pinging a
+    device in a loop): every subscriber still gets the unavailable presence the gateway
+    sends on the way out. A component that closes its socket with the server's stanzas
+    unread in it resets the connection; ejabberd, seeing the reset, ends the stream at once
+    and drops what it had read but not yet routed; a loaded Prosody loses what it had not
+    yet read. Either way: the withdrawal. So the gateway must wait for the server's closing
+    tag, reading on, before it closes (RFC 6120 4.4). Until src/xmpp/link.rs does, this
+    fails now and then (expected): on ejabberd in about half the runs, on Prosody when the
+    machine is busy."""
+    expect_link_close_race(request, env)
+    ids = [f"dev{i:02d}" for i in range(50)]
+    gw = env.new_gateway()
+    gw.write_config([sim_device(i) for i in ids], access=ALICE_BOB_ACCESS)
+    gw.start()
+    alice = env.client("alice")
+    jids = [env.dev(i) for i in ids]
+    m = alice.mark()
+    for j in jids:
+        alice.subscribe(j)
+    alice.wait_all(jids, "available", m)
+    alice.barrier(jids[0])
+
+    stop_flood = threading.Event()
+
+    async def flood():
+        n = 0
+        while not stop_flood.is_set():
+            for _ in range(10):
+                n += 1
+                alice.xmpp.send_raw(f"<iq type='get' id='flood{n}' to='{jids[0]}'><ping xmlns='urn:xmpp:ping'/></iq>")
+            await asyncio.sleep(0.001)
+
+    fut = asyncio.run_coroutine_threadsafe(flood(), alice.lt.loop)
+    try:
+        time.sleep(0.2)
+        m = alice.mark()
+        code, _took = gw.stop(signal.SIGTERM)
+        assert code == 0
+        gone = alice.wait_all(jids, "unavailable", m, timeout=5)
+        assert {p.status for p in gone.values()} == {"gateway shutting down"}
+    finally:
+        stop_flood.set()
+        fut.result(5)
 
 
 def test_a_subscription_that_cannot_be_saved_is_refused(env, gw):
@@ -162,10 +217,10 @@ def test_sigint_also_withdraws_presence(env, gw):
 
 
 # --------------------------------------------------------------------------------------
-# 7. Prosody restart
+# 7. XMPP server restart
 
 
-def test_prosody_restart_gateway_reconnects(env, gw):
+def test_server_restart_gateway_reconnects(env, gw):
     alice = env.client("alice")
     pump, dead = env.dev("pump1"), env.dev("dead")
     m = alice.mark()
@@ -174,11 +229,11 @@ def test_prosody_restart_gateway_reconnects(env, gw):
     alice.wait_presence(pump, "available", m)
     pid = gw.pid
 
-    env.prosody.stop()
+    env.server.stop()
     alice.wait_disconnected()
     alice.drop()
-    assert gw.running, f"fieldgate died when Prosody stopped\n{gw.log_tail()}"
-    env.prosody.start()
+    assert gw.running, f"fieldgate died when {env.server_name} stopped\n{gw.log_tail()}"
+    env.server.start()
 
     m = alice.mark()
     alice.connect()
@@ -200,7 +255,7 @@ def _gateway_behind_proxy(env, keepalive="5s"):
 
 
 def test_link_cut_gateway_reconnects_and_reannounces(env):
-    """The component link breaks while Prosody and the client stay up: Prosody keeps no
+    """The component link breaks while the server and the client stay up: the server keeps no
     presence for component JIDs, so the client sees the device again only if the gateway
     re-announces presence after reconnecting."""
     proxy, gw = _gateway_behind_proxy(env)
