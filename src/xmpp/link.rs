@@ -823,7 +823,24 @@ fn too_large(el: &Element, size: usize, limit: usize) -> Option<Element> {
 async fn close(stream: &mut Stream) {
     // The footer tells the server we leave on purpose; a dead peer must not hold up a
     // shutdown, hence the bound.
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if stream.shutdown().await.is_err() {
+            return;
+        }
+        // RFC 6120 §4.4: read (and drop) until the server closes its stream too. Dropping
+        // the socket with stanzas of the server's still unread turns the close into a TCP
+        // reset, and the server then drops what it had read from us but not yet routed
+        // (the devices' unavailable presences, sent just before).
+        while let Some(item) = stream.next().await {
+            if matches!(
+                item,
+                Err(ReadError::StreamFooterReceived | ReadError::HardError(_))
+            ) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn ping(config: &XmppConfig, seq: u64) -> Element {

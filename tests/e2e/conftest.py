@@ -49,22 +49,6 @@ def xmpp_server() -> str:
     return "prosody"
 
 
-# A gateway bug that ejabberd revealed and whose fix lies in src/xmpp/link.rs (pending):
-# the link closes its socket right after sending its closing tag, without waiting for the
-# server's (RFC 6120 4.4). With stanzas from the server still unread in it, the close is a
-# reset: ejabberd, seeing it, ends the stream at once and drops the stanzas it had read but
-# not yet routed, and a loaded Prosody loses what it had not yet read; either way the
-# withdrawal of presence. The tests that meet it are expected to fail there now and then
-# (not strict: it is a race), so that they pass with the fix and show XPASS until then.
-LINK_CLOSE_RACE = ("the withdrawal may be lost: the link closes without waiting for the server's "
-                   "closing tag (RFC 6120 4.4); fix pending in src/xmpp/link.rs close()")
-
-
-def expect_link_close_race(request, env, servers=("prosody", "ejabberd")) -> None:
-    if env.server_name in servers:
-        request.applymarker(pytest.mark.xfail(reason=LINK_CLOSE_RACE, strict=False))
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Attach the log tails of everything still running to a failing test's report."""
