@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldgate_api::{DeviceEvent, DeviceId, EventKind, EventSink, Reachability};
+use fieldgate_api::{DeviceEvent, DeviceId, EventKind, EventSink, Reachability, Reporting};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_xmpp::minidom::Element;
@@ -19,6 +19,7 @@ mod events;
 mod fleets;
 #[cfg(all(test, feature = "sim"))]
 mod fuzz_replay;
+mod history;
 mod liveness;
 mod per_user;
 mod presences;
@@ -40,6 +41,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, DeviceConfig};
 use crate::devices;
+use crate::history::sampler::DeviceSampler;
 use crate::log_limit::{LogLimiter, PerSender};
 use crate::state::{self, Commit, Subscribers};
 use crate::xmpp::disco::DeviceDisco;
@@ -82,6 +84,10 @@ struct Device {
     /// The discovering entry this device is a member of: its requests go to the entry's
     /// adapter (it has none of its own).
     member_of: Option<DeviceId>,
+    /// Its fields that history keeps, and what each last stored.
+    kept: Option<Box<DeviceSampler>>,
+    /// Whether history's read of the device (one that reports only when asked) is under way.
+    keeping: bool,
 }
 
 impl Device {
@@ -177,6 +183,10 @@ struct Gateway {
     /// Stanzas for a domain that is not the gateway's (a server routing several
     /// domains to this component).
     other_domain_log: LogLimiter,
+    /// The history writer, once a device keeps history.
+    history: Option<history::Keeper>,
+    /// When each device that reports only when asked is next read for its history.
+    keep_schedule: std::collections::BTreeSet<(Instant, DeviceId)>,
 }
 
 /// Runs the gateway until `controls.shutdown` is cancelled, then withdraws every device's
@@ -234,6 +244,7 @@ pub async fn run(
     let mut ready = false;
     loop {
         let wake = gw.subscriptions.next_wake();
+        let keep_at = gw.next_keep();
         tokio::select! {
             Some(done) = gw.tasks.join_next(), if !gw.tasks.is_empty() => match done {
                 Ok(done) => gw.on_done(done).await,
@@ -291,6 +302,7 @@ pub async fn run(
             _ = until(gw.restarts.next()) => gw.restart_due().await,
             Some(f) = failed_rx.recv() => gw.on_failed_save(f).await,
             _ = until(gw.discovered_save), if gw.discovered_save.is_some() => gw.save_discovered().await,
+            _ = until(keep_at), if keep_at.is_some() => gw.keep_due(),
             _ = tick(&mut watchdog) => supervisor.watchdog(),
         }
     }
@@ -314,6 +326,7 @@ pub async fn run(
     let runtimes = std::mem::take(&mut gw.runtimes);
     let mut stopping = std::mem::take(&mut gw.stopping);
     let reloading = std::mem::take(&mut gw.reloading);
+    let keeper = gw.history.take();
     // Dropping the gateway drops the last senders: the persister writes what is queued
     // and ends, then the link flushes, sends the stream footer and ends.
     drop(gw);
@@ -335,6 +348,10 @@ pub async fn run(
     while let Ok(Some(_)) = tokio::time::timeout_at(deadline, stopping.join_next()).await {}
     reloading.finish(deadline).await;
     runtimes.join(deadline).await;
+    if let Some(k) = keeper {
+        // The last commit and a checkpoint: what a clean stop must not lose.
+        k.stop().await;
+    }
     tracing::info!(
         connects = link_stats.connects.load(Ordering::Relaxed),
         inbound_dropped = link_stats.inbound_dropped.load(Ordering::Relaxed),
@@ -425,6 +442,8 @@ impl Gateway {
             refused_log: PerSender::new(3, 20, Duration::from_secs(60)),
             unroutable_log: LogLimiter::new(10, Duration::from_secs(60)),
             other_domain_log: LogLimiter::new(10, Duration::from_secs(60)),
+            history: None,
+            keep_schedule: Default::default(),
             cfg: cfg.clone(),
         };
         for d in &cfg.devices {
@@ -433,6 +452,7 @@ impl Gateway {
         // Every device is built: shared resources may start (an MQTT session connects
         // only now, so that what the broker kept for it finds its device).
         gw.runtimes.retain(gw.devices.values().map(|d| &d.cfg));
+        gw.start_history();
         gw
     }
 
@@ -499,6 +519,13 @@ impl Gateway {
         let id = cfg.id.clone();
         let specs: Arc<[FieldSpec]> = cfg.fields.clone();
         let max_age = cfg.max_age.unwrap_or(self.cfg.readout.max_age);
+        let kept = DeviceSampler::new(&cfg.id, &specs, &cfg.history).map(Box::new);
+        if let Some(k) = &kept {
+            if cfg.reporting == Reporting::OnRequest && !cfg.discovers {
+                let first = Instant::now() + k.read_period(self.cfg.history.read_interval);
+                self.keep_schedule.insert((first, id.clone()));
+            }
+        }
         self.devices.insert(
             id,
             Box::new(Device {
@@ -517,6 +544,8 @@ impl Gateway {
                 sampling: false,
                 written: HashMap::new(),
                 member_of,
+                kept,
+                keeping: false,
             }),
         );
     }
@@ -547,8 +576,16 @@ impl Gateway {
                 }
             }
             EventKind::Readings(batch) => {
+                let mut records = Vec::new();
+                let now = Instant::now();
                 for r in batch {
+                    if let Some(k) = dev.kept.as_mut() {
+                        records.extend(k.offer(&r, now));
+                    }
                     dev.remember(r);
+                }
+                if let Some(h) = &self.history {
+                    h.recorder.record(records);
                 }
                 if self.subscriptions.watch(&ev.device) {
                     self.evaluate_subscriptions(&ev.device, true).await;

@@ -229,6 +229,8 @@ impl Gateway {
         // Keep disco#items in file order.
         self.settle_members();
         self.runtimes.retain(self.devices.values().map(|d| &d.cfg));
+        // Retention follows the file; a first device that keeps history starts the writer.
+        self.start_history();
         self.enforce_access().await;
         release_free_memory();
         let r = &self.reloading;

@@ -31,6 +31,12 @@ pub(super) enum Done {
         fresh: Vec<Reading>,
         error: Option<Reason>,
     },
+    /// History read a device that reports only when asked.
+    Kept {
+        device: DeviceId,
+        fresh: Vec<Reading>,
+        error: Option<Reason>,
+    },
 }
 
 impl Gateway {
@@ -90,6 +96,16 @@ impl Gateway {
                     self.evaluate_subscriptions(&device, false).await;
                 }
             }
+            Done::Kept {
+                device,
+                fresh,
+                error,
+            } => {
+                if let Some(dev) = self.devices.get_mut(&device) {
+                    dev.keeping = false;
+                }
+                self.absorb(&device, fresh, error).await;
+            }
         }
     }
 
@@ -106,8 +122,16 @@ impl Gateway {
             dev.last_error = error;
         }
         let any = !fresh.is_empty();
+        let mut records = Vec::new();
+        let now = Instant::now();
         for r in fresh {
+            if let Some(k) = dev.kept.as_mut() {
+                records.extend(k.offer(&r, now));
+            }
             dev.remember(r);
+        }
+        if let Some(h) = &self.history {
+            h.recorder.record(records);
         }
         if any && self.subscriptions.watch(device) {
             self.evaluate_subscriptions(device, false).await;

@@ -4,5 +4,6 @@
 //! `fieldgate history` export — never block the writer nor wait for it).
 
 pub mod policy;
+pub mod sampler;
 pub mod store;
 pub mod writer;
