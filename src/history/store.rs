@@ -457,32 +457,111 @@ impl Reader {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The samples of several series with `from <= t <= to`, merged in time order (a
+    /// series' samples of one instant in the order of `series`), handed to `f` with the
+    /// index of their series in `series` until it returns false. Streams: memory does
+    /// not grow with the range. How many were handed over.
+    pub fn merged(
+        &self,
+        series: &[i64],
+        from: i64,
+        to: i64,
+        mut f: impl FnMut(usize, i64, Stored) -> bool,
+    ) -> Result<u64, StoreError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        const SQL: &str =
+            "SELECT t, v FROM samples WHERE series = ?1 AND t >= ?2 AND t <= ?3 ORDER BY t";
+        let mut stmts = Vec::with_capacity(series.len());
+        for _ in series {
+            stmts.push(self.conn.prepare(SQL)?);
+        }
+        let mut rows = Vec::with_capacity(series.len());
+        for (st, id) in stmts.iter_mut().zip(series) {
+            rows.push(st.query(params![id, from, to])?);
+        }
+        let mut heap = BinaryHeap::new();
+        let next = |rows: &mut Vec<rusqlite::Rows<'_>>,
+                    k: usize|
+         -> Result<Option<(i64, Stored)>, StoreError> {
+            match rows[k].next()? {
+                Some(r) => Ok(Some((r.get(0)?, stored_of(r.get_ref(1)?)))),
+                None => Ok(None),
+            }
+        };
+        let mut heads: Vec<Option<Stored>> = vec![None; series.len()];
+        for (k, head) in heads.iter_mut().enumerate() {
+            if let Some((t, v)) = next(&mut rows, k)? {
+                *head = Some(v);
+                heap.push(Reverse((t, k)));
+            }
+        }
+        let mut n = 0;
+        while let Some(Reverse((t, k))) = heap.pop() {
+            let v = heads[k].take().expect("a head for each entry");
+            n += 1;
+            if !f(k, t, v) {
+                break;
+            }
+            if let Some((t, v)) = next(&mut rows, k)? {
+                heads[k] = Some(v);
+                heap.push(Reverse((t, k)));
+            }
+        }
+        Ok(n)
+    }
+
     /// Mean, minimum and maximum of the numeric samples of `series` in `from..=to`, per
-    /// period of `period_ms` counted from the Unix epoch (UTC minutes, hours, days);
-    /// periods without samples are left out.
+    /// period: `start_of` maps a time to its period's start (non-decreasing). Periods
+    /// without samples are left out.
     pub fn aggregate(
         &self,
         series: i64,
         from: i64,
         to: i64,
-        period_ms: i64,
+        start_of: impl Fn(i64) -> i64,
     ) -> Result<Vec<Aggregate>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT (t - (((t % ?4) + ?4) % ?4)) AS p, avg(v), min(v), max(v), count(*) \
-             FROM samples WHERE series = ?1 AND t >= ?2 AND t <= ?3 \
-               AND typeof(v) IN ('integer', 'real') \
-             GROUP BY p ORDER BY p",
-        )?;
-        let rows = st.query_map(params![series, from, to, period_ms], |r| {
-            Ok(Aggregate {
-                start: r.get(0)?,
-                mean: r.get(1)?,
-                min: r.get(2)?,
-                max: r.get(3)?,
-                count: r.get::<_, i64>(4)? as u64,
-            })
+        let mut out: Vec<Aggregate> = Vec::new();
+        let mut sum = 0.0;
+        self.merged(&[series], from, to, |_, t, v| {
+            let x = match v {
+                Stored::Int(i) => i as f64,
+                Stored::Real(f) => f,
+                Stored::Text(_) => return true,
+            };
+            let p = start_of(t);
+            match out.last_mut() {
+                Some(a) if a.start == p => {
+                    sum += x;
+                    a.count += 1;
+                    a.min = a.min.min(x);
+                    a.max = a.max.max(x);
+                    a.mean = sum / a.count as f64;
+                }
+                _ => {
+                    sum = x;
+                    out.push(Aggregate {
+                        start: p,
+                        mean: x,
+                        min: x,
+                        max: x,
+                        count: 1,
+                    });
+                }
+            }
+            true
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(out)
+    }
+}
+
+fn stored_of(v: rusqlite::types::ValueRef<'_>) -> Stored {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Integer(i) => Stored::Int(i),
+        ValueRef::Real(f) => Stored::Real(f),
+        ValueRef::Text(b) => Stored::Text(String::from_utf8_lossy(b).into_owned()),
+        ValueRef::Null | ValueRef::Blob(_) => Stored::Text(String::new()),
     }
 }
 
@@ -567,7 +646,8 @@ mod tests {
         });
         s.write(&mut batch).unwrap();
         let r = Reader::open(&p).unwrap().unwrap();
-        let agg = r.aggregate(a, 0, i64::MAX, minute).unwrap();
+        let per_minute = |t: i64| t - t.rem_euclid(minute);
+        let agg = r.aggregate(a, 0, i64::MAX, per_minute).unwrap();
         assert_eq!(agg.len(), 4);
         assert_eq!(agg[3].count, 20);
         // The first sample is 20 s past a minute's start (1_800_000_000_000 is one).
@@ -588,9 +668,19 @@ mod tests {
         }])
         .unwrap();
         assert_eq!(
-            r.aggregate(b, i64::MIN, i64::MAX, minute).unwrap()[0].start,
+            r.aggregate(b, i64::MIN, i64::MAX, per_minute).unwrap()[0].start,
             -minute
         );
+        // Several series merged in time order.
+        let mut seen = vec![];
+        r.merged(&[a, b], i64::MIN, 1_800_000_022_000, |k, t, _| {
+            seen.push((k, t));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[0], (1, -1));
+        assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1), "{seen:?}");
     }
 
     #[test]

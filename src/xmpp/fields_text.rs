@@ -71,6 +71,78 @@ impl FieldsMessages<'_> {
     }
 }
 
+/// Fields written as they come, in time order (a historical readout: too many to hold
+/// at once), each completed message taken as soon as it is full.
+pub struct FieldsStream<'a, 'b> {
+    w: Writer<'a, 'b>,
+    /// The last instant seen and its written form: consecutive fields of one instant
+    /// share a `<timestamp>` and the formatting.
+    last: Option<(SystemTime, String)>,
+    text: String,
+}
+
+impl<'b> FieldsMessages<'b> {
+    /// A stream of messages; see [`FieldsStream`].
+    pub fn stream<'a>(&'a self) -> FieldsStream<'a, 'b> {
+        FieldsStream {
+            w: Writer {
+                spec: self,
+                out: Written::default(),
+                cur: String::new(),
+                done_at: 0,
+                open_stamp: None,
+            },
+            last: None,
+            text: String::new(),
+        }
+    }
+}
+
+impl FieldsStream<'_, '_> {
+    /// Adds `f`, taken at `t` (not before the last one's instant: fields of one instant
+    /// are grouped only when they follow each other).
+    pub fn push(&mut self, t: SystemTime, f: &Field) {
+        if self.last.as_ref().is_none_or(|(l, _)| *l != t) {
+            self.last = Some((t, XsDateTime::from_system_time(t).to_string()));
+        }
+        self.text.clear();
+        f.write_text(&mut self.text);
+        let stamp = &self.last.as_ref().expect("set above").1;
+        self.w.push(stamp, &self.text);
+    }
+
+    /// The messages completed so far (none of them `done`).
+    pub fn take(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.w.out.messages)
+    }
+
+    /// Closes the open message; with `done`, flags the last message `done` — an empty
+    /// `<fields>` carries it when there is nothing else to flag. What is left to send.
+    pub fn finish(mut self, done: bool) -> Written {
+        if self.w.open_stamp.is_some() {
+            self.w.close();
+        } else if !self.w.cur.is_empty() {
+            self.w
+                .cur
+                .truncate(self.w.cur.rfind("><node").unwrap_or(self.w.cur.len()));
+            self.w.cur.push_str("/></message>");
+            self.w.out.messages.push(std::mem::take(&mut self.w.cur));
+        }
+        if done {
+            if self.w.out.messages.is_empty() {
+                self.w.start();
+                self.w
+                    .cur
+                    .truncate(self.w.cur.rfind("><node").unwrap_or(self.w.cur.len()));
+                self.w.cur.push_str("/></message>");
+                self.w.out.messages.push(std::mem::take(&mut self.w.cur));
+            }
+            self.w.mark_done();
+        }
+        self.w.out
+    }
+}
+
 /// The fields grouped by their stamp as written; stamps compared cheaply first, the
 /// written form computed once per distinct instant.
 fn group_by_stamp(fields: Vec<(SystemTime, Field)>) -> Vec<(XsDateTime, Vec<Field>)> {
@@ -312,6 +384,34 @@ mod tests {
             sizes[..sizes.len() - 1].iter().all(|s| *s > limit / 2),
             "{sizes:?}"
         );
+    }
+
+    #[test]
+    fn a_stream_says_what_one_write_says_for_fields_in_time_order() {
+        let t0 = SystemTime::now();
+        let mut ordered = fields(300, t0);
+        ordered.sort_by_key(|(t, _)| *t);
+        let spec = FieldsMessages {
+            from: "pump@gw/gw",
+            to: "a@x/r",
+            seqnr: 9,
+            node_id: "pump",
+            limit: 2_000,
+        };
+        let mut st = spec.stream();
+        let mut msgs = Vec::new();
+        for (t, f) in &ordered {
+            st.push(*t, f);
+            msgs.extend(st.take());
+        }
+        msgs.extend(st.finish(true).messages);
+        assert_eq!(msgs, spec.write(ordered).messages);
+        // Nothing pushed: one empty `done` message, or nothing at all.
+        assert_eq!(
+            spec.stream().finish(true).messages,
+            spec.write(vec![]).messages
+        );
+        assert!(spec.stream().finish(false).messages.is_empty());
     }
 
     #[test]
