@@ -135,3 +135,57 @@ impl Gateway {
         });
     }
 }
+
+/// The most values (samples, or periods) one historical readout returns.
+const MAX_HISTORY_VALUES: u64 = 1_000_000;
+
+impl Gateway {
+    /// What a readout request asks of history, if anything: the samples themselves for
+    /// `historical='true'`, `historicalOther` or `historicalSecond`; one value per period
+    /// for the other period types; `all='true'` includes the samples only when `from` or
+    /// `to` bounds them (a plain "everything" readout must not dump a year of history).
+    pub(super) fn history_part(
+        &self,
+        req: &crate::xmpp::payload::sensordata::Req,
+        dev: &super::Device,
+        named: &dyn Fn(&str) -> bool,
+    ) -> Option<crate::history::readout::HistoryPart> {
+        use crate::history::readout::{HistoryPart, PERIODS};
+        use crate::xmpp::payload::common::FieldTypes;
+        let bounded = req.from.is_some() || req.to.is_some();
+        let raw = req.historical
+            || req
+                .types
+                .intersects(FieldTypes::HISTORICAL_OTHER | FieldTypes::HISTORICAL_SECOND)
+            || (req.all && bounded);
+        let periods: Vec<_> = PERIODS
+            .iter()
+            .filter(|(t, _)| req.types.contains(*t))
+            .copied()
+            .collect();
+        if !raw && periods.is_empty() {
+            return None;
+        }
+        let ms = |t: &Option<crate::xmpp::payload::xsd::XsDateTime>, default: i64| {
+            t.as_ref()
+                .and_then(|x| x.to_system_time())
+                .map(crate::history::readout::ms)
+                .unwrap_or(default)
+        };
+        Some(HistoryPart {
+            file: self.cfg.history.file.clone(),
+            device: dev.cfg.id.to_string(),
+            fields: dev
+                .specs
+                .iter()
+                .filter(|s| named(&s.name))
+                .cloned()
+                .collect(),
+            from: ms(&req.from, i64::MIN),
+            to: ms(&req.to, i64::MAX),
+            raw,
+            periods,
+            max_values: MAX_HISTORY_VALUES,
+        })
+    }
+}

@@ -235,6 +235,7 @@ impl Gateway {
             max_age: dev.max_age,
             max_stanza: self.cfg.xmpp.max_outbound_stanza_size,
             detailed,
+            history: self.history_part(&req, dev, &named),
         };
         let accepted = h.result(Some(
             Accepted {

@@ -5,6 +5,7 @@
 
 pub mod periods;
 pub mod policy;
+pub mod readout;
 pub mod sampler;
 pub mod store;
 pub mod writer;

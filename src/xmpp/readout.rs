@@ -103,6 +103,9 @@ pub struct Readout {
     /// Whether the requester may see the detailed error texts (it holds the control
     /// right), or only the public ones.
     pub detailed: bool,
+    /// What history adds: stored samples or period aggregates, after the momentary
+    /// values and before the failures.
+    pub history: Option<crate::history::readout::HistoryPart>,
 }
 
 /// Unknown fields a failure names one by one; the rest are counted in one more error.
@@ -177,7 +180,7 @@ impl Readout {
     /// for: no `when`, and every wanted value cached and fresh. Saves a task, and sends the
     /// `<fields>` right behind the `accepted` result, in the same write.
     pub fn complete_from_cache(&self) -> Option<Vec<Element>> {
-        if self.when.is_some() {
+        if self.when.is_some() || self.history.is_some() {
             return None;
         }
         let now = Instant::now();
@@ -261,20 +264,60 @@ impl Readout {
         let first_error = failures
             .get(misnamed)
             .map(|(n, why)| why.prefixed(&format!("{n}: ")));
-        let messages = self.finish(&values, failures, SystemTime::now());
-        let _ = out.send(messages.into()).await;
+        let Some(history) = self.history.clone() else {
+            let messages = self.finish(&values, failures, SystemTime::now());
+            let _ = out.send(messages.into()).await;
+            return (fresh, first_error);
+        };
+        // Momentary values first, then history (streamed from a blocking thread: the
+        // store is read synchronously), then failures; `done` on the very last message.
+        let now = SystemTime::now();
+        let momentary = self.fields_part(&values, now);
+        if !momentary.is_empty() {
+            let _ = out.send(momentary.into()).await;
+        }
+        let more = !failures.is_empty();
+        let (from, to, node, seqnr, limit) = (
+            self.from.clone(),
+            self.to.clone(),
+            self.node.clone(),
+            self.seqnr,
+            self.max_stanza,
+        );
+        let (hout, hcancel) = (out.clone(), cancel.clone());
+        let answered = tokio::task::spawn_blocking(move || {
+            let sink = crate::history::readout::Sink {
+                spec: crate::xmpp::fields_text::FieldsMessages {
+                    from: &from,
+                    to: &to,
+                    seqnr,
+                    node_id: &node,
+                    limit,
+                },
+                out: &hout,
+                cancel: &hcancel,
+            };
+            history.answer(&sink, more)
+        })
+        .await;
+        if cancel.is_cancelled() {
+            return (fresh, first_error);
+        }
+        match answered {
+            Ok(f) => failures.extend(f),
+            Err(e) => failures.push(("history".into(), Reason::new(format!("history: {e}")))),
+        }
+        if !failures.is_empty() {
+            let mut messages = self.failure_part(failures, now);
+            mark_done(&mut messages);
+            let _ = out.send(messages.into()).await;
+        }
         (fresh, first_error)
     }
 
-    /// The `<fields>` messages with `values` (wanted fields, catalogue order) and the
-    /// extra fields, then `<failure>` messages for `failures`, each within `max_stanza`;
-    /// the last one is flagged `done`.
-    fn finish(
-        &self,
-        values: &HashMap<Arc<str>, Reading>,
-        failures: Vec<(String, Reason)>,
-        now: SystemTime,
-    ) -> Vec<Element> {
+    /// The `<fields>` messages of `values` and the extra fields (none if there are
+    /// none), not flagged `done`.
+    fn fields_part(&self, values: &HashMap<Arc<str>, Reading>, now: SystemTime) -> Vec<Element> {
         let wanted: HashSet<&str> = self.wanted.iter().map(|n| &**n).collect();
         let mut stamped: Vec<(SystemTime, Field)> = Vec::new();
         for spec in self.specs.iter() {
@@ -286,34 +329,57 @@ impl Readout {
             }
         }
         stamped.extend(self.extra.iter().cloned().map(|f| (now, f)));
-        let node = NodeRef::new(self.node.clone());
+        let Some(node) = node_data(&NodeRef::new(self.node.clone()), stamped) else {
+            return vec![];
+        };
         let fields = Fields {
             seqnr: self.seqnr,
             done: false,
-            nodes: node_data(&node, stamped).into_iter().collect(),
+            nodes: vec![node],
         };
-        let within = |payload: Element, levels| {
-            messages_within(&self.from, &self.to, payload, levels, self.max_stanza)
+        messages_within(&self.from, &self.to, fields.into(), 3, self.max_stanza)
+    }
+
+    /// The `<failure>` messages for `failures`, not flagged `done`.
+    fn failure_part(&self, failures: Vec<(String, Reason)>, now: SystemTime) -> Vec<Element> {
+        let node = NodeRef::new(self.node.clone());
+        let ts = XsDateTime::from_system_time(now);
+        let failure = Failure {
+            seqnr: self.seqnr,
+            done: false,
+            errors: failures
+                .into_iter()
+                .map(|(name, why)| {
+                    let why = why.text(self.detailed);
+                    ReadoutError::new(node.clone(), ts, format!("{name}: {why}"))
+                })
+                .collect(),
         };
-        let mut messages = Vec::with_capacity(2);
-        // slixmpp's plugin stops at the first <failure>, so values go first, failures last.
-        if !fields.nodes.is_empty() || failures.is_empty() {
-            messages.extend(within(fields.into(), 3));
-        }
-        if !failures.is_empty() {
-            let ts = XsDateTime::from_system_time(now);
-            let failure = Failure {
+        messages_within(&self.from, &self.to, failure.into(), 1, self.max_stanza)
+    }
+
+    /// The `<fields>` messages with `values` (wanted fields, catalogue order) and the
+    /// extra fields, then `<failure>` messages for `failures`, each within `max_stanza`;
+    /// the last one is flagged `done`.
+    fn finish(
+        &self,
+        values: &HashMap<Arc<str>, Reading>,
+        failures: Vec<(String, Reason)>,
+        now: SystemTime,
+    ) -> Vec<Element> {
+        let mut messages = self.fields_part(values, now);
+        // slixmpp's plugin stops at the first <failure>, so values go first, failures last;
+        // with neither, one empty <fields> says `done`.
+        if messages.is_empty() && failures.is_empty() {
+            let empty = Fields {
                 seqnr: self.seqnr,
                 done: false,
-                errors: failures
-                    .into_iter()
-                    .map(|(name, why)| {
-                        let why = why.text(self.detailed);
-                        ReadoutError::new(node.clone(), ts, format!("{name}: {why}"))
-                    })
-                    .collect(),
+                nodes: vec![],
             };
-            messages.extend(within(failure.into(), 1));
+            messages.push(self.message(empty.into()));
+        }
+        if !failures.is_empty() {
+            messages.extend(self.failure_part(failures, now));
         }
         mark_done(&mut messages);
         messages
@@ -448,6 +514,7 @@ mod tests {
             max_age: Duration::from_secs(60),
             max_stanza: 64 * 1024,
             detailed: false,
+            history: None,
         }
     }
 
