@@ -39,6 +39,27 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Export stored samples from the history store (of a running or stopped gateway).
+    History {
+        /// The configuration file (says where the store is).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The device id.
+        #[arg(long)]
+        device: String,
+        /// One field (default: every field with samples).
+        #[arg(long)]
+        field: Option<String>,
+        /// From this time (RFC 3339, e.g. 2026-11-29T00:00:00Z). Default: the oldest.
+        #[arg(long)]
+        from: Option<String>,
+        /// To this time (RFC 3339). Default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: fieldgate::history::export::Format,
+    },
     /// Read a CoAP server's /.well-known/core and print a configuration skeleton for
     /// the resources it lists.
     #[cfg(feature = "coap")]
@@ -81,6 +102,38 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::History {
+            config,
+            device,
+            field,
+            from,
+            to,
+            format,
+        } => {
+            let c = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    report_config_error(&e);
+                    return ExitCode::from(2);
+                }
+            };
+            let q = fieldgate::history::export::Query {
+                file: c.history.file.clone(),
+                device,
+                field,
+                from,
+                to,
+                format,
+            };
+            let stdout = std::io::stdout();
+            match fieldgate::history::export::export(&q, &mut stdout.lock()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
                 }
             }
         }

@@ -292,6 +292,22 @@ impl Config {
             self.max_subscriptions
         );
         let _ = writeln!(s, "state: {}", self.state_dir.display());
+        let kept: usize = self
+            .devices
+            .iter()
+            .map(|d| d.history.iter().flatten().count())
+            .sum();
+        if kept == 0 {
+            let _ = writeln!(s, "history: off (no field keeps history)");
+        } else {
+            let _ = writeln!(
+                s,
+                "history: {kept} fields kept in {} (at most {}, written every {})",
+                self.history.file.display(),
+                bytesize::ByteSize(self.history.max_size),
+                humantime::format_duration(self.history.commit_interval)
+            );
+        }
         let _ = writeln!(s, "devices: {}", self.devices.len());
         for d in &self.devices {
             let writable = d.fields.iter().filter(|f| f.writable).count();
@@ -317,6 +333,26 @@ impl Config {
                 d.fields.len(),
                 writable
             );
+            for (f, h) in d.fields.iter().zip(d.history.iter()) {
+                if let Some(h) = h {
+                    let sample = match h.sample {
+                        crate::history::policy::Sampling::Change { deadband } if deadband > 0.0 => {
+                            format!("on a change of more than {deadband}")
+                        }
+                        crate::history::policy::Sampling::Change { .. } => "on change".into(),
+                        crate::history::policy::Sampling::Every => "every value".into(),
+                        crate::history::policy::Sampling::Interval(i) => {
+                            format!("every {}", humantime::format_duration(i))
+                        }
+                    };
+                    let _ = writeln!(
+                        s,
+                        "    history {}: kept {}, {sample}",
+                        f.name,
+                        humantime::format_duration(h.keep)
+                    );
+                }
+            }
         }
         if self.devices.iter().any(|d| d.discovers) {
             let _ = match crate::discovered::peek(&self.state_dir) {

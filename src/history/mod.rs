@@ -3,6 +3,7 @@
 //! [`policy`] says what is kept; [`store`] holds the samples in SQLite (WAL mode: readers — historical readouts, the
 //! `fieldgate history` export — never block the writer nor wait for it).
 
+pub mod export;
 pub mod periods;
 pub mod policy;
 pub mod readout;

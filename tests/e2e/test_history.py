@@ -160,3 +160,25 @@ def test_a_range_spanning_a_restart(m):
     # nothing from the time the gateway was down
     assert not any(gap_from + 0.05 < t < gap_to - 0.5 for t in stamps)
     m.assert_alive()
+
+
+def test_export_from_a_running_gateway_and_check(m):
+    wait_stored(1.0)
+    gw = m.gw
+    r = gw.run_cli("history", "--config", str(gw.config_path), "--device", "pump", "--field", "n",
+                   "--from", iso(m.started - 1))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "timestamp,device,field,value"
+    rows = [line.split(",") for line in lines[1:]]
+    assert len(rows) >= 5
+    for stamp, dev, field, value in rows:
+        assert (dev, field) == ("pump", "n")
+        assert int(value) == counter_at(parse_iso(stamp), 0, 1, 1.0), (stamp, value)
+    r = gw.run_cli("history", "--config", str(gw.config_path), "--device", "pump", "--format", "json",
+                   "--from", "not a time")
+    assert r.returncode == 1 and "RFC 3339" in r.stderr, r.stderr
+    r = gw.run_cli("check", "--config", str(gw.config_path))
+    assert r.returncode == 0, r.stderr
+    assert "history: 2 fields kept in" in r.stdout and "history n: kept 1day, every value" in r.stdout, r.stdout
+    m.assert_alive()
