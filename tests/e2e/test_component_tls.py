@@ -1,13 +1,21 @@
-"""Deployment pattern (b): the gateway reaches ejabberd over the TLS component link.
+"""Deployment pattern (b): the gateway reaches its XMPP server over the TLS component link.
 
-ejabberd 23.01 with the listener the README gives (`module: ejabberd_service`, `tls: true`,
-`certfile`), the certificates from the harness' CA (certs.py: a leaf for localhost and
-127.0.0.1, and the bad ones), the gateway with `[xmpp.tls]`. Through the TLS link a user
-subscribes to a device and reads it; `server_name` names the certificate of a server
-reached by address; and the link is refused, with the reason in the log and never in
-plaintext, for a certificate of another CA, for another name, or expired, for a gateway
-without TLS on the TLS port, and for a gateway with TLS on a plaintext port. While the
-link is refused the device is away for the user: ejabberd answers for it.
+On both servers, with the certificates from the harness' CA (certs.py: a leaf for
+localhost and 127.0.0.1, and the bad ones) and the gateway's `[xmpp.tls]`:
+
+- ejabberd 23.01 with the listener the README gives (`module: ejabberd_service`,
+  `tls: true`, `certfile`);
+- Prosody 0.12 with `mod_net_multiplex` and `ssl_ports`: a direct-TLS port on which Prosody
+  routes each stream by its namespace, a component's (`jabber:component:accept`) to
+  mod_component (Prosody has no TLS option on `component_ports` itself).
+
+Through the TLS link a user subscribes to a device and reads it; `server_name` names the
+certificate of a server reached by address; and the link is refused, with the reason in
+the log and never in plaintext, for a certificate of another CA, for another name, or
+expired, for a gateway without TLS on the TLS port, and for a gateway with TLS on a
+plaintext port, and on Prosody for a server name it does not serve. While the link is
+refused the device is away for the user: the server answers for it, each in its own way
+(README: While the gateway is away).
 """
 
 from __future__ import annotations
@@ -16,20 +24,23 @@ import itertools
 
 import pytest
 
-from harness import Env, sim_device, wait_for
+from federation import sign_leaf
+from harness import COMPONENT, Env, Prosody, free_port, port_open, sim_device, wait_for
 from iot import NS_SD, IotClient, all_fields, brief, by_name, q, req_iq
+
+pytestmark = pytest.mark.servers("prosody", "ejabberd")
 
 ACCESS = {"subscribe": ["alice@example.test"], "read": ["alice@example.test"]}
 DEVICES = [sim_device("pump1", name="Pump 1")]
+# what each server answers for a component that is not connected
+AWAY = {"prosody": "remote-server-timeout", "ejabberd": "remote-server-not-found"}
 
 _seq = itertools.count(1)
 
 
 def _ejabberd_module():
-    try:
-        import ejabberd
-    except ImportError as e:  # pragma: no cover - ejabberd.py is in the tree
-        pytest.fail(str(e), pytrace=False)
+    import ejabberd
+
     missing = ejabberd.missing_tools()
     if missing:
         pytest.fail(f"{', '.join(missing)} not found: install the Debian package 'ejabberd' "
@@ -37,24 +48,67 @@ def _ejabberd_module():
     return ejabberd
 
 
-def tls_ejabberd(workdir, certfile=None):
-    """An ejabberd whose component listener speaks TLS from the first byte with `certfile`
-    (a PEM with the certificate and its key), as in README (b); `certfile=None`: the
-    harness' plaintext listener."""
-    ejabberd = _ejabberd_module()
+class TlsProsody(Prosody):
+    """The harness' Prosody plus a direct-TLS port (`ssl_ports`, mod_net_multiplex) with
+    `leaf`'s certificate, on which the component connects (`link_port`); `leaf=None`: the
+    plaintext component port only."""
 
-    class TlsEjabberd(ejabberd.Ejabberd):
-        def _write_config(self) -> None:
-            super()._write_config()
-            if certfile is None:
-                return
-            text = self.config_path.read_text()
-            listener = "    module: ejabberd_service\n"
-            assert text.count(listener) == 1, text
-            text = text.replace(listener, listener + f'    tls: true\n    certfile: "{certfile}"\n')
-            self.config_path.write_text(text)
+    def __init__(self, workdir, leaf):
+        self.leaf = leaf
+        self.tls_port = free_port()
+        super().__init__(workdir)
+        while self.tls_port in (self.c2s_port, self.component_port):
+            self.tls_port = free_port()
+            self._write_config()
 
-    srv = TlsEjabberd(workdir / "ejabberd")
+    @property
+    def link_port(self) -> int:
+        return self.component_port if self.leaf is None else self.tls_port
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        if self.leaf is None:
+            return
+        text = self.config_path.read_text()
+        modules = "modules_enabled = { "
+        host = '\nVirtualHost "'
+        assert text.count(modules) == 1 and text.count(host) == 1, text
+        text = text.replace(modules, modules + '"net_multiplex"; ')
+        text = text.replace(host, (
+            "\n-- direct TLS; mod_net_multiplex routes a component's stream to mod_component\n"
+            f"ssl_ports = {{ {self.tls_port} }}\n"
+            'ssl_interfaces = { "127.0.0.1" }\n'
+            f'ssl = {{ certificate = "{self.leaf.cert}"; key = "{self.leaf.key}" }}\n') + host)
+        self.config_path.write_text(text)
+
+    def start(self, timeout: float = 20.0) -> "TlsProsody":
+        super().start(timeout)
+        wait_for(lambda: port_open(self.link_port), timeout, f"prosody to listen on :{self.link_port}")
+        return self
+
+
+def tls_server(kind: str, workdir, leaf):
+    """A started server whose component link speaks TLS from the first byte with `leaf`
+    (certs.Leaf) as in README (b); `leaf=None`: the harness' plaintext component port."""
+    if kind == "prosody":
+        srv = TlsProsody(workdir / "prosody", leaf)
+    else:
+        ejabberd = _ejabberd_module()
+
+        class TlsEjabberd(ejabberd.Ejabberd):
+            link_port = property(lambda self: self.component_port)
+
+            def _write_config(self) -> None:
+                super()._write_config()
+                if leaf is None:
+                    return
+                text = self.config_path.read_text()
+                listener = "    module: ejabberd_service\n"
+                assert text.count(listener) == 1, text
+                text = text.replace(listener, listener + f'    tls: true\n    certfile: "{leaf.bundle}"\n')
+                self.config_path.write_text(text)
+
+        srv = TlsEjabberd(workdir / "ejabberd")
     env = Env(root=workdir, server=srv)
     try:
         srv.register("alice")
@@ -66,11 +120,11 @@ def tls_ejabberd(workdir, certfile=None):
 
 
 @pytest.fixture
-def tls_env(workdir):
+def tls_env(workdir, xmpp_server):
     envs = []
 
-    def make(certfile=None):
-        e = tls_ejabberd(workdir, certfile)
+    def make(leaf):
+        e = tls_server(xmpp_server, workdir, leaf)
         envs.append(e)
         return e
 
@@ -81,7 +135,10 @@ def tls_env(workdir):
 
 def tls_gateway(env, **tls):
     g = env.new_gateway()
-    g.write_config(DEVICES, access=ACCESS, xmpp={"tls": tls} if tls else None)
+    xmpp = {"server": f"127.0.0.1:{env.server.link_port}"}
+    if tls:
+        xmpp["tls"] = tls
+    g.write_config(DEVICES, access=ACCESS, xmpp=xmpp)
     return g
 
 
@@ -101,7 +158,7 @@ def link_down_reasons(g) -> list[str]:
 def assert_refused(env, g, *words: str) -> None:
     """The gateway logs "component link down" lines holding every one of `words` (the first
     attempt and a retry after the back-off: refused again, the same way), never comes up,
-    and the device is away for the user (ejabberd answers for it)."""
+    and the device is away for the user (the server answers for it)."""
     def matching() -> list[str]:
         return [ln for ln in link_down_reasons(g) if all(w in ln for w in words)]
 
@@ -111,13 +168,12 @@ def assert_refused(env, g, *words: str) -> None:
     assert g.running, g.log_tail()
     alice = env.client("alice")
     r = alice.iq(req_iq(env.dev("pump1"), next(_seq), momentary=True))
-    # ejabberd's answer for a component that is not connected (README: While the gateway
-    # is away): it tries the domain as a remote server, whose look-up fails
-    assert (r.type, r.condition) == ("error", "remote-server-not-found"), brief(r.xml)
+    # the server's answer for a component that is not connected
+    assert (r.type, r.condition) == ("error", AWAY[env.server.name]), brief(r.xml)
 
 
-def test_gateway_reaches_ejabberd_over_tls(tls_env, tls_certs):
-    env = tls_env(tls_certs.server.bundle)
+def test_gateway_reaches_the_server_over_tls(tls_env, tls_certs):
+    env = tls_env(tls_certs.server)
     g = tls_gateway(env, ca_file=str(tls_certs.ca_cert))
     g.start()
     assert "component link up" in g.log_text()
@@ -131,14 +187,35 @@ def test_gateway_reaches_ejabberd_over_tls(tls_env, tls_certs):
     assert "pressure" in readout(alice, pump)
 
 
-def test_server_name_names_the_certificate_of_a_server_reached_by_address(tls_env, tls_certs):
-    # the leaf carries only DNS:wrong.example; the gateway connects to 127.0.0.1
-    env = tls_env(tls_certs.wrong_host.bundle)
-    g = tls_gateway(env, ca_file=str(tls_certs.ca_cert), server_name="wrong.example")
+def test_server_name_names_the_certificate_of_a_server_reached_by_address(tls_env, tls_certs, xmpp_server):
+    """The gateway connects to 127.0.0.1 and checks the certificate for `server_name`,
+    which it also sends (SNI). ejabberd presents the listener's certificate for a name it
+    does not know; Prosody only accepts a name it serves (strict SNI), so there the name is
+    the component domain, with a certificate for it."""
+    if xmpp_server == "ejabberd":
+        leaf, name = tls_certs.wrong_host, "wrong.example"  # carries only DNS:wrong.example
+    else:
+        name = COMPONENT
+        leaf = sign_leaf(tls_certs, "component-domain", (COMPONENT,))
+    env = tls_env(leaf)
+    g = tls_gateway(env, ca_file=str(tls_certs.ca_cert), server_name=name)
     g.start()
     alice = env.client("alice")
     r = alice.ping(env.dev("pump1"))
     assert r.ok, brief(r.xml)
+
+
+def test_prosody_refuses_a_name_it_does_not_serve(workdir, tls_certs):
+    """Prosody's direct-TLS port aborts the handshake for a server name (SNI) that is none
+    of its hosts, whatever the certificate: the link stays down."""
+    env = tls_server("prosody", workdir, tls_certs.wrong_host)
+    try:
+        g = tls_gateway(env, ca_file=str(tls_certs.ca_cert), server_name="wrong.example")
+        g.start(wait_ready=False)
+        assert_refused(env, g, "TLS", "does not serve the name", "wrong.example", "UnrecognisedName",
+                       "set server_name")
+    finally:
+        env.close()
 
 
 @pytest.mark.parametrize("leaf, words", [
@@ -147,14 +224,14 @@ def test_server_name_names_the_certificate_of_a_server_reached_by_address(tls_en
     ("expired", ("has expired", "valid until")),
 ])
 def test_a_bad_server_certificate_refuses_the_link(tls_env, tls_certs, leaf, words):
-    env = tls_env(getattr(tls_certs, leaf).bundle)
+    env = tls_env(getattr(tls_certs, leaf))
     g = tls_gateway(env, ca_file=str(tls_certs.ca_cert))
     g.start(wait_ready=False)
     assert_refused(env, g, "TLS", *words)
 
 
 def test_a_gateway_without_tls_on_the_tls_port_never_speaks_plaintext(tls_env, tls_certs):
-    env = tls_env(tls_certs.server.bundle)
+    env = tls_env(tls_certs.server)
     g = tls_gateway(env)
     g.start(wait_ready=False)
     assert_refused(env, g, "no stream", "set tls in [xmpp]")
