@@ -7,7 +7,8 @@ localhost and 127.0.0.1, and the bad ones) and the gateway's `[xmpp.tls]`:
   `tls: true`, `certfile`);
 - Prosody 0.12 with `mod_net_multiplex` and `ssl_ports`: a direct-TLS port on which Prosody
   routes each stream by its namespace, a component's (`jabber:component:accept`) to
-  mod_component (Prosody has no TLS option on `component_ports` itself).
+  mod_component (Prosody has no TLS option on `component_ports` itself); the certificate
+  where Prosody looks for a host's, the gateway's `server_name` the component domain.
 
 Through the TLS link a user subscribes to a device and reads it; `server_name` names the
 certificate of a server reached by address; and the link is refused, with the reason in
@@ -21,11 +22,12 @@ refused the device is away for the user: the server answers for it, each in its 
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import pytest
 
 from federation import sign_leaf
-from harness import COMPONENT, Env, Prosody, free_port, port_open, sim_device, wait_for
+from harness import COMPONENT, VHOST, Env, Prosody, free_port, port_open, sim_device, wait_for
 from iot import NS_SD, IotClient, all_fields, brief, by_name, q, req_iq
 
 pytestmark = pytest.mark.servers("prosody", "ejabberd")
@@ -49,12 +51,15 @@ def _ejabberd_module():
 
 
 class TlsProsody(Prosody):
-    """The harness' Prosody plus a direct-TLS port (`ssl_ports`, mod_net_multiplex) with
-    `leaf`'s certificate, on which the component connects (`link_port`); `leaf=None`: the
-    plaintext component port only."""
+    """The harness' Prosody plus a direct-TLS port (`ssl_ports`, mod_net_multiplex) on which
+    the component connects (`link_port`). `leaf` goes where Prosody looks for a host's
+    certificate, `certs/<name>.crt` and `.key` beside the config (Debian: /etc/prosody/certs),
+    as the certificate of host `name` (the component domain unless said otherwise); no `ssl`
+    option. `leaf=None`: the plaintext component port only."""
 
-    def __init__(self, workdir, leaf):
+    def __init__(self, workdir, leaf, name: str = COMPONENT):
         self.leaf = leaf
+        self.cert_name = name
         self.tls_port = free_port()
         super().__init__(workdir)
         while self.tls_port in (self.c2s_port, self.component_port):
@@ -69,6 +74,10 @@ class TlsProsody(Prosody):
         super()._write_config()
         if self.leaf is None:
             return
+        certs = self.dir / "certs"
+        certs.mkdir(exist_ok=True)
+        shutil.copyfile(self.leaf.cert, certs / f"{self.cert_name}.crt")
+        shutil.copyfile(self.leaf.key, certs / f"{self.cert_name}.key")
         text = self.config_path.read_text()
         modules = "modules_enabled = { "
         host = '\nVirtualHost "'
@@ -77,8 +86,7 @@ class TlsProsody(Prosody):
         text = text.replace(host, (
             "\n-- direct TLS; mod_net_multiplex routes a component's stream to mod_component\n"
             f"ssl_ports = {{ {self.tls_port} }}\n"
-            'ssl_interfaces = { "127.0.0.1" }\n'
-            f'ssl = {{ certificate = "{self.leaf.cert}"; key = "{self.leaf.key}" }}\n') + host)
+            'ssl_interfaces = { "127.0.0.1" }\n') + host)
         self.config_path.write_text(text)
 
     def start(self, timeout: float = 20.0) -> "TlsProsody":
@@ -87,11 +95,12 @@ class TlsProsody(Prosody):
         return self
 
 
-def tls_server(kind: str, workdir, leaf):
+def tls_server(kind: str, workdir, leaf, name: str = COMPONENT):
     """A started server whose component link speaks TLS from the first byte with `leaf`
-    (certs.Leaf) as in README (b); `leaf=None`: the harness' plaintext component port."""
+    (certs.Leaf) as in README (b); `leaf=None`: the harness' plaintext component port.
+    Prosody holds `leaf` as the certificate of host `name`."""
     if kind == "prosody":
-        srv = TlsProsody(workdir / "prosody", leaf)
+        srv = TlsProsody(workdir / "prosody", leaf, name)
     else:
         ejabberd = _ejabberd_module()
 
@@ -123,8 +132,8 @@ def tls_server(kind: str, workdir, leaf):
 def tls_env(workdir, xmpp_server):
     envs = []
 
-    def make(leaf):
-        e = tls_server(xmpp_server, workdir, leaf)
+    def make(leaf, name: str = COMPONENT):
+        e = tls_server(xmpp_server, workdir, leaf, name)
         envs.append(e)
         return e
 
@@ -133,11 +142,22 @@ def tls_env(workdir, xmpp_server):
         e.close()
 
 
+def good_leaf(certs, server: str):
+    """A certificate the gateway accepts: for localhost and 127.0.0.1 (ejabberd, reached by
+    address), for the component domain (Prosody, reached by that name)."""
+    return certs.server if server == "ejabberd" else sign_leaf(certs, "component", (COMPONENT,))
+
+
 def tls_gateway(env, **tls):
+    """The gateway on the server's link port (by address). With TLS on Prosody, the name it
+    checks and sends is the component domain unless `server_name` says otherwise: Prosody
+    needs a name it serves (strict SNI)."""
     g = env.new_gateway()
     xmpp = {"server": f"127.0.0.1:{env.server.link_port}"}
     if tls:
-        xmpp["tls"] = tls
+        if env.server.name == "prosody":
+            tls.setdefault("server_name", COMPONENT)
+        xmpp["tls"] = {k: v for k, v in tls.items() if v is not None}
     g.write_config(DEVICES, access=ACCESS, xmpp=xmpp)
     return g
 
@@ -172,8 +192,8 @@ def assert_refused(env, g, *words: str) -> None:
     assert (r.type, r.condition) == ("error", AWAY[env.server.name]), brief(r.xml)
 
 
-def test_gateway_reaches_the_server_over_tls(tls_env, tls_certs):
-    env = tls_env(tls_certs.server)
+def test_gateway_reaches_the_server_over_tls(tls_env, tls_certs, xmpp_server):
+    env = tls_env(good_leaf(tls_certs, xmpp_server))
     g = tls_gateway(env, ca_file=str(tls_certs.ca_cert))
     g.start()
     assert "component link up" in g.log_text()
@@ -190,14 +210,14 @@ def test_gateway_reaches_the_server_over_tls(tls_env, tls_certs):
 def test_server_name_names_the_certificate_of_a_server_reached_by_address(tls_env, tls_certs, xmpp_server):
     """The gateway connects to 127.0.0.1 and checks the certificate for `server_name`,
     which it also sends (SNI). ejabberd presents the listener's certificate for a name it
-    does not know; Prosody only accepts a name it serves (strict SNI), so there the name is
-    the component domain, with a certificate for it."""
+    does not know; Prosody presents the certificate of the host so named: here its
+    VirtualHost's, to show that any name it serves will do."""
     if xmpp_server == "ejabberd":
-        leaf, name = tls_certs.wrong_host, "wrong.example"  # carries only DNS:wrong.example
+        env = tls_env(tls_certs.wrong_host)  # carries only DNS:wrong.example
+        name = "wrong.example"
     else:
-        name = COMPONENT
-        leaf = sign_leaf(tls_certs, "component-domain", (COMPONENT,))
-    env = tls_env(leaf)
+        name = VHOST
+        env = tls_env(sign_leaf(tls_certs, "vhost", (VHOST,)), name=VHOST)
     g = tls_gateway(env, ca_file=str(tls_certs.ca_cert), server_name=name)
     g.start()
     alice = env.client("alice")
@@ -205,33 +225,44 @@ def test_server_name_names_the_certificate_of_a_server_reached_by_address(tls_en
     assert r.ok, brief(r.xml)
 
 
-def test_prosody_refuses_a_name_it_does_not_serve(workdir, tls_certs):
+@pytest.mark.parametrize("server_name, words", [
+    ("wrong.example", ("does not serve the name", "wrong.example", "UnrecognisedName", "set server_name")),
+    # by address and no name sent: Prosody presents a host's certificate, which does not
+    # carry the address the gateway then checks
+    (None, ("not valid for the name", '"127.0.0.1"', COMPONENT, "set server_name")),
+])
+def test_prosody_needs_a_name_it_serves(workdir, tls_certs, server_name, words):
     """Prosody's direct-TLS port aborts the handshake for a server name (SNI) that is none
-    of its hosts, whatever the certificate: the link stays down."""
-    env = tls_server("prosody", workdir, tls_certs.wrong_host)
+    of its hosts; without a name, the gateway checks the address it connected to, which
+    Prosody's host certificates do not carry: either way the link stays down, with a log
+    line that points to server_name."""
+    env = tls_server("prosody", workdir, good_leaf(tls_certs, "prosody"))
     try:
-        g = tls_gateway(env, ca_file=str(tls_certs.ca_cert), server_name="wrong.example")
+        g = env.new_gateway()
+        tls = {"ca_file": str(tls_certs.ca_cert)} | ({"server_name": server_name} if server_name else {})
+        g.write_config(DEVICES, access=ACCESS, xmpp={"server": f"127.0.0.1:{env.server.link_port}", "tls": tls})
         g.start(wait_ready=False)
-        assert_refused(env, g, "TLS", "does not serve the name", "wrong.example", "UnrecognisedName",
-                       "set server_name")
+        assert_refused(env, g, "TLS", *words)
     finally:
         env.close()
 
 
 @pytest.mark.parametrize("leaf, words", [
     ("untrusted", ("not signed by a trusted CA",)),
-    ("wrong_host", ("not valid for the name", "127.0.0.1", "wrong.example", "server_name")),
+    ("wrong_host", ("not valid for the name", "wrong.example", "server_name")),
     ("expired", ("has expired", "valid until")),
 ])
 def test_a_bad_server_certificate_refuses_the_link(tls_env, tls_certs, leaf, words):
     env = tls_env(getattr(tls_certs, leaf))
     g = tls_gateway(env, ca_file=str(tls_certs.ca_cert))
     g.start(wait_ready=False)
-    assert_refused(env, g, "TLS", *words)
+    # the name checked: the address connected to (ejabberd), the component domain (Prosody)
+    checked = "127.0.0.1" if env.server.name == "ejabberd" else COMPONENT
+    assert_refused(env, g, "TLS", *words, *((f'"{checked}"',) if leaf == "wrong_host" else ()))
 
 
-def test_a_gateway_without_tls_on_the_tls_port_never_speaks_plaintext(tls_env, tls_certs):
-    env = tls_env(tls_certs.server)
+def test_a_gateway_without_tls_on_the_tls_port_never_speaks_plaintext(tls_env, tls_certs, xmpp_server):
+    env = tls_env(good_leaf(tls_certs, xmpp_server))
     g = tls_gateway(env)
     g.start(wait_ready=False)
     assert_refused(env, g, "no stream", "set tls in [xmpp]")
