@@ -380,12 +380,14 @@ async fn connect(config: &XmppConfig, guard: &Arc<GuardStats>) -> Result<(Stream
             // the handshake is done: its verdict arrives on the first read.
             match tls_name.and_then(|name| tls::verdict(&e, name)) {
                 Some(why) => why,
-                // A TLS listener hangs up on (or answers in binary) the plaintext stream
-                // header it cannot read.
+                // A TLS listener hangs up on (ejabberd), resets (Prosody's direct-TLS
+                // port) or answers in binary the plaintext stream header it cannot read.
                 None if config.tls.is_none()
                     && matches!(
                         e.kind(),
-                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::InvalidData
+                            | std::io::ErrorKind::ConnectionReset
                     ) =>
                 {
                     format!(

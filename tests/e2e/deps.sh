@@ -67,6 +67,9 @@ fg_ensure_prosody() {
     command -v socat >/dev/null 2>&1 || missing+=(socat)
     # libfaketime: the clock test steps the gateway's wall clock back mid-run.
     compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || missing+=(faketime)
+    # lua-unbound (Prosody recommends it): the federation tests give Prosody their hosts file
+    # through its libunbound resolver.
+    compgen -G "/usr/lib/*/lua/5.4/lunbound.so" >/dev/null || missing+=(lua-unbound)
     if command -v prosody >/dev/null 2>&1 && command -v prosodyctl >/dev/null 2>&1; then
         [ "${#missing[@]}" -eq 0 ] && return 0
         fg_apt_install "${missing[@]}"

@@ -239,6 +239,12 @@ pub fn explain(e: &std::io::Error, expected: &str) -> String {
             "the server refused this gateway's client certificate (alert {alert:?}; \
              check cert_file and key_file, and the CA the server trusts)"
         ),
+        // Prosody's direct-TLS port aborts the handshake for a name that is none of its
+        // hosts (strict SNI).
+        E::AlertReceived(A::UnrecognisedName) => format!(
+            "the server does not serve the name {expected:?} sent in the handshake (alert \
+             UnrecognisedName): set server_name to a name it serves"
+        ),
         E::AlertReceived(alert) => {
             format!("the server refused the TLS handshake (alert {alert:?})")
         }
@@ -307,6 +313,19 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn an_unrecognised_name_asks_for_server_name() {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::UnrecognisedName),
+        );
+        let why = explain(&e, "xmpp.example.org");
+        assert!(
+            why.contains("\"xmpp.example.org\"") && why.contains("set server_name"),
+            "{why}"
+        );
     }
 
     #[test]
