@@ -37,6 +37,15 @@ privacy, blocking, carbons, CSI, stream management) plus mod_version. Server-to-
 allowed, as in ejabberd's default: a stanza for a component that is not connected is then
 routed to s2s, whose DNS lookup fails at once (`remote-server-not-found`). With `s2s=False`
 (`s2s_access: none`) ejabberd refuses such a stanza instead (`forbidden`).
+
+More component listeners (`services=` or `add_service()` before start): each an
+`ejabberd_service` listener on a port of its own, for the component's domain or another,
+with `tls: true` and a `certfile` (TLS from the first byte, ejabberd 23.01), and a `cafile`
+(ejabberd then asks for a client certificate, and accepts any or none). ejabberd picks the
+certificate it presents by the name the client sends (SNI) among all its certificates
+(every listener's `certfile`), and presents the listener's own `certfile` only when no name
+is sent or none matches: a test that wants one listener's certificate connects by address
+(127.0.0.1) and sends no name.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import (ACTIVE, COMPONENT, PASSWORD, VHOST, HarnessError, free_port, port_open, stop_process,
@@ -103,6 +113,23 @@ def _erl_libs() -> str | None:
     return None
 
 
+@dataclass
+class Service:
+    """One more `ejabberd_service` listener (Ejabberd(services=...), Ejabberd.add_service()).
+
+    `domain` and `secret` default to the server's component domain and secret; `certfile`
+    (certificate chain then key, PEM: certs.Leaf.bundle) is required with `tls`. `port` is
+    set by the server (a free loopback port)."""
+
+    domain: str | None = None
+    secret: str | None = None
+    tls: bool = False
+    certfile: Path | None = None
+    cafile: Path | None = None
+    global_routes: bool | None = None
+    port: int = 0
+
+
 def _erl_binary(s: str) -> str:
     """An Erlang binary literal of `s` (ASCII test names and passwords only)."""
     assert re.fullmatch(r"[A-Za-z0-9._@-]*", s), f"not a plain test value: {s!r}"
@@ -120,7 +147,7 @@ class Ejabberd:
 
     def __init__(self, workdir: Path, vhost: str = VHOST, component: str = COMPONENT,
                  secret: str = "component-secret", log_level: str = "info", default_limits: bool = False,
-                 s2s: bool = True, extra_modules: str = ""):
+                 s2s: bool = True, extra_modules: str = "", services: dict[str, Service] | None = None):
         missing = missing_tools()
         if missing:
             raise HarnessError(f"{', '.join(missing)} not found: install the Debian package 'ejabberd' "
@@ -153,10 +180,53 @@ class Ejabberd:
         self.proc: subprocess.Popen | None = None
         self._pending_users: dict[str, str] = {}
         self.start_seconds: list[float] = []  # how long each start() took, for the figures
+        # more component listeners by name (see Service); their ports in .port
+        self.services: dict[str, Service] = {}
+        for name, svc in (services or {}).items():
+            self.add_service(name, svc)
         self._write_config()
         ACTIVE.append(self)
 
+    def add_service(self, name: str, svc: Service | None = None, **kw) -> Service:
+        """One more `ejabberd_service` listener (before start(), or followed by a restart):
+        `add_service("tls", Service(tls=True, certfile=...))` or the same as keywords.
+        Returns it, with its port."""
+        svc = svc or Service(**kw)
+        assert name not in self.services, f"service listener {name!r} exists"
+        if svc.tls and svc.certfile is None:
+            raise ValueError("a TLS service listener needs a certfile")
+        svc.domain = svc.domain or self.component
+        svc.secret = svc.secret or self.secret
+        taken = {self.c2s_port, self.component_port, self.dist_port} | {s.port for s in self.services.values()}
+        while not svc.port or svc.port in taken:
+            svc.port = free_port()
+        self.services[name] = svc
+        self._write_config()
+        return svc
+
+    def _ports(self) -> list[int]:
+        return [self.c2s_port, self.component_port, *(s.port for s in self.services.values())]
+
     # -- files
+
+    def _service_yaml(self, svc: Service, limit: int) -> str:
+        lines = [
+            "  -",
+            f"    port: {svc.port}",
+            '    ip: "127.0.0.1"',
+            "    module: ejabberd_service",
+            f"    max_stanza_size: {limit}",
+        ]
+        if svc.tls:
+            lines.append("    tls: true")
+        if svc.certfile is not None:
+            lines.append(f'    certfile: "{Path(svc.certfile).resolve()}"')
+        if svc.cafile is not None:
+            lines.append(f'    cafile: "{Path(svc.cafile).resolve()}"')
+        if svc.global_routes is not None:
+            lines.append(f"    global_routes: {str(svc.global_routes).lower()}")
+        lines += ["    hosts:", f'      "{svc.domain}":', f'        password: "{svc.secret}"']
+        return "\n".join(lines) + "\n"
 
     def _write_config(self) -> None:
         c2s_limit, service_limit = (262144, 524288) if self.default_limits else (4194304, 4194304)
@@ -182,6 +252,7 @@ listen:
     hosts:
       "{self.component}":
         password: "{self.secret}"
+{"".join(self._service_yaml(svc, service_limit) for svc in self.services.values())}\
 # PLAIN and SCRAM over plain TCP on loopback (no certificates): the stored passwords
 # stay in plain text so that both mechanisms work.
 auth_method: internal
@@ -279,9 +350,9 @@ modules:
             if self.proc.poll() is not None or "register failed" in text:
                 raise HarnessError(
                     f"ejabberd failed to start (exit {self.proc.poll()})\n{self.describe()}")
-            return READY_LINE in text and port_open(self.c2s_port) and port_open(self.component_port)
+            return READY_LINE in text and all(port_open(p) for p in self._ports())
 
-        wait_for(ready, timeout, f"ejabberd to listen on 127.0.0.1:{self.c2s_port} and :{self.component_port} "
+        wait_for(ready, timeout, f"ejabberd to listen on 127.0.0.1:{', :'.join(map(str, self._ports()))} "
                  "with its users registered", interval=0.05)
         self.start_seconds.append(time.monotonic() - t0)
         for u in users:
@@ -303,7 +374,7 @@ modules:
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is not None:
             self._stop_proc(timeout)
-            wait_for(lambda: not port_open(self.c2s_port) and not port_open(self.component_port),
+            wait_for(lambda: not any(port_open(p) for p in self._ports()),
                      timeout, "ejabberd's ports to close")
 
     def _stop_proc(self, timeout: float) -> None:
@@ -355,7 +426,8 @@ modules:
             return ""
 
     def describe(self) -> str:
-        return (f"ejabberd {self.node} (c2s {self.c2s_port}, component {self.component_port}, "
+        more = "".join(f", {n} {s.port}{' tls' if s.tls else ''}" for n, s in self.services.items())
+        return (f"ejabberd {self.node} (c2s {self.c2s_port}, component {self.component_port}{more}, "
                 f"dist {self.dist_port}) output and log tail:\n"
                 f"{tail(self.out_path, 20)}\n{tail(self.logs_dir / 'error.log', 20)}\n{tail(self.log_path, 80)}")
 

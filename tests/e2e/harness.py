@@ -351,6 +351,9 @@ class TcpProxy:
         # record: keep every byte the gateway sends towards the server (upstream_text())
         self.record = record
         self._upstream_bytes = bytearray()
+        # with record: what the gateway sent on each connection, in the order they came
+        self._conn_bytes: list[bytearray] = []
+        self._conn_index: dict[socket.socket, int] = {}
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -381,6 +384,7 @@ class TcpProxy:
             self._peers.pop(sock, None)
             self._holed.discard(sock)
             self._downstream.discard(sock)
+            self._conn_index.pop(sock, None)
             try:
                 self._sel.unregister(sock)
             except (KeyError, ValueError):
@@ -427,6 +431,10 @@ class TcpProxy:
                     self._peers[client] = up
                     self._peers[up] = client
                     self._downstream.add(client)
+                    if self.record:
+                        with self._rec_lock:
+                            self._conn_index[client] = len(self._conn_bytes)
+                            self._conn_bytes.append(bytearray())
                     self._sel.register(client, selectors.EVENT_READ, None)
                     self._sel.register(up, selectors.EVENT_READ, None)
                     continue
@@ -444,6 +452,7 @@ class TcpProxy:
                 if self.record and s in self._downstream:
                     with self._rec_lock:
                         self._upstream_bytes += data
+                        self._conn_bytes[self._conn_index[s]] += data
                 other = self._peers.get(s)
                 if other is not None:
                     try:
@@ -468,6 +477,13 @@ class TcpProxy:
         assert self.record, "TcpProxy(record=True) records the gateway's bytes"
         with self._rec_lock:
             return self._upstream_bytes.decode(errors="replace")
+
+    def upstream_connections(self) -> list[bytes]:
+        """What the gateway has sent towards the server on each connection the proxy passed
+        on, in order (with record=True; a connection refused in mode "refuse" is not one)."""
+        assert self.record, "TcpProxy(record=True) records the gateway's bytes"
+        with self._rec_lock:
+            return [bytes(b) for b in self._conn_bytes]
 
     def blackhole(self) -> None:
         self._hole = True
