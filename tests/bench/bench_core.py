@@ -1,4 +1,5 @@
-"""fieldgate core benchmark, against a real Prosody with a slixmpp client.
+"""fieldgate core benchmark, against a real Prosody (or, with --server ejabberd, a real
+ejabberd) with a slixmpp client.
 
 Figures (printed as `name: value` lines):
   startup_<N>_devices_s       process start → every device's available presence received by
@@ -8,16 +9,18 @@ Figures (printed as `name: value` lines):
   rss_idle_kb / hwm_idle_kb   VmRSS / VmHWM of the gateway right after that start-up
   rss_idle_5s_kb              VmRSS after 5 s idle
   cpu_idle_5s_ms              CPU time (user+system) the gateway used in those 5 s
-  reannounce_after_prosody_restart_s
-                              Prosody accepting connections again after a restart → every
-                              device's presence at the (reconnected) client
+  reannounce_after_<server>_restart_s
+                              the server (prosody or ejabberd) accepting connections again
+                              after a restart → every device's presence at the
+                              (reconnected) client
   client_session_after_restart_s
                               of which: until the client's new session was established
   ping_rtt_ms_p50 / _p99      round trips of sequential pings to a device (c2s → Prosody →
                               gateway → back)
 
 Not pass/fail: a benchmark reports; it fails only if the system does not work at all.
-Run through `bash tests/bench/run.sh` (release build); `--devices N` to change the size.
+Run through `bash tests/bench/run.sh` (release build); `--devices N` to change the size,
+`--server ejabberd` for ejabberd (tests/bench/run_servers.sh runs both).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--pings", type=int, default=500)
+    ap.add_argument("--server", choices=h.SERVERS, default="prosody", help="the XMPP server (default prosody)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     n = args.devices
@@ -63,13 +67,13 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="fieldgate-bench-"))
     env = None
     try:
-        env = h.make_env(root, users=("bench",), log_level="info")
+        env = h.make_env(root, users=("bench",), log_level="info", server=args.server)
         gw = env.new_gateway()
         gw.write_config(devices(n), access={"subscribe": [env.prosody.jid("bench")],
                                             "read": [env.prosody.jid("bench")]},
                         xmpp={"keepalive": "30s", "reconnect_min": "100ms", "reconnect_max": "1s"})
         jids = [env.dev(f"dev{i:04d}") for i in range(n)]
-        print(f"# {n} simulated devices, binary {gw.binary}", flush=True)
+        print(f"# {n} simulated devices, binary {gw.binary}, server {args.server}", flush=True)
 
         # -- phase 1: subscribe to every device (not measured)
         gw.start()
@@ -115,17 +119,17 @@ def main() -> int:
         report("ping_rtt_ms_p50", statistics.median(rtts))
         report("ping_rtt_ms_p99", rtts[min(len(rtts) - 1, int(0.99 * len(rtts)))])
 
-        # -- (c) Prosody restart → presence re-announced to the reconnected client
-        env.prosody.stop()
+        # -- (c) server restart → presence re-announced to the reconnected client
+        env.server.stop()
         client.wait_disconnected()
         client.drop()
-        env.prosody.start()  # returns once both ports accept connections
+        env.server.start()  # returns once both ports accept connections
         t0 = time.monotonic()
         m = client.mark()
         client.connect()
         session = time.monotonic() - t0
         client.wait_all(jids, "available", m, timeout=timeout)
-        report("reannounce_after_prosody_restart_s", time.monotonic() - t0)
+        report(f"reannounce_after_{args.server}_restart_s", time.monotonic() - t0)
         report("client_session_after_restart_s", session)
         st = h.proc_status(gw.pid)
         report("rss_after_restart_kb", st.get("VmRSS"))

@@ -1,5 +1,6 @@
 """fieldgate sensor-data benchmark: XEP-0323 readouts against XEP-0199 pings, through a real
-Prosody on loopback, driven by the Rust load generator in tests/bench/loadgen/.
+Prosody (or, with --server ejabberd, a real ejabberd) on loopback, driven by the Rust load
+generator in tests/bench/loadgen/.
 
 Both kinds of request make the same trip, client → Prosody → component (the gateway) →
 Prosody → client, to the same device JID, in the same run; so the difference between them is
@@ -8,7 +9,8 @@ answered by an iq result (<accepted>) plus a <fields done='true'> message with 1
 (values from the gateway's cache: `[readout] max_age = "1h"`); a ping is one iq get answered
 by one iq result.
 
-Baseline: the ideal component. Prosody also serves a second component domain, null.<vhost>,
+Baseline: the ideal component. The server also serves a second component domain,
+null.<vhost> (Prosody: a second Component; ejabberd: a second ejabberd_service listener),
 connected to fieldgate-null-component (tests/bench/loadgen/src/bin/null_component.rs): it
 answers pings and readouts for any JID there with exactly the stanzas fieldgate sends (the
 <fields> is the first readout the gateway answered in this run, dumped by the loadgen and
@@ -48,6 +50,18 @@ Figures (printed as `name: value` lines at the end):
                                 their CPU per request answered by the null component
   null_component_cpu_us_per_null_readout / _per_null_ping
                                 the null component's own CPU per request
+ with --tls (ejabberd only): a second gateway, the same device at its own domain
+ gwtls.<vhost>, linked over TLS (an ejabberd_service listener with tls: true, a certificate
+ of a CA the harness makes, the gateway's [xmpp.tls] ca_file), its phases interleaved with
+ the plaintext gateway's in the same loadgen run:
+  tls_readout_latency_ms_p50/_p99, tls_ping_latency_ms_p50/_p99, tls_readouts_per_s_<n>_
+  requesters, tls_pings_per_s_<n>_requesters, tls_gateway_cpu_us_per_readout / _per_ping
+                                as the plaintext gateway's figures
+  tls_minus_plain_readout_p99_ms, tls_over_plain_gateway_cpu_per_readout
+                                the TLS link's cost
+
+With --server ejabberd the server's CPU figures are named ejabberd_cpu_* instead of
+prosody_cpu_*.
 
 Not pass/fail: a benchmark reports; it fails only if the system does not work at all (a
 request that fails is counted and printed with its reason; the run goes on).
@@ -85,21 +99,26 @@ def loadgen_bin(name: str = "fieldgate-loadgen", env_var: str = "LOADGEN_BIN") -
     return path
 
 
-def add_null_component(prosody: h.Prosody) -> str:
-    """Declares the null component's domain in Prosody's config (before start); returns it."""
-    domain = f"null.{prosody.vhost}"
-    with prosody.config_path.open("a") as cfg:
-        cfg.write(f'\nComponent "{domain}"\n    component_secret = "{prosody.secret}"\n')
-    return domain
+def add_null_component(server) -> tuple[str, int]:
+    """Declares the null component's domain in the server's config (before start); returns
+    it and the port it connects to. Prosody: a second Component beside the gateway's, on the
+    same port; ejabberd: an ejabberd_service listener of its own (one listener per component:
+    with two domains on one listener, ejabberd routes both to whichever authenticated)."""
+    domain = f"null.{server.vhost}"
+    if server.name == "ejabberd":
+        return domain, server.add_service("null", domain=domain).port
+    with server.config_path.open("a") as cfg:
+        cfg.write(f'\nComponent "{domain}"\n    component_secret = "{server.secret}"\n')
+    return domain, server.component_port
 
 
-def start_null_component(prosody: h.Prosody, domain: str, template: Path, workdir: Path) -> subprocess.Popen:
+def start_null_component(server, domain: str, port: int, template: Path, workdir: Path) -> subprocess.Popen:
     """Starts the ideal component (tests/bench/loadgen/src/bin/null_component.rs) and waits
-    until Prosody accepted its handshake."""
+    until the server accepted its handshake."""
     out_path = workdir / "null-component.out"
     cmd = [str(loadgen_bin("fieldgate-null-component", "NULL_COMPONENT_BIN")),
-           "--server", f"127.0.0.1:{prosody.component_port}", "--domain", domain,
-           "--secret", prosody.secret, "--fields-template", str(template)]
+           "--server", f"127.0.0.1:{port}", "--domain", domain,
+           "--secret", server.secret, "--fields-template", str(template)]
     with out_path.open("wb") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
@@ -129,11 +148,17 @@ def device(nfields: int) -> dict:
     return h.sim_device(DEVICE, name="Bench meter", fields=fields)
 
 
-def register_users(prosody: h.Prosody, n: int) -> str:
-    """Registers bench0..bench{n-1}. prosodyctl takes about a second per call (it starts a
+def register_users(server, n: int) -> str:
+    """Registers bench0..bench{n-1} (before start). ejabberd: its node registers them as it
+    boots. Prosody: prosodyctl takes about a second per call (it starts a
     Lua VM each time), so: register bench0 with prosodyctl, then copy its account file for
     the others (internal_plain storage: one file per account, holding only the password).
     Falls back to prosodyctl in parallel when the file is not where expected."""
+    if server.name == "ejabberd":
+        for i in range(n):
+            server.register(f"{USER_PREFIX}{i}")
+        return "by ejabberd as it starts"
+    prosody = server
     prosody.register(f"{USER_PREFIX}0")
     found = list(prosody.data_dir.glob(f"*/accounts/{USER_PREFIX}0.dat"))
     if len(found) == 1 and h.PASSWORD in found[0].read_text():
@@ -200,18 +225,34 @@ def main() -> int:
     ap.add_argument("--prosody-log", choices=("info", "debug"), default="info",
                     help="Prosody's log level (debug logs every stanza: slower, for tracing a "
                          "lost request; use with --keep)")
+    ap.add_argument("--server", choices=h.SERVERS, default="prosody", help="the XMPP server (default prosody)")
+    ap.add_argument("--tls", action="store_true",
+                    help="also a second gateway linked over TLS, same device, same run (ejabberd only)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     args = ap.parse_args()
+    if args.tls and args.server != "ejabberd":
+        ap.error("--tls needs --server ejabberd (Prosody has no TLS component listener)")
 
     root = Path(tempfile.mkdtemp(prefix="fieldgate-bench-iot-"))
     prosody = None
     env = None
     null = None
+    gw_tls = None
     try:
-        prosody = h.Prosody(root / "prosody", log_level=args.prosody_log)
+        # (named prosody for history: the server, Prosody or ejabberd)
+        prosody = h.make_server(root, args.server, log_level=args.prosody_log)
         if args.prosody_nagle == "off":
+            if args.server != "prosody":
+                ap.error("--prosody-nagle off is for Prosody")
             set_prosody_nagle_off(prosody)
-        null_domain = add_null_component(prosody)
+        null_domain, null_port = add_null_component(prosody)
+        tls_domain = None
+        if args.tls:
+            from certs import make_certs
+
+            certs = make_certs(root / "certs")
+            tls_domain = f"gwtls.{prosody.vhost}"
+            tls_port = prosody.add_service("tls", domain=tls_domain, tls=True, certfile=certs.server.bundle).port
         env = h.Env(root=root, server=prosody)
         t = time.monotonic()
         how = register_users(prosody, args.sessions)
@@ -228,9 +269,22 @@ def main() -> int:
         gw.write_raw_config(text)
         gw.start()
         target = env.dev(DEVICE)
-        print(f"# gateway {gw.binary} pid {gw.pid}, prosody pid {prosody.proc.pid} (nagle "
-              f"{args.prosody_nagle}), device {target} with {args.fields} fields, "
-              f"{os.cpu_count()} CPUs", flush=True)
+        print(f"# gateway {gw.binary} pid {gw.pid}, {args.server} pid {prosody.proc.pid}"
+              f"{f' (nagle {args.prosody_nagle})' if args.server == 'prosody' else ''}, device {target} "
+              f"with {args.fields} fields, {os.cpu_count()} CPUs", flush=True)
+        if args.tls:
+            # the same gateway at its own domain, linked over TLS (by address: the listener's
+            # certificate, which carries 127.0.0.1)
+            gw_tls = h.Gateway(root / "gw-tls", prosody)
+            env.extras.append(gw_tls)
+            text = h.gateway_toml(prosody, gw_tls.state_dir, [device(args.fields)], access={"read": ["*"]},
+                                  xmpp={"keepalive": "30s", "server": f"127.0.0.1:{tls_port}",
+                                        "domain": tls_domain, "tls": {"ca_file": str(certs.ca_cert)}})
+            text += '\n[readout]\nmax_age = "1h"\nmax_per_requester = 64\n'
+            gw_tls.write_raw_config(text)
+            gw_tls.start()
+            print(f"# TLS gateway pid {gw_tls.pid}, device {DEVICE}@{tls_domain} (port {tls_port}, TLS)",
+                  flush=True)
 
         # (0) the ideal component: replays the first readout the gateway answers
         template = root / "fields-template.xml"
@@ -239,16 +293,21 @@ def main() -> int:
             "--target", target, "--fields", str(args.fields), "--user", f"{USER_PREFIX}0@{prosody.vhost}",
             "--mode", "readout", "--count", "1", "--dump-fields", str(template),
         ], "capture one gateway readout for the null component", timeout=120)
-        null = start_null_component(prosody, null_domain, template, root)
+        null = start_null_component(prosody, null_domain, null_port, template, root)
         null_target = f"{DEVICE}@{null_domain}"
         print(f"# null component pid {null.pid}, device {null_target}, replaying "
               f"{template.stat().st_size} bytes of <fields>", flush=True)
 
         # the gateway's figures keep their names (ping_*, readout_*), the null component's
         # are null_ping_*, null_readout_*; each round runs gateway then null phases
+        srv = args.server  # the server's CPU figures are named after it
+        targets = f"{target},null={null_target}"
+        watch = f"gateway:{gw.pid},{srv}:{prosody.proc.pid},null:{null.pid}"
+        if gw_tls is not None:
+            targets += f",tls={DEVICE}@{tls_domain}"
+            watch += f",tls:{gw_tls.pid}"
         common = ["--server", f"127.0.0.1:{prosody.c2s_port}", "--password", h.PASSWORD,
-                  "--target", f"{target},null={null_target}", "--fields", str(args.fields),
-                  "--watch", f"gateway:{gw.pid},prosody:{prosody.proc.pid},null:{null.pid}"]
+                  "--target", targets, "--fields", str(args.fields), "--watch", watch]
 
         # (1) latency: one requester, one request at a time
         per_phase = max(1, args.latency_count // 4)
@@ -267,8 +326,10 @@ def main() -> int:
 
         assert gw.running, f"the gateway died during the run\n{gw.log_tail(40)}"
         assert null.poll() is None, f"the null component died during the run\n{h.tail(root / 'null-component.out')}"
+        assert gw_tls is None or gw_tls.running, f"the TLS gateway died during the run\n{gw_tls.log_tail(40)}"
         failed = sum(int(fnum(d, f"{t}{m}_failed"))
-                     for d in (lat, tput) for t in ("", "null_") for m in ("ping", "readout"))
+                     for d in (lat, tput) for t in ("", "null_", "tls_") for m in ("ping", "readout")
+                     if f"{t}{m}_failed" in d)
 
         print("", flush=True)
         r50, r99 = fnum(lat, "readout_lat_ms_p50"), fnum(lat, "readout_lat_ms_p99")
@@ -297,8 +358,8 @@ def main() -> int:
         report("gateway_cpu_us_per_readout", fnum(tput, "readout_cpu_us_per_request_gateway"))
         report("gateway_cpu_us_per_ping", fnum(tput, "ping_cpu_us_per_request_gateway"))
         report("gateway_rss_peak_kb", int(fnum(tput, "vmhwm_kb_gateway")))
-        report("prosody_cpu_s_during_readouts", fnum(tput, "readout_cpu_s_prosody"))
-        report("prosody_cpu_s_during_pings", fnum(tput, "ping_cpu_s_prosody"))
+        report(f"{srv}_cpu_s_during_readouts", fnum(tput, f"readout_cpu_s_{srv}"))
+        report(f"{srv}_cpu_s_during_pings", fnum(tput, f"ping_cpu_s_{srv}"))
         report("loadgen_cpu_s_during_readouts", fnum(tput, "readout_cpu_s_loadgen"))
         report("loadgen_cpu_s_during_pings", fnum(tput, "ping_cpu_s_loadgen"))
         report("throughput_phase_wall_s_per_kind", fnum(tput, "readout_wall_s"))
@@ -313,12 +374,29 @@ def main() -> int:
         report("null_readout_to_ping_ratio", nrr / npr if npr else float("nan"))
         report("gateway_to_null_readout_ratio", rr / nrr if nrr else float("nan"))
         report("gateway_to_null_ping_ratio", pr / npr if npr else float("nan"))
-        for who, key in (("prosody", "prosody"), ("null_component", "null"), ("loadgen", "loadgen")):
+        for who, key in ((srv, srv), ("null_component", "null"), ("loadgen", "loadgen")):
             for kind in ("readout", "ping"):
                 report(f"{who}_cpu_us_per_null_{kind}", fnum(tput, f"null_{kind}_cpu_us_per_request_{key}"))
-        for who in ("prosody", "loadgen"):
+        for who in (srv, "loadgen"):
             for kind in ("readout", "ping"):
                 report(f"{who}_cpu_us_per_{kind}", fnum(tput, f"{kind}_cpu_us_per_request_{who}"))
+        if gw_tls is not None:
+            # the TLS link's cost: the same device behind the same server, phases interleaved
+            t50, t99 = fnum(lat, "tls_readout_lat_ms_p50"), fnum(lat, "tls_readout_lat_ms_p99")
+            report("tls_readout_latency_ms_p50", t50)
+            report("tls_readout_latency_ms_p99", t99)
+            report("tls_ping_latency_ms_p50", fnum(lat, "tls_ping_lat_ms_p50"))
+            report("tls_ping_latency_ms_p99", fnum(lat, "tls_ping_lat_ms_p99"))
+            report(f"tls_readouts_per_s_{n}_requesters", fnum(tput, "tls_readout_rate_per_s"))
+            report(f"tls_pings_per_s_{n}_requesters", fnum(tput, "tls_ping_rate_per_s"))
+            tcpu = fnum(tput, "tls_readout_cpu_us_per_request_tls")
+            report("tls_gateway_cpu_us_per_readout", tcpu)
+            report("tls_gateway_cpu_us_per_ping", fnum(tput, "tls_ping_cpu_us_per_request_tls"))
+            report(f"tls_{srv}_cpu_us_per_readout", fnum(tput, f"tls_readout_cpu_us_per_request_{srv}"))
+            report("tls_minus_plain_readout_p50_ms", t50 - r50)
+            report("tls_minus_plain_readout_p99_ms", t99 - r99)
+            pcpu = fnum(tput, "readout_cpu_us_per_request_gateway")
+            report("tls_over_plain_gateway_cpu_per_readout", tcpu / pcpu if pcpu else float("nan"))
         report("requests_failed", failed)
         for what, d in (("latency", lat), ("throughput", tput)):
             for k, v in d.items():
