@@ -1,8 +1,22 @@
-"""TLS on the component link against a real ejabberd (issue 13, item 2; README "TLS on the
-component link").
+"""TLS on the component link against a real ejabberd, read on the wire (issue 13, item 2;
+README "TLS on the component link").
 
-One ejabberd for the module, with the harness' plaintext component listener and one
-`ejabberd_service` listener with `tls: true` per server certificate made by certs.py:
+test_component_tls.py runs deployment pattern (b) on both servers: the link up, and each
+refusal with its log line. This module adds what is seen only between the gateway and the
+server: every gateway reaches its listener through a recording TCP proxy
+(harness.TcpProxy(record=True)), and what it sent on each connection is checked. So "never
+falls back to plaintext" is proved on the wire: every connection, the first and each retry
+after a refusal, opens with a TLS ClientHello (record type 0x16, version 0x03xx, handshake
+type 1) and no byte of an XMPP stream header or of the component handshake ever goes out
+in the clear; the control is a gateway without TLS, whose stream the same check sees. The
+ClientHello's server_name extension (SNI) is read too: absent when the gateway connects by
+address, the configured `server_name` when set. Also here: a `ca_file` of another CA (the
+server's certificate good), and a certificate for a name only, refused by address and
+accepted with `server_name`.
+
+One ejabberd for the module (one start, 13 s for the module), with the harness' plaintext
+component listener and one `ejabberd_service` listener with `tls: true` per server
+certificate (certs.py; ejabberd.Service):
 
   good        the CA's leaf for localhost + 127.0.0.1
   untrusted   the same names, signed by an unrelated CA
@@ -13,14 +27,7 @@ One ejabberd for the module, with the harness' plaintext component listener and 
 ejabberd presents a listener's own `certfile` when the client sends no name (SNI), and picks
 among all its certificates by name when it sends one. The gateway sends no name when it
 connects by address, so every gateway here connects to 127.0.0.1 and, but for the
-server_name test, gets the certificate of the listener it reached.
-
-Every gateway reaches its listener through a recording TCP proxy (harness.TcpProxy): what
-it sent on each connection is kept, so "never falls back to plaintext" is checked on the
-wire: every connection, the first and every retry, opens with a TLS ClientHello (record
-type 0x16, version 0x03xx, handshake type 1), and no byte of an XMPP stream header or of the
-component handshake ever went out in the clear. The ClientHello's server_name extension is
-read too: absent when connecting by address, the configured name with server_name.
+server_name case, gets the certificate of the listener it reached.
 
 A client certificate the server requires cannot be tested here: ejabberd 23.01 asks for one
 on a listener with a `cafile` but accepts any or none (src/xmpp/tls.rs tests it against an
