@@ -107,24 +107,7 @@ impl Ctx<'_> {
                    key: &str,
                    default: Duration,
                    min: Duration,
-                   max: Duration|
-         -> Result<Duration, ConfigError> {
-            let Some(s) = v else { return Ok(default) };
-            let d = s.get_ref().0;
-            if d < min || d > max {
-                return Err(self.at(
-                    s,
-                    key,
-                    format!(
-                        "{} is out of range ({} to {})",
-                        s.get_ref(),
-                        humantime::format_duration(min),
-                        humantime::format_duration(max)
-                    ),
-                ));
-            }
-            Ok(d)
-        };
+                   max: Duration| self.duration(v, key, default, min, max);
         let keepalive = dur(
             &x.keepalive,
             "xmpp.keepalive",
@@ -519,33 +502,38 @@ impl Ctx<'_> {
         Ok(done.into_iter().flatten().collect())
     }
 
+    /// A duration option: `default` when absent, refused (located) outside `min..=max`.
+    fn duration(
+        &self,
+        v: &Option<Spanned<HumanDuration>>,
+        key: &str,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(s) = v else { return Ok(default) };
+        let d = s.get_ref().0;
+        if d < min || d > max {
+            return Err(self.at(
+                s,
+                key,
+                format!(
+                    "{} is out of range ({} to {})",
+                    s.get_ref(),
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
     /// The `[history]` section, and the defaults it gives devices and fields.
     fn history_section(
         &self,
         h: &RawHistory,
         state_dir: &Path,
     ) -> Result<(HistoryConfig, Layer), ConfigError> {
-        let dur = |v: &Option<Spanned<HumanDuration>>,
-                   key: &str,
-                   default: Duration,
-                   min: Duration,
-                   max: Duration| {
-            let Some(s) = v else { return Ok(default) };
-            let d = s.get_ref().0;
-            if d < min || d > max {
-                return Err(self.at(
-                    s,
-                    key,
-                    format!(
-                        "{} is out of range ({} to {})",
-                        s.get_ref(),
-                        humantime::format_duration(min),
-                        humantime::format_duration(max)
-                    ),
-                ));
-            }
-            Ok(d)
-        };
         let max_size = match &h.max_size {
             None => DEFAULT_HISTORY_SIZE,
             Some(m) => {
@@ -568,14 +556,14 @@ impl Ctx<'_> {
         let cfg = HistoryConfig {
             file,
             max_size,
-            commit_interval: dur(
+            commit_interval: self.duration(
                 &h.commit_interval,
                 "history.commit_interval",
                 Duration::from_secs(1),
                 Duration::from_millis(10),
                 Duration::from_secs(60),
             )?,
-            read_interval: dur(
+            read_interval: self.duration(
                 &h.read_interval,
                 "history.read_interval",
                 Duration::from_secs(10),

@@ -240,15 +240,7 @@ impl Gateway {
         let timeout = self.cfg.readout.timeout;
         let id = id.clone();
         self.tasks.spawn(async move {
-            let (fresh, error) = match readout::read(adapter.as_ref(), &id, fields, timeout).await {
-                Ok(o) => (
-                    o.readings,
-                    o.failures
-                        .first()
-                        .map(|(n, e)| e.reason().prefixed(&format!("{n}: "))),
-                ),
-                Err(e) => (vec![], Some(e.reason())),
-            };
+            let (fresh, error) = readout::read_for_cache(adapter, &id, fields, timeout).await;
             Done::Sample {
                 device: id,
                 fresh,

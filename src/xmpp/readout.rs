@@ -400,6 +400,25 @@ pub fn node_data(node: &NodeRef, fields: Vec<(SystemTime, Field)>) -> Option<Nod
     (!groups.is_empty()).then(|| NodeData::new(node.clone(), groups))
 }
 
+/// Reads `fields` for the gateway's own purposes (an events sample, a history read):
+/// the readings, and the first failure as the device's last error.
+pub async fn read_for_cache(
+    adapter: Option<mpsc::Sender<AdapterRequest>>,
+    device: &str,
+    fields: Vec<String>,
+    timeout: Duration,
+) -> (Vec<Reading>, Option<Reason>) {
+    match read(adapter.as_ref(), device, fields, timeout).await {
+        Ok(o) => (
+            o.readings,
+            o.failures
+                .first()
+                .map(|(n, e)| e.reason().prefixed(&format!("{n}: "))),
+        ),
+        Err(e) => (vec![], Some(e.reason())),
+    }
+}
+
 /// Asks the adapter for `fields`, bounded by `timeout`.
 pub async fn read(
     adapter: Option<&mpsc::Sender<AdapterRequest>>,
