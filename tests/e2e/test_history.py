@@ -182,3 +182,28 @@ def test_export_from_a_running_gateway_and_check(m):
     assert r.returncode == 0, r.stderr
     assert "history: 2 fields kept in" in r.stdout and "history n: kept 1day, every value" in r.stdout, r.stdout
     m.assert_alive()
+
+
+def test_a_corrupt_store_is_moved_aside_and_a_fresh_one_started(tmp_path):
+    from harness import make_env
+    env = make_env(tmp_path, users=("alice",))
+    try:
+        gw = env.new_gateway()
+        gw.write_config(DEVICES, ACCESS)
+        gw.write_raw_config(gw.config_path.read_text() + "\n[history]\nkeep = \"1d\"\nread_interval = \"200ms\"\n"
+                            "commit_interval = \"100ms\"\n")
+        gw.state_dir.mkdir(parents=True, exist_ok=True)
+        store = gw.state_dir / "history.db"
+        store.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)  # a header, then garbage
+        started = time.time()
+        gw.start()
+        wait_stored(1.5)
+        assert "history store unusable: moved aside" in gw.log_text(), gw.log_tail()
+        aside = list(gw.state_dir.glob("history.db.unusable-*"))
+        assert len(aside) == 1 and aside[0].read_bytes().endswith(b"\xff" * 100)
+        r = gw.run_cli("history", "--config", str(gw.config_path), "--device", "pump", "--field", "n",
+                       "--from", iso(started - 1))
+        assert r.returncode == 0 and len(r.stdout.strip().splitlines()) >= 3, (r.stdout, r.stderr)
+        assert gw.running
+    finally:
+        env.close()
