@@ -12,19 +12,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-# shellcheck source=../e2e/deps.sh
-source tests/e2e/deps.sh
-
-fg_ensure_all
-
-fg_log "cargo build --release (gateway)"
-cargo build --release
-fg_log "cargo build --release (tests/bench/loadgen)"
-cargo build --release --locked --manifest-path tests/bench/loadgen/Cargo.toml \
-    --target-dir tests/bench/loadgen/target
-
-export FIELDGATE_BIN="${FIELDGATE_BIN:-target/release/fieldgate}"
-export FIELDGATE_LOG="${FIELDGATE_LOG:-info}"
-export LOADGEN_BIN="${LOADGEN_BIN:-tests/bench/loadgen/target/release/fieldgate-loadgen}"
-export NULL_COMPONENT_BIN="${NULL_COMPONENT_BIN:-tests/bench/loadgen/target/release/fieldgate-null-component}"
-exec "$FG_VENV/bin/python" tests/bench/bench_iot.py "$@"
+# shellcheck source=release.sh
+source tests/bench/release.sh
+fg_bench_loadgen bench_iot.py "$@"

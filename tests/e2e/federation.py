@@ -160,7 +160,7 @@ class FedCerts:
 # a Prosody with s2s
 
 
-class S2sProsody(Prosody):
+class S2sProsody(harness.LogFile, Prosody):
     """A Prosody that federates: s2s on `address`:5269 with TLS required and certificates
     verified against `ca_file` only, names resolved from `hosts_file`.
 
@@ -267,26 +267,6 @@ class S2sProsody(Prosody):
             harness.stop_process(self.proc, harness.signal.SIGTERM, timeout)
             ports = self._ports()
             wait_for(lambda: not any(port_open(p, h) for h, p in ports), timeout, "prosody's ports to close")
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     def describe(self) -> str:
         return (f"prosody {self.vhost} (s2s {self.address}:{S2S_PORT}, c2s {self.c2s_port if self.has_c2s else '-'}, "
