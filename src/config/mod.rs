@@ -137,6 +137,11 @@ pub struct EventsConfig {
     pub min_interval: Duration,
     /// How often a requester holding subscriptions or queued readouts is pinged.
     pub liveness_interval: Duration,
+    /// Events kept for delivery while the component link is down (or not yet known to
+    /// have reached the server), all subscribers together; beyond it the oldest go.
+    pub outage_buffer: usize,
+    /// How long an event may wait for the link; older ones are dropped.
+    pub outage_max_age: Duration,
 }
 
 /// One `[[device]]`.
@@ -419,6 +424,30 @@ secret = "s"
         }
         assert!(c.devices.is_empty());
         assert!(!format!("{:?}", c.xmpp).contains("\"s\""));
+    }
+
+    #[test]
+    fn the_outage_buffer_has_defaults_and_ranges() {
+        let c = parse(Path::new("t.toml"), BASE).unwrap();
+        assert_eq!(c.events.outage_buffer, 10_000);
+        assert_eq!(c.events.outage_max_age, Duration::from_secs(3600));
+        let c = parse(
+            Path::new("t.toml"),
+            &format!("{BASE}[events]\noutage_buffer = 0\noutage_max_age = \"10m\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.events.outage_buffer, 0);
+        assert_eq!(c.events.outage_max_age, Duration::from_secs(600));
+        let e = err(&format!("{BASE}[events]\noutage_buffer = -1\n"));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (7, Some("events.outage_buffer"))
+        );
+        let e = err(&format!("{BASE}[events]\noutage_max_age = \"0s\"\n"));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (7, Some("events.outage_max_age"))
+        );
     }
 
     #[test]

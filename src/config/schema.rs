@@ -140,6 +140,8 @@ pub(super) struct RawEvents {
     pub(super) sample_interval: Option<Spanned<HumanDuration>>,
     pub(super) min_interval: Option<Spanned<HumanDuration>>,
     pub(super) liveness_interval: Option<Spanned<HumanDuration>>,
+    pub(super) outage_buffer: Option<Spanned<i64>>,
+    pub(super) outage_max_age: Option<Spanned<HumanDuration>>,
 }
 
 /// One `[[device]]` (its adapter's table aside).

@@ -247,6 +247,19 @@ impl Ctx<'_> {
                 Duration::from_secs(1),
                 Duration::from_secs(3600),
             )?,
+            outage_buffer: self.count(
+                &raw.events.outage_buffer,
+                "events.outage_buffer",
+                10_000,
+                0..=1_000_000,
+            )?,
+            outage_max_age: dur(
+                &raw.events.outage_max_age,
+                "events.outage_max_age",
+                Duration::from_secs(3600),
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
         };
 
         let (history, history_defaults) = self.history_section(&raw.history, &state_dir)?;

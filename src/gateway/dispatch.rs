@@ -116,6 +116,7 @@ impl Gateway {
             .cloned()
             .collect();
         let subs = self.subscriptions.retain(|k, _| k.0 != who).len();
+        self.outbox.forget(who);
         for k in &keys {
             self.end_session(k);
         }

@@ -10,14 +10,15 @@ use fieldgate_api::{DeviceId, Reporting};
 use tokio_xmpp::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
+use super::outbox;
 use super::readouts::{extra_fields, for_this_node, EXTRA_NAMES};
 use super::replies::{bad_request, forbidden, not_found};
 use super::subscriptions::{SubKey, Wake};
 use super::tasks::Done;
 use super::{Device, Gateway};
 use crate::access::{self, Right};
+use crate::xmpp::delay;
 use crate::xmpp::fields_text::FieldsMessages;
-use crate::xmpp::link::Outbound;
 use crate::xmpp::payload::common::FieldTypes;
 use crate::xmpp::payload::events::Subscribe;
 use crate::xmpp::payload::sensordata::{Accepted, Field};
@@ -145,6 +146,7 @@ impl Gateway {
 
     /// Ends a subscription on the subscriber's request.
     pub(super) fn unsubscribe(&mut self, key: &SubKey) {
+        self.outbox.forget_key(key);
         if self.subscriptions.remove(key).is_some() {
             tracing::info!(requester = %key.0, seqnr = key.1, "event subscription ended by its subscriber");
         }
@@ -320,6 +322,8 @@ impl Gateway {
             }
         }
         let stamp = SystemTime::now();
+        // When the values were read: the stamp of the event's delay, if it waits.
+        let read = fields.iter().map(|(t, _)| *t).max().unwrap_or(stamp);
         fields.extend(
             extra_fields(dev, &sub.types, detailed)
                 .into_iter()
@@ -331,7 +335,12 @@ impl Gateway {
             to: &key.0,
             seqnr: sub.seqnr,
             node_id: &dev.cfg.id,
-            limit: self.cfg.xmpp.max_outbound_stanza_size,
+            // Room for the `<delay>` it gets if it has to wait for the link.
+            limit: self
+                .cfg
+                .xmpp
+                .max_outbound_stanza_size
+                .saturating_sub(delay::room(self.domain())),
         }
         .write(fields);
         if written.oversized > 0 {
@@ -341,8 +350,16 @@ impl Gateway {
         if let Some(sub) = self.subscriptions.get_mut(key) {
             sub.sent(value_in(dev), now);
         }
+        let event = outbox::Event {
+            key: key.clone(),
+            from: dev.full.clone(),
+            stamp: read,
+            messages: written.messages,
+        };
         self.reschedule(key);
-        let _ = self.out.send(Outbound::Text(written.messages)).await;
+        if let Some(out) = self.outbox.push(event, self.link_up, now) {
+            let _ = self.out.send(out).await;
+        }
     }
 
     /// Drops subscriptions whose holder lost the right to read, or whose device is gone
@@ -590,5 +607,111 @@ mod polled_tests {
         // One event per poll, each sent as its poll arrived: no read was started.
         assert_eq!(sent(&mut t), ["1", "2", "3", "4", "5"]);
         assert!(t.gw.tasks.is_empty(), "no read of a polled device");
+    }
+
+    /// A subscription of alice's to every change of `level`.
+    async fn subscribed(t: &mut TestGateway) {
+        let sub = el(&format!(
+            "<subscribe xmlns='{EV}' seqnr='1' momentary='true'>\
+             <field name='level' changedBy='1'/></subscribe>"
+        ));
+        let (reply, key) =
+            t.gw.on_subscribe(&iq("get", ALICE, "pump"), &"pump".into(), &sub);
+        assert_eq!(super::super::testing::condition(&reply), None);
+        t.gw.start_subscription(&key.unwrap()).await;
+    }
+
+    /// The id of the check ping sent to alice.
+    fn check_ping(t: &mut TestGateway) -> String {
+        let out = t.out.try_recv().expect("a check ping").into_vec();
+        let ping = &out[0];
+        assert_eq!(ping.attr("to"), Some(ALICE));
+        assert!(ping.has_child("ping", xmpp_parsers::ns::PING));
+        ping.attr("id").unwrap().to_owned()
+    }
+
+    fn answer(id: &str, type_: &str) -> crate::xmpp::stanza::Header {
+        let el = el(&format!(
+            "<iq xmlns='jabber:component:accept' type='{type_}' id='{id}' from='{ALICE}' \
+             to='pump@{}/gw'/>",
+            super::super::testing::DOMAIN
+        ));
+        crate::xmpp::stanza::Header::parse(&el).unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_due_while_the_link_is_down_follow_the_reconnect_with_delays() {
+        let period = Duration::from_millis(10);
+        let mut t = polled(period);
+        subscribed(&mut t).await;
+        poll(&mut t, 0).await;
+        tokio::time::sleep(period).await;
+        poll(&mut t, 1).await;
+        assert_eq!(sent(&mut t).last().map(String::as_str), Some("1"));
+        t.gw.link_up = false;
+        t.gw.link_went_down();
+        for level in 2..=4 {
+            tokio::time::sleep(period).await;
+            poll(&mut t, level).await;
+        }
+        assert!(
+            t.out.try_recv().is_err(),
+            "nothing written while the link is down"
+        );
+        t.gw.link_up = true;
+        t.gw.check_held_subscribers().await;
+        let id = check_ping(&mut t);
+        // a change while the check is out waits behind the kept ones
+        tokio::time::sleep(period).await;
+        poll(&mut t, 5).await;
+        assert!(t.out.try_recv().is_err());
+        t.gw.on_iq_response(&answer(&id, "result")).await;
+        let mut levels = vec![];
+        let mut delays = vec![];
+        while let Ok(out) = t.out.try_recv() {
+            for m in out.into_vec() {
+                let f = m.get_child("fields", SD).unwrap();
+                for n in f
+                    .children()
+                    .flat_map(|n| n.children())
+                    .flat_map(|t| t.children())
+                {
+                    levels.push(n.attr("value").unwrap().to_owned());
+                }
+                let d = m
+                    .get_child("delay", crate::xmpp::delay::NS)
+                    .expect("a delay");
+                assert_eq!(d.attr("from"), Some(super::super::testing::DOMAIN));
+                delays.push(d.attr("stamp").unwrap().to_owned());
+            }
+        }
+        // "1" was written on the connection that broke and never confirmed: sent again
+        assert_eq!(levels, ["1", "2", "3", "4", "5"]);
+        let mut sorted = delays.clone();
+        sorted.sort();
+        assert_eq!(delays, sorted, "in the order the values were read");
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_whose_session_ended_gets_nothing_and_loses_its_subscription() {
+        let period = Duration::from_millis(10);
+        let mut t = polled(period);
+        subscribed(&mut t).await;
+        poll(&mut t, 0).await;
+        sent(&mut t);
+        t.gw.link_up = false;
+        t.gw.link_went_down();
+        tokio::time::sleep(period).await;
+        poll(&mut t, 2).await;
+        t.gw.link_up = true;
+        t.gw.check_held_subscribers().await;
+        let id = check_ping(&mut t);
+        t.gw.on_iq_response(&answer(&id, "error")).await;
+        assert!(
+            t.out.try_recv().is_err(),
+            "nothing for a session that ended"
+        );
+        assert!(t.gw.subscriptions.is_empty());
+        assert_eq!(t.gw.outbox.len(), 0);
     }
 }

@@ -62,7 +62,7 @@ async fn corpus_inputs_through_the_gateway() {
                     let texts: Vec<String> = match out {
                         Outbound::One(e) => vec![String::from(&e)],
                         Outbound::Batch(v) => v.iter().map(String::from).collect(),
-                        Outbound::Text(v) => v,
+                        Outbound::Text(v) | Outbound::Tracked { stanzas: v, .. } => v,
                     };
                     for text in texts {
                         let well_formed = text.parse::<Element>().is_ok()

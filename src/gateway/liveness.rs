@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use fieldgate_api::DeviceId;
 use tokio_xmpp::minidom::Element;
 
+use super::outbox::{self, Checked};
 use super::Gateway;
 use crate::xmpp::stanza::Header;
 
@@ -41,6 +42,14 @@ impl Gateway {
     /// keeps no presence for them towards the device, and what they hold would otherwise
     /// be held for good.
     pub(super) async fn probe_subscribers(&mut self, now: Instant) {
+        for who in self.outbox.overdue(now) {
+            self.forget_requester(&who, "no answer to the ping before its kept events");
+        }
+        // A ping cannot be answered while the link is down: waiting for one then would
+        // end every subscription an outage outlasts.
+        if !self.link_up {
+            return;
+        }
         let every = self.cfg.events.liveness_interval;
         let mut requesters: HashMap<String, DeviceId> = HashMap::new();
         for s in self.subscriptions.values() {
@@ -86,7 +95,14 @@ impl Gateway {
     }
 
     /// An iq result or error addressed to us: only answers to our liveness pings matter.
-    pub(super) fn on_iq_response(&mut self, h: &Header) {
+    pub(super) async fn on_iq_response(&mut self, h: &Header) {
+        if let Some(id) =
+            h.id.as_deref()
+                .filter(|id| id.starts_with(outbox::CHECK_ID))
+        {
+            self.on_check_answer(h, id).await;
+            return;
+        }
         let Some(id) = h.id.as_deref().filter(|id| id.starts_with(LIVENESS_ID)) else {
             return;
         };
@@ -104,6 +120,57 @@ impl Gateway {
             self.forget_requester(&who, "liveness ping bounced");
         } else if let Some(l) = self.liveness.get_mut(&who) {
             l.outstanding = None;
+        }
+    }
+
+    /// The link went down: pings out now will not be answered.
+    pub(super) fn link_went_down(&mut self) {
+        self.liveness.clear();
+        self.outbox.link_down();
+    }
+
+    /// The link is up again: each subscriber with events kept for it is pinged, and
+    /// gets them once it answers (see [`outbox`]).
+    pub(super) async fn check_held_subscribers(&mut self) {
+        let now = Instant::now();
+        let who = self.outbox.link_up(now);
+        if who.is_empty() {
+            return;
+        }
+        tracing::info!(
+            events = self.outbox.len(),
+            subscribers = who.len(),
+            "component link back: checking the subscribers of the events kept"
+        );
+        for (who, from) in who {
+            self.next_iq += 1;
+            let id = format!("{}{}", outbox::CHECK_ID, self.next_iq);
+            self.send(ping(&from, &who, &id)).await;
+            self.outbox.checking_with(who, id, now);
+        }
+    }
+
+    async fn on_check_answer(&mut self, h: &Header, id: &str) {
+        let who = h.from.to_string();
+        let ok = h.type_.as_deref() == Some("result");
+        let subs = &self.subscriptions;
+        let checked = self
+            .outbox
+            .answered(&who, id, ok, |k| subs.contains_key(k), Instant::now());
+        match checked {
+            None => {}
+            Some(Checked::Gone) => {
+                self.forget_requester(&who, "its session ended while the link was down")
+            }
+            Some(Checked::Deliver(out)) => {
+                if !out.is_empty() {
+                    tracing::info!(requester = %who, events = out.len(),
+                        "events kept while the link was down delivered");
+                }
+                for o in out {
+                    let _ = self.out.send(o).await;
+                }
+            }
         }
     }
 }
@@ -148,7 +215,7 @@ mod tests {
         let t0 = Instant::now();
         t.gw.probe_subscribers(t0).await;
         let id = sent_ping(&mut t.out);
-        t.gw.on_iq_response(&answer(&id, "result"));
+        t.gw.on_iq_response(&answer(&id, "result")).await;
         // long after the timeout: nothing outstanding, so nothing is forgotten
         t.gw.probe_subscribers(t0 + LIVENESS_TIMEOUT * 2).await;
         assert_eq!(t.gw.subscriptions.len(), 1);
@@ -175,9 +242,9 @@ mod tests {
         t.gw.probe_subscribers(t0).await;
         let id = sent_ping(&mut t.out);
         // an answer to somebody else's ping id changes nothing
-        t.gw.on_iq_response(&answer("fg-live-999", "error"));
+        t.gw.on_iq_response(&answer("fg-live-999", "error")).await;
         assert_eq!(t.gw.subscriptions.len(), 1);
-        t.gw.on_iq_response(&answer(&id, "error"));
+        t.gw.on_iq_response(&answer(&id, "error")).await;
         assert!(t.gw.subscriptions.is_empty());
     }
 }

@@ -21,6 +21,7 @@ mod fleets;
 mod fuzz_replay;
 mod history;
 mod liveness;
+mod outbox;
 mod per_user;
 mod presences;
 mod readouts;
@@ -162,6 +163,8 @@ struct Gateway {
     subscriptions: subscriptions::Subscriptions,
     /// Liveness probes of subscribers, by requester full JID.
     liveness: HashMap<String, liveness::Liveness>,
+    /// Events not yet known to have reached the server (kept through link outages).
+    outbox: outbox::Outbox,
     /// Counter for the ids of the gateway's own iq requests.
     next_iq: u64,
     /// What each adapter kind's devices share.
@@ -210,6 +213,7 @@ pub async fn run(
         state: mut link_state,
         stats: link_stats,
         settings: link_settings,
+        mut receipts,
     } = link;
     if n_subs > cfg.max_subscriptions {
         tracing::warn!(subscriptions = n_subs, max_subscriptions = cfg.max_subscriptions,
@@ -252,8 +256,13 @@ pub async fn run(
                 Err(_) => {}
             },
             _ = until(wake), if wake.is_some() => gw.on_wake().await,
-            _ = liveness_tick.tick(), if !gw.subscriptions.is_empty() || !gw.sessions.is_empty() => {
+            _ = liveness_tick.tick(), if !gw.subscriptions.is_empty() || !gw.sessions.is_empty()
+                || gw.outbox.checking() => {
                 gw.probe_subscribers(Instant::now()).await
+            }
+            Ok(()) = receipts.changed() => {
+                let receipt = *receipts.borrow_and_update();
+                gw.outbox.confirm(receipt);
             }
             _ = controls.shutdown.cancelled() => break,
             Some(()) = controls.reload.recv() => gw.request_reload(),
@@ -289,9 +298,11 @@ pub async fn run(
                             supervisor.ready();
                         }
                         gw.announce_all().await;
+                        gw.check_held_subscribers().await;
                     }
                     LinkState::Down(why) => {
                         gw.link_up = false;
+                        gw.link_went_down();
                         supervisor.status(&format!("component link down: {why}"));
                     }
                 }
@@ -431,6 +442,11 @@ impl Gateway {
             writes_per_requester: Default::default(),
             subscriptions: Default::default(),
             liveness: HashMap::new(),
+            outbox: outbox::Outbox::new(
+                &cfg.xmpp.domain,
+                cfg.events.outage_buffer,
+                cfg.events.outage_max_age,
+            ),
             next_iq: 0,
             runtimes: devices::Runtimes::new(exit_tx),
             exits,

@@ -100,7 +100,7 @@ impl Gateway {
             match h.kind {
                 Kind::Presence => self.on_presence(h).await,
                 Kind::Message => self.forget_requester(&h.from.to_string(), "message bounced"),
-                Kind::Iq => self.on_iq_response(h),
+                Kind::Iq => self.on_iq_response(h).await,
             }
             return;
         }
@@ -154,7 +154,7 @@ impl Gateway {
                 ))
                 .await;
             } else {
-                self.on_iq_response(h);
+                self.on_iq_response(h).await;
             }
             return;
         }

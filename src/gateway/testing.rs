@@ -78,7 +78,7 @@ pub fn gateway_with(access: &str, devices: &str) -> TestGateway {
     let (commit_tx, commits) = mpsc::channel(16);
     let (ev_tx, events) = mpsc::channel(1024);
     let (settings, _) = watch::channel(cfg.xmpp.clone());
-    let gw = Gateway::new(
+    let mut gw = Gateway::new(
         cfg,
         Default::default(),
         Default::default(),
@@ -87,6 +87,8 @@ pub fn gateway_with(access: &str, devices: &str) -> TestGateway {
         EventSink::new(ev_tx, Arc::new(AtomicU64::new(0))),
         settings,
     );
+    // As if the component link were up: what the gateway sends reaches `out`.
+    gw.link_up = true;
     TestGateway {
         gw,
         out,

@@ -72,6 +72,15 @@ pub enum Outbound {
     /// Stanzas the gateway serialised itself (in the stream's default namespace, within
     /// `max_outbound_stanza_size` each), written together, in order.
     Text(Vec<String>),
+    /// Serialised stanzas whose arrival at the server the gateway wants to learn: once
+    /// the server has answered a ping written after them, [`LinkChannels::receipts`]
+    /// reaches `tag`. Tags rise in the order the gateway sends them.
+    Tracked {
+        /// The gateway's number for these stanzas.
+        tag: u64,
+        /// The stanzas, as for [`Outbound::Text`].
+        stanzas: Vec<String>,
+    },
 }
 
 impl Outbound {
@@ -81,6 +90,7 @@ impl Outbound {
             Outbound::One(_) => 1,
             Outbound::Batch(v) => v.len(),
             Outbound::Text(v) => v.len(),
+            Outbound::Tracked { stanzas, .. } => stanzas.len(),
         }
     }
 
@@ -94,7 +104,7 @@ impl Outbound {
         match self {
             Outbound::One(el) => vec![el],
             Outbound::Batch(v) => v,
-            Outbound::Text(v) => v
+            Outbound::Text(v) | Outbound::Tracked { stanzas: v, .. } => v
                 .iter()
                 .filter_map(|s| crate::xmpp::stanza_text::parse(s))
                 .collect(),
@@ -126,6 +136,10 @@ pub struct LinkChannels {
     pub stats: Arc<LinkStats>,
     /// New settings (after a reload): the link reconnects with them at once.
     pub settings: watch::Sender<XmppConfig>,
+    /// The highest [`Outbound::Tracked`] tag the server is known to have processed: it
+    /// answered a ping written after it. Stanzas written but not receipted when a
+    /// connection ends may or may not have reached the server.
+    pub receipts: watch::Receiver<u64>,
 }
 
 /// Queue sizes: large enough for a presence burst of thousands of devices.
@@ -153,12 +167,16 @@ pub fn spawn(
     let (state_tx, state_rx) = watch::channel(LinkState::Down("not connected yet".into()));
     let stats = Arc::new(LinkStats::default());
     let (settings_tx, settings_rx) = watch::channel(config);
+    let (receipts_tx, receipts_rx) = watch::channel(0);
     let task = tokio::spawn(run(
         settings_rx,
         in_tx,
         out_rx,
-        state_tx,
-        stats.clone(),
+        Published {
+            state: state_tx,
+            receipts: receipts_tx,
+            stats: stats.clone(),
+        },
         shutdown,
     ));
     (
@@ -168,6 +186,7 @@ pub fn spawn(
             state: state_rx,
             stats,
             settings: settings_tx,
+            receipts: receipts_rx,
         },
         task,
     )
@@ -191,14 +210,34 @@ enum End {
     Reconfigure,
 }
 
+/// What the link publishes to the gateway.
+struct Published {
+    state: watch::Sender<LinkState>,
+    receipts: watch::Sender<u64>,
+    stats: Arc<LinkStats>,
+}
+
+impl Published {
+    fn receipt(&self, tag: u64) {
+        self.receipts.send_if_modified(|r| {
+            let newer = tag > *r;
+            if newer {
+                *r = tag;
+            }
+            newer
+        });
+    }
+}
+
 async fn run(
     mut settings: watch::Receiver<XmppConfig>,
     inbound: FairSender,
     mut outbound: mpsc::Receiver<Outbound>,
-    state: watch::Sender<LinkState>,
-    stats: Arc<LinkStats>,
+    publish: Published,
     shutdown: CancellationToken,
 ) {
+    let state = &publish.state;
+    let stats = &publish.stats;
     let mut attempt: u32 = 0;
     let mut down_log = DownLog::default();
     loop {
@@ -223,7 +262,7 @@ async fn run(
                     &mut settings,
                     &inbound,
                     &mut outbound,
-                    &stats,
+                    &publish,
                     &shutdown,
                 )
                 .await;
@@ -456,9 +495,10 @@ async fn serve(
     settings: &mut watch::Receiver<XmppConfig>,
     inbound: &FairSender,
     outbound: &mut mpsc::Receiver<Outbound>,
-    stats: &LinkStats,
+    publish: &Published,
     shutdown: &CancellationToken,
 ) -> End {
+    let stats = &*publish.stats;
     let mut keepalive = tokio::time::interval(config.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.tick().await;
@@ -469,6 +509,7 @@ async fn serve(
         raw,
         unflushed: false,
         written: 0,
+        last_tag: 0,
         stats,
         log: LogLimiter::new(10, Duration::from_secs(60)),
     };
@@ -498,7 +539,19 @@ async fn serve(
                 Io::Read(item) => match item {
                     Some(Ok(el)) => {
                         last_heard = Instant::now();
-                        if window.answered(&el) || is_keepalive_reply(&el) {
+                        if window.answered(&el) {
+                            publish.receipt(window.receipt);
+                            // Tracked stanzas written while that ping was out want a
+                            // ping of their own.
+                            if let Some(ping) = window.receipt_marker(writer.last_tag, config) {
+                                if let Err(e) = stream.feed(&ping).await {
+                                    return End::Lost(format!("write failed: {e}"));
+                                }
+                                flushing = true;
+                            }
+                            continue;
+                        }
+                        if is_keepalive_reply(&el) {
                             continue;
                         }
                         if el.name() == "error" && el.ns() == ns::STREAM {
@@ -559,7 +612,10 @@ async fn serve(
                     }
                 }
                 writer.unflushed = false;
-                if let Some(marker) = window.marker(writer.written, config) {
+                let marker = window
+                    .marker(writer.written, writer.last_tag, config)
+                    .or_else(|| window.receipt_marker(writer.last_tag, config));
+                if let Some(marker) = marker {
                     if let Err(e) = stream.feed(&marker).await {
                         return End::Lost(format!("write failed: {e}"));
                     }
@@ -574,6 +630,11 @@ async fn serve(
                 ping_seq += 1;
                 if let Err(e) = stream.feed(&ping(config, ping_seq)).await {
                     return End::Lost(format!("write failed: {e}"));
+                }
+                if let Some(marker) = window.receipt_marker(writer.last_tag, config) {
+                    if let Err(e) = stream.feed(&marker).await {
+                        return End::Lost(format!("write failed: {e}"));
+                    }
                 }
                 flushing = true;
             }
@@ -591,15 +652,23 @@ const WINDOW: u64 = 64 * 1024;
 /// How long an unanswered window ping holds writing up before it is given up on.
 const WINDOW_PATIENCE: Duration = Duration::from_secs(5);
 
+///
+/// The same pings are the receipts of [`Outbound::Tracked`] stanzas: a server that
+/// answers a ping has processed everything written before it on the stream.
 #[derive(Default)]
 struct Window {
     next_id: u64,
-    /// Pings sent, oldest first: (id, bytes written when it was sent, when).
-    pending: std::collections::VecDeque<(u64, u64, Instant)>,
+    /// Pings sent, oldest first: (id, bytes written when it was sent, the last tag
+    /// written by then, when).
+    pending: std::collections::VecDeque<(u64, u64, u64, Instant)>,
     /// Bytes the server has processed (as of the last answered ping).
     acked: u64,
     /// Bytes written when the last ping went out.
     marked: u64,
+    /// The last tag written when the last ping went out.
+    marked_tag: u64,
+    /// The highest tag the server is known to have processed.
+    receipt: u64,
 }
 
 impl Window {
@@ -609,23 +678,35 @@ impl Window {
     }
 
     /// A ping to send, if half a window was written since the last one.
-    fn marker(&mut self, written: u64, config: &XmppConfig) -> Option<Element> {
+    fn marker(&mut self, written: u64, tag: u64, config: &XmppConfig) -> Option<Element> {
         if written.saturating_sub(self.marked) < WINDOW / 2 {
             return None;
         }
+        Some(self.ping(written, tag, config))
+    }
+
+    /// A ping to send for tracked stanzas written since the last ping, unless a ping is
+    /// out: at most one receipt ping per round trip, however many events are written.
+    fn receipt_marker(&mut self, tag: u64, config: &XmppConfig) -> Option<Element> {
+        if tag <= self.marked_tag || !self.pending.is_empty() {
+            return None;
+        }
+        Some(self.ping(self.marked, tag, config))
+    }
+
+    fn ping(&mut self, written: u64, tag: u64, config: &XmppConfig) -> Element {
         self.next_id += 1;
-        self.marked = written;
+        self.marked = self.marked.max(written);
+        self.marked_tag = self.marked_tag.max(tag);
         self.pending
-            .push_back((self.next_id, written, Instant::now()));
-        Some(
-            Element::builder("iq", ns::COMPONENT)
-                .a("type", "get")
-                .a("id", format!("{WINDOW_ID_PREFIX}{}", self.next_id))
-                .a("from", config.domain.as_str())
-                .a("to", config.ping_target.as_str())
-                .append(Element::builder("ping", ns::PING).build())
-                .build(),
-        )
+            .push_back((self.next_id, written, tag, Instant::now()));
+        Element::builder("iq", ns::COMPONENT)
+            .a("type", "get")
+            .a("id", format!("{WINDOW_ID_PREFIX}{}", self.next_id))
+            .a("from", config.domain.as_str())
+            .a("to", config.ping_target.as_str())
+            .append(Element::builder("ping", ns::PING).build())
+            .build()
     }
 
     /// Takes the server's answer to a window ping (result or error alike).
@@ -640,11 +721,14 @@ impl Window {
         if el.name() != "iq" || !matches!(el.attr("type"), Some("result" | "error")) {
             return false;
         }
-        while let Some(&(n, bytes, _)) = self.pending.front() {
+        while let Some(&(n, bytes, tag, _)) = self.pending.front() {
             if n > id {
                 break;
             }
             self.acked = self.acked.max(bytes);
+            // An error answer says as much as a result: the server read the ping, and
+            // what was written before it.
+            self.receipt = self.receipt.max(tag);
             self.pending.pop_front();
         }
         true
@@ -653,17 +737,22 @@ impl Window {
     /// Resolves when the oldest unanswered ping has waited too long.
     async fn stalled(&self) {
         match self.pending.front() {
-            Some(&(_, _, sent)) => tokio::time::sleep_until((sent + WINDOW_PATIENCE).into()).await,
+            Some(&(_, _, _, sent)) => {
+                tokio::time::sleep_until((sent + WINDOW_PATIENCE).into()).await
+            }
             None => std::future::pending().await,
         }
     }
 
-    /// Treats every ping sent as answered.
+    /// Treats every ping sent as answered, for writing; not for receipts, which only
+    /// an answer gives.
     fn forget(&mut self) {
-        if let Some(&(_, bytes, _)) = self.pending.back() {
+        if let Some(&(_, bytes, _, _)) = self.pending.back() {
             self.acked = self.acked.max(bytes);
         }
         self.pending.clear();
+        // What those pings were to receipt is asked about again by the next one.
+        self.marked_tag = self.receipt;
     }
 }
 
@@ -711,6 +800,8 @@ struct Writer<'a> {
     unflushed: bool,
     /// Bytes of stanzas written on this connection.
     written: u64,
+    /// The tag of the last [`Outbound::Tracked`] written on this connection.
+    last_tag: u64,
     stats: &'a LinkStats,
     log: LogLimiter,
 }
@@ -727,33 +818,39 @@ impl Writer<'_> {
                 }
                 Ok(())
             }
-            Outbound::Text(texts) => {
-                if self.unflushed {
-                    // What the stream holds goes first: stanzas keep their order.
-                    SinkExt::<&Element>::flush(stream).await?;
-                    self.unflushed = false;
-                }
-                for t in texts {
-                    if t.len() > self.limit {
-                        self.stats
-                            .outbound_oversized
-                            .fetch_add(1, Ordering::Relaxed);
-                        if let Some(suppressed) = self.log.allow(Instant::now()) {
-                            tracing::error!(
-                                bytes = t.len(),
-                                limit = self.limit,
-                                suppressed,
-                                "outbound stanza over max_outbound_stanza_size not sent"
-                            );
-                        }
-                        continue;
-                    }
-                    self.written += t.len() as u64;
-                    self.raw.push(t.as_bytes());
-                }
-                Ok(())
+            Outbound::Tracked { tag, stanzas } => {
+                self.last_tag = self.last_tag.max(tag);
+                self.feed_text(stream, stanzas).await
             }
+            Outbound::Text(texts) => self.feed_text(stream, texts).await,
         }
+    }
+
+    async fn feed_text(&mut self, stream: &mut Stream, texts: Vec<String>) -> std::io::Result<()> {
+        if self.unflushed {
+            // What the stream holds goes first: stanzas keep their order.
+            SinkExt::<&Element>::flush(stream).await?;
+            self.unflushed = false;
+        }
+        for t in texts {
+            if t.len() > self.limit {
+                self.stats
+                    .outbound_oversized
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.log.allow(Instant::now()) {
+                    tracing::error!(
+                        bytes = t.len(),
+                        limit = self.limit,
+                        suppressed,
+                        "outbound stanza over max_outbound_stanza_size not sent"
+                    );
+                }
+                continue;
+            }
+            self.written += t.len() as u64;
+            self.raw.push(t.as_bytes());
+        }
+        Ok(())
     }
 
     async fn feed_one(&mut self, stream: &mut Stream, el: Element) -> std::io::Result<()> {
@@ -924,6 +1021,56 @@ mod tests {
             Some(1)
         );
         assert_eq!(log.allow(&expired(7), t0 + DOWN_LOG_WINDOW), Some(0));
+    }
+
+    fn window_config() -> XmppConfig {
+        let text = "[xmpp]\nserver = \"127.0.0.1:5347\"\ndomain = \"gw.example.org\"\n\
+                    secret = \"s\"\n[state]\ndir = \"/nonexistent\"\n";
+        crate::config::parse(std::path::Path::new("t.toml"), text)
+            .unwrap()
+            .xmpp
+    }
+
+    fn answer(ping: &Element, type_: &str) -> Element {
+        format!(
+            "<iq xmlns='jabber:component:accept' type='{type_}' id='{}'/>",
+            ping.attr("id").unwrap()
+        )
+        .parse()
+        .unwrap()
+    }
+
+    #[test]
+    fn tracked_stanzas_are_receipted_by_the_answer_to_a_ping_written_after_them() {
+        let config = window_config();
+        let mut w = Window::default();
+        // nothing tracked written: no receipt ping
+        assert!(w.receipt_marker(0, &config).is_none());
+        let p1 = w
+            .receipt_marker(3, &config)
+            .expect("a ping for tags up to 3");
+        // one ping out at a time, however many are written meanwhile
+        assert!(w.receipt_marker(5, &config).is_none());
+        assert_eq!(w.receipt, 0, "nothing receipted before the answer");
+        // an error answer says the server read it all the same
+        assert!(w.answered(&answer(&p1, "error")));
+        assert_eq!(w.receipt, 3);
+        let p2 = w.receipt_marker(5, &config).expect("then one for 4 and 5");
+        // a flow-control stall gives up on the ping for writing, not for receipts ...
+        w.forget();
+        assert_eq!(w.receipt, 3);
+        // ... and the next ping asks again
+        let p3 = w.receipt_marker(5, &config).expect("asked again");
+        assert!(
+            w.answered(&answer(&p2, "result")),
+            "a late answer still counts"
+        );
+        assert!(w.answered(&answer(&p3, "result")));
+        assert_eq!(w.receipt, 5);
+        // a window ping carries the tags written before it too
+        let big = w.marker(WINDOW, 9, &config).expect("half a window written");
+        assert!(w.answered(&answer(&big, "result")));
+        assert_eq!(w.receipt, 9);
     }
 
     #[test]
