@@ -520,6 +520,7 @@ async fn serve(
     let mut closed = false;
     let mut window = Window::default();
     loop {
+        let receipt_at = window.receipt_due(writer.last_tag);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return End::Cancelled,
@@ -541,14 +542,6 @@ async fn serve(
                         last_heard = Instant::now();
                         if window.answered(&el) {
                             publish.receipt(window.receipt);
-                            // Tracked stanzas written while that ping was out want a
-                            // ping of their own.
-                            if let Some(ping) = window.receipt_marker(writer.last_tag, config) {
-                                if let Err(e) = stream.feed(&ping).await {
-                                    return End::Lost(format!("write failed: {e}"));
-                                }
-                                flushing = true;
-                            }
                             continue;
                         }
                         if is_keepalive_reply(&el) {
@@ -612,10 +605,7 @@ async fn serve(
                     }
                 }
                 writer.unflushed = false;
-                let marker = window
-                    .marker(writer.written, writer.last_tag, config)
-                    .or_else(|| window.receipt_marker(writer.last_tag, config));
-                if let Some(marker) = marker {
+                if let Some(marker) = window.marker(writer.written, writer.last_tag, config) {
                     if let Err(e) = stream.feed(&marker).await {
                         return End::Lost(format!("write failed: {e}"));
                     }
@@ -631,10 +621,13 @@ async fn serve(
                 if let Err(e) = stream.feed(&ping(config, ping_seq)).await {
                     return End::Lost(format!("write failed: {e}"));
                 }
-                if let Some(marker) = window.receipt_marker(writer.last_tag, config) {
-                    if let Err(e) = stream.feed(&marker).await {
-                        return End::Lost(format!("write failed: {e}"));
-                    }
+                flushing = true;
+            }
+            _ = tokio::time::sleep_until(receipt_at.unwrap_or_else(Instant::now).into()),
+                if receipt_at.is_some() => {
+                let marker = window.receipt_ping(writer.last_tag, config);
+                if let Err(e) = stream.feed(&marker).await {
+                    return End::Lost(format!("write failed: {e}"));
                 }
                 flushing = true;
             }
@@ -651,6 +644,9 @@ async fn serve(
 const WINDOW: u64 = 64 * 1024;
 /// How long an unanswered window ping holds writing up before it is given up on.
 const WINDOW_PATIENCE: Duration = Duration::from_secs(5);
+/// The shortest time between two receipt pings: under a stream of events, a ping per
+/// round trip would be a stanza for the server per event or two.
+const RECEIPT_INTERVAL: Duration = Duration::from_millis(100);
 
 ///
 /// The same pings are the receipts of [`Outbound::Tracked`] stanzas: a server that
@@ -669,6 +665,8 @@ struct Window {
     marked_tag: u64,
     /// The highest tag the server is known to have processed.
     receipt: u64,
+    /// When the last ping went out.
+    last_ping: Option<Instant>,
 }
 
 impl Window {
@@ -685,17 +683,28 @@ impl Window {
         Some(self.ping(written, tag, config))
     }
 
-    /// A ping to send for tracked stanzas written since the last ping, unless a ping is
-    /// out: at most one receipt ping per round trip, however many events are written.
-    fn receipt_marker(&mut self, tag: u64, config: &XmppConfig) -> Option<Element> {
+    /// When to ping for the tracked stanzas written since the last ping (up to `tag`):
+    /// `None` while a ping is out (its answer comes first) or nothing is to be receipted.
+    /// At most one receipt ping per round trip and per [`RECEIPT_INTERVAL`], however many
+    /// events are written.
+    fn receipt_due(&self, tag: u64) -> Option<Instant> {
         if tag <= self.marked_tag || !self.pending.is_empty() {
             return None;
         }
-        Some(self.ping(self.marked, tag, config))
+        Some(
+            self.last_ping
+                .map_or_else(Instant::now, |t| t + RECEIPT_INTERVAL),
+        )
+    }
+
+    /// The receipt ping for tracked stanzas up to `tag`.
+    fn receipt_ping(&mut self, tag: u64, config: &XmppConfig) -> Element {
+        self.ping(self.marked, tag, config)
     }
 
     fn ping(&mut self, written: u64, tag: u64, config: &XmppConfig) -> Element {
         self.next_id += 1;
+        self.last_ping = Some(Instant::now());
         self.marked = self.marked.max(written);
         self.marked_tag = self.marked_tag.max(tag);
         self.pending
@@ -1045,22 +1054,26 @@ mod tests {
         let config = window_config();
         let mut w = Window::default();
         // nothing tracked written: no receipt ping
-        assert!(w.receipt_marker(0, &config).is_none());
-        let p1 = w
-            .receipt_marker(3, &config)
-            .expect("a ping for tags up to 3");
+        assert!(w.receipt_due(0).is_none());
+        let t0 = Instant::now();
+        let due = w.receipt_due(3).expect("a ping for tags up to 3");
+        assert!(due <= Instant::now());
+        let p1 = w.receipt_ping(3, &config);
         // one ping out at a time, however many are written meanwhile
-        assert!(w.receipt_marker(5, &config).is_none());
+        assert!(w.receipt_due(5).is_none());
         assert_eq!(w.receipt, 0, "nothing receipted before the answer");
         // an error answer says the server read it all the same
         assert!(w.answered(&answer(&p1, "error")));
         assert_eq!(w.receipt, 3);
-        let p2 = w.receipt_marker(5, &config).expect("then one for 4 and 5");
+        // then one for 4 and 5, not sooner than RECEIPT_INTERVAL after the last
+        assert!(w.receipt_due(5).unwrap() >= t0 + RECEIPT_INTERVAL);
+        let p2 = w.receipt_ping(5, &config);
         // a flow-control stall gives up on the ping for writing, not for receipts ...
         w.forget();
         assert_eq!(w.receipt, 3);
         // ... and the next ping asks again
-        let p3 = w.receipt_marker(5, &config).expect("asked again");
+        assert!(w.receipt_due(5).is_some());
+        let p3 = w.receipt_ping(5, &config);
         assert!(
             w.answered(&answer(&p2, "result")),
             "a late answer still counts"

@@ -215,3 +215,32 @@ def test_a_subscriber_whose_session_ended_during_the_cut_gets_none(env_factory):
     got = [s for s in other.stanzas_since(mk) if s.tag == q(NS_CLIENT, "message")]
     assert got == [], f"events reached another session: {len(got)}"
     m.assert_alive()
+
+
+def test_after_a_server_restart_the_subscriber_gets_none_and_subscribes_again(env_factory):
+    """A server restart ends every client's session: what was kept for them is dropped
+    and their subscriptions end; a subscriber that comes back with the same resource
+    gets nothing of the old subscription, subscribes again, and reads the gap from
+    history."""
+    m = env_factory()
+    alice = m.fresh_client("alice", "same")
+    seqnr = next(_seq)
+    subscribe(alice, seqnr)
+    wait_for(lambda: len(received(alice, seqnr, 0)) >= 2, 10, "events before the restart")
+    m.env.server.stop()
+    alice.wait_disconnected()
+    alice.drop()
+    time.sleep(3)  # changes due meanwhile are kept
+    m.env.server.start()
+    wait_for(lambda: "its session ended while the link was down" in m.gw.log_text(), 20,
+             "the gateway to learn the subscriber's session ended")
+    assert "events kept while the link was down delivered" not in m.gw.log_text()
+    mk = alice.mark_stanzas()
+    alice.connect()
+    time.sleep(2)
+    assert received(alice, seqnr, mk) == [], "events of a subscription that ended"
+    # subscribing again works as ever
+    seqnr2 = next(_seq)
+    mk = subscribe(alice, seqnr2)
+    wait_for(lambda: len(received(alice, seqnr2, mk)) >= 2, 10, "events of the new subscription")
+    m.assert_alive()
