@@ -140,6 +140,8 @@ pub struct EventsConfig {
     /// Events kept for delivery while the component link is down (or not yet known to
     /// have reached the server), all subscribers together; beyond it the oldest go.
     pub outage_buffer: usize,
+    /// The bytes those events may take (their messages as written), all together.
+    pub outage_max_size: u64,
     /// How long an event may wait for the link; older ones are dropped.
     pub outage_max_age: Duration,
 }
@@ -430,6 +432,7 @@ secret = "s"
     fn the_outage_buffer_has_defaults_and_ranges() {
         let c = parse(Path::new("t.toml"), BASE).unwrap();
         assert_eq!(c.events.outage_buffer, 10_000);
+        assert_eq!(c.events.outage_max_size, 16 << 20);
         assert_eq!(c.events.outage_max_age, Duration::from_secs(3600));
         let c = parse(
             Path::new("t.toml"),
@@ -448,6 +451,18 @@ secret = "s"
             (e.line, e.key.as_deref()),
             (7, Some("events.outage_max_age"))
         );
+        let e = err(&format!("{BASE}[events]\noutage_max_size = \"1 KiB\"\n"));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (7, Some("events.outage_max_size"))
+        );
+        assert!(e.message.contains("64 KiB to 4 GiB"), "{}", e.message);
+        let c = parse(
+            Path::new("t.toml"),
+            &format!("{BASE}[events]\noutage_max_size = \"2 MiB\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.events.outage_max_size, 2 << 20);
     }
 
     #[test]

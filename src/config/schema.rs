@@ -141,6 +141,7 @@ pub(super) struct RawEvents {
     pub(super) min_interval: Option<Spanned<HumanDuration>>,
     pub(super) liveness_interval: Option<Spanned<HumanDuration>>,
     pub(super) outage_buffer: Option<Spanned<i64>>,
+    pub(super) outage_max_size: Option<Spanned<bytesize::ByteSize>>,
     pub(super) outage_max_age: Option<Spanned<HumanDuration>>,
 }
 

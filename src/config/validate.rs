@@ -253,6 +253,20 @@ impl Ctx<'_> {
                 10_000,
                 0..=1_000_000,
             )?,
+            outage_max_size: match &raw.events.outage_max_size {
+                None => 16 << 20,
+                Some(m) => {
+                    let b = m.get_ref().as_u64();
+                    if !((64 << 10)..=(4 << 30)).contains(&b) {
+                        return Err(self.at(
+                            m,
+                            "events.outage_max_size",
+                            format!("{} is out of range (64 KiB to 4 GiB)", m.get_ref()),
+                        ));
+                    }
+                    b
+                }
+            },
             outage_max_age: dur(
                 &raw.events.outage_max_age,
                 "events.outage_max_age",

@@ -442,11 +442,7 @@ impl Gateway {
             writes_per_requester: Default::default(),
             subscriptions: Default::default(),
             liveness: HashMap::new(),
-            outbox: outbox::Outbox::new(
-                &cfg.xmpp.domain,
-                cfg.events.outage_buffer,
-                cfg.events.outage_max_age,
-            ),
+            outbox: outbox::Outbox::new(&cfg.xmpp.domain, (&cfg.events).into()),
             next_iq: 0,
             runtimes: devices::Runtimes::new(exit_tx),
             exits,

@@ -43,7 +43,8 @@ struct Entry {
 /// What happened to the events kept, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct OutboxStats {
-    /// Dropped because `[events] outage_buffer` events were kept already.
+    /// Dropped because `[events] outage_buffer` events (or `outage_max_size` bytes) were
+    /// kept already.
     pub(super) dropped_full: u64,
     /// Dropped because they waited longer than `[events] outage_max_age`.
     pub(super) dropped_old: u64,
@@ -61,6 +62,29 @@ pub(super) enum Checked {
     Gone,
 }
 
+/// What the events kept may take (`[events] outage_buffer`, `outage_max_size`,
+/// `outage_max_age`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bounds {
+    pub(super) count: usize,
+    pub(super) bytes: u64,
+    pub(super) age: Duration,
+}
+
+impl From<&crate::config::EventsConfig> for Bounds {
+    fn from(e: &crate::config::EventsConfig) -> Bounds {
+        Bounds {
+            count: e.outage_buffer,
+            bytes: e.outage_max_size,
+            age: e.outage_max_age,
+        }
+    }
+}
+
+fn size_of(e: &Event) -> u64 {
+    e.messages.iter().map(|m| m.len() as u64).sum()
+}
+
 /// The events not yet known to have reached the server, oldest first.
 pub(super) struct Outbox {
     entries: VecDeque<Entry>,
@@ -71,29 +95,35 @@ pub(super) struct Outbox {
     /// The component domain: the `from` of every `<delay>`.
     domain: String,
     max: usize,
+    max_bytes: u64,
     max_age: Duration,
+    /// The bytes of the messages of the events kept.
+    bytes: u64,
     pub(super) stats: OutboxStats,
     log: LogLimiter,
 }
 
 impl Outbox {
-    pub(super) fn new(domain: &str, max: usize, max_age: Duration) -> Outbox {
+    pub(super) fn new(domain: &str, bounds: Bounds) -> Outbox {
         Outbox {
             entries: VecDeque::new(),
             last_tag: 0,
             checks: HashMap::new(),
             domain: domain.to_owned(),
-            max,
-            max_age,
+            max: bounds.count,
+            max_bytes: bounds.bytes,
+            max_age: bounds.age,
+            bytes: 0,
             stats: OutboxStats::default(),
             log: LogLimiter::new(5, Duration::from_secs(60)),
         }
     }
 
     /// New bounds (after a reload); they apply at once.
-    pub(super) fn set_bounds(&mut self, max: usize, max_age: Duration, now: Instant) {
-        self.max = max;
-        self.max_age = max_age;
+    pub(super) fn set_bounds(&mut self, bounds: Bounds, now: Instant) {
+        self.max = bounds.count;
+        self.max_bytes = bounds.bytes;
+        self.max_age = bounds.age;
         self.evict(now);
     }
 
@@ -127,6 +157,7 @@ impl Outbox {
             late: waits,
         };
         let out = (!waits).then(|| self.write(&mut entry));
+        self.bytes += size_of(&entry.event);
         self.entries.push_back(entry);
         self.evict(now);
         out
@@ -153,7 +184,13 @@ impl Outbox {
 
     /// The server has processed everything written up to `receipt`.
     pub(super) fn confirm(&mut self, receipt: u64) {
-        self.entries.retain(|e| e.tag.is_none_or(|t| t > receipt));
+        let mut freed = 0;
+        self.entries.retain(|e| {
+            let keep = e.tag.is_none_or(|t| t > receipt);
+            freed += if keep { 0 } else { size_of(&e.event) };
+            keep
+        });
+        self.bytes -= freed;
     }
 
     /// The link went down: answers to check pings can no longer come.
@@ -206,7 +243,10 @@ impl Outbox {
         let mut entries = std::mem::take(&mut self.entries);
         entries.retain(|e| {
             let gone = e.event.key.0 == who && !alive(&e.event.key);
-            self.stats.dropped_gone += u64::from(gone);
+            if gone {
+                self.stats.dropped_gone += 1;
+                self.bytes -= size_of(&e.event);
+            }
             !gone
         });
         for e in entries.iter_mut() {
@@ -237,15 +277,23 @@ impl Outbox {
     /// Drops what is kept for `who` (gone).
     pub(super) fn forget(&mut self, who: &str) {
         self.checks.remove(who);
-        let before = self.entries.len();
-        self.entries.retain(|e| e.event.key.0 != who);
-        self.stats.dropped_gone += (before - self.entries.len()) as u64;
+        self.drop_where(|k| k.0 == who);
     }
 
     /// Drops what is kept for one subscription (ended).
     pub(super) fn forget_key(&mut self, key: &SubKey) {
+        self.drop_where(|k| k == key);
+    }
+
+    fn drop_where(&mut self, gone: impl Fn(&SubKey) -> bool) {
+        let mut freed = 0;
         let before = self.entries.len();
-        self.entries.retain(|e| e.event.key != *key);
+        self.entries.retain(|e| {
+            let drop = gone(&e.event.key);
+            freed += if drop { size_of(&e.event) } else { 0 };
+            !drop
+        });
+        self.bytes -= freed;
         self.stats.dropped_gone += (before - self.entries.len()) as u64;
     }
 
@@ -253,7 +301,7 @@ impl Outbox {
     fn evict(&mut self, now: Instant) {
         let mut dropped = false;
         while let Some(front) = self.entries.front() {
-            let full = self.entries.len() > self.max;
+            let full = self.entries.len() > self.max || self.bytes > self.max_bytes;
             let old = now.saturating_duration_since(front.made) > self.max_age;
             if !full && !old {
                 break;
@@ -268,7 +316,9 @@ impl Outbox {
                     self.stats.dropped_old += 1;
                 }
             }
-            self.entries.pop_front();
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= size_of(&e.event);
+            }
         }
         if dropped {
             self.log_drop(now);
@@ -281,6 +331,7 @@ impl Outbox {
                 dropped_full = self.stats.dropped_full,
                 dropped_old = self.stats.dropped_old,
                 outage_buffer = self.max,
+                outage_max_size = self.max_bytes,
                 outage_max_age = %humantime::format_duration(self.max_age),
                 suppressed,
                 "events kept for the component link dropped, oldest first"
@@ -295,6 +346,14 @@ mod tests {
     use crate::xmpp::stanza_text::parse;
 
     const ALICE: &str = "alice@example.org/a";
+
+    fn bounds(count: usize, age: Duration) -> Bounds {
+        Bounds {
+            count,
+            bytes: 1 << 20,
+            age,
+        }
+    }
     const BOB: &str = "bob@example.org/b";
 
     fn event(who: &str, n: u64) -> Event {
@@ -323,7 +382,7 @@ mod tests {
     #[test]
     fn events_wait_while_the_link_is_down_and_go_in_order_after_the_check() {
         let t0 = Instant::now();
-        let mut o = Outbox::new("gw.example.org", 100, Duration::from_secs(60));
+        let mut o = Outbox::new("gw.example.org", bounds(100, Duration::from_secs(60)));
         let first = o.push(event(ALICE, 1), true, t0).unwrap();
         assert_eq!(written(&[first]), [(1, "1".into(), false)]);
         o.confirm(1);
@@ -375,7 +434,7 @@ mod tests {
     #[test]
     fn the_bounds_drop_the_oldest_and_count_them() {
         let t0 = Instant::now();
-        let mut o = Outbox::new("gw.example.org", 3, Duration::from_secs(10));
+        let mut o = Outbox::new("gw.example.org", bounds(3, Duration::from_secs(10)));
         for n in 1..=5 {
             o.push(event(ALICE, n), false, t0);
         }
@@ -397,7 +456,7 @@ mod tests {
     #[test]
     fn an_unanswered_check_or_an_ended_subscription_drops_the_events() {
         let t0 = Instant::now();
-        let mut o = Outbox::new("gw.example.org", 100, Duration::from_secs(3600));
+        let mut o = Outbox::new("gw.example.org", bounds(100, Duration::from_secs(3600)));
         o.push(event(ALICE, 1), false, t0);
         o.push(event(BOB, 2), false, t0);
         o.link_up(t0);
@@ -420,9 +479,27 @@ mod tests {
     }
 
     #[test]
+    fn the_bytes_kept_are_bounded_too() {
+        let t0 = Instant::now();
+        let size = size_of(&event(ALICE, 1));
+        let b = Bounds {
+            count: 100,
+            bytes: 3 * size,
+            age: Duration::from_secs(60),
+        };
+        let mut o = Outbox::new("gw.example.org", b);
+        for n in 1..=5 {
+            o.push(event(ALICE, n), false, t0);
+        }
+        assert_eq!((o.len(), o.bytes, o.stats.dropped_full), (3, 3 * size, 2));
+        o.forget(ALICE);
+        assert_eq!((o.len(), o.bytes), (0, 0));
+    }
+
+    #[test]
     fn with_no_room_nothing_is_kept() {
         let t0 = Instant::now();
-        let mut o = Outbox::new("gw.example.org", 0, Duration::from_secs(60));
+        let mut o = Outbox::new("gw.example.org", bounds(0, Duration::from_secs(60)));
         assert!(matches!(
             o.push(event(ALICE, 1), true, t0),
             Some(Outbound::Text(_))

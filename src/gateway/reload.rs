@@ -197,11 +197,8 @@ impl Gateway {
         }
         self.cfg.readout = new.readout.clone();
         self.cfg.events = new.events.clone();
-        self.outbox.set_bounds(
-            new.events.outage_buffer,
-            new.events.outage_max_age,
-            std::time::Instant::now(),
-        );
+        self.outbox
+            .set_bounds((&new.events).into(), std::time::Instant::now());
         // A device without a max_age of its own follows [readout].max_age.
         for dev in self.devices.values_mut() {
             dev.max_age = dev.cfg.max_age.unwrap_or(self.cfg.readout.max_age);
