@@ -298,6 +298,14 @@ impl Config {
             n(&self.access.control),
             self.max_subscriptions
         );
+        let e = &self.events;
+        let _ = writeln!(
+            s,
+            "events through a link outage: at most {} kept, {}, none older than {}",
+            e.outage_buffer,
+            bytesize::ByteSize::b(e.outage_max_size).display().iec(),
+            humantime::format_duration(e.outage_max_age),
+        );
         let _ = writeln!(s, "state: {}", self.state_dir.display());
         let kept: usize = self
             .devices
@@ -441,6 +449,13 @@ secret = "s"
         .unwrap();
         assert_eq!(c.events.outage_buffer, 0);
         assert_eq!(c.events.outage_max_age, Duration::from_secs(600));
+        assert!(
+            c.summary().contains(
+                "events through a link outage: at most 0 kept, 16.0 MiB, none older than 10m"
+            ),
+            "{}",
+            c.summary()
+        );
         let e = err(&format!("{BASE}[events]\noutage_buffer = -1\n"));
         assert_eq!(
             (e.line, e.key.as_deref()),
