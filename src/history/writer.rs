@@ -610,6 +610,41 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_pauses_writing_and_the_backlog_is_written_when_space_returns() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("h.db");
+        let mut cfg = WriterConfig::new(path.clone(), 64 << 20);
+        cfg.retry = Duration::from_millis(50);
+        let mut t = Thread::new(cfg, Arc::default(), Arc::default());
+        t.pending.push(rec("d", "a", 0, 0.0));
+        t.commit();
+        let pages = std::fs::metadata(&path).unwrap().len() as i64 / 4096 + 8;
+        t.store.as_ref().unwrap().limit_pages(pages);
+        t.pending
+            .extend((1..20_000).map(|i| rec("d", "a", i, i as f64)));
+        t.commit();
+        assert_eq!(Counters::get(&t.counters.write_errors), 1);
+        assert!(
+            matches!(&t.paused, Some((_, why)) if why.contains("full")),
+            "{:?}",
+            t.paused
+        );
+        assert!(t.store.is_some(), "a full store is kept, not moved aside");
+        // Before the retry is due, nothing is tried; after it, everything goes in.
+        t.pending.push(rec("d", "a", 20_000, 0.0));
+        t.commit();
+        assert_eq!(Counters::get(&t.counters.write_errors), 1);
+        t.store.as_ref().unwrap().limit_pages(1 << 30);
+        std::thread::sleep(Duration::from_millis(60));
+        t.commit();
+        assert!(t.paused.is_none() && t.pending.is_empty());
+        assert_eq!(Counters::get(&t.counters.stored), 20_001);
+        let reader = Reader::open(&path).unwrap().unwrap();
+        let a = reader.series_id("d", "a").unwrap().unwrap();
+        assert_eq!(reader.range(a, 0, i64::MAX, 100_000).unwrap().len(), 20_001);
+    }
+
+    #[test]
     fn an_unwritable_directory_pauses_and_resumes() {
         let d = tempfile::tempdir().unwrap();
         // A file where the store's directory should be: nothing can be created there.
