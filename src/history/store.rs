@@ -13,7 +13,8 @@
 //!
 //! A database that cannot be opened as ours (not SQLite, corrupt, another application's,
 //! a newer schema) is moved aside, with its WAL, and a fresh one started: history is
-//! worth less than a gateway that starts.
+//! worth less than a gateway that starts. One that merely cannot be written now (a full
+//! disk) is kept: opening a store of ours writes nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -178,36 +179,57 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Why an opened database is not ours, if it is not.
-fn check_ours(conn: &Connection) -> Result<(), String> {
-    let app: i32 = conn
-        .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    let version: i32 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    let tables: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    match (app, version) {
-        (APPLICATION_ID, SCHEMA_VERSION) => Ok(()),
-        (0, 0) if tables == 0 => Ok(()), // new and empty
-        (APPLICATION_ID, v) => Err(format!(
-            "schema version {v}, this gateway reads version {SCHEMA_VERSION}"
-        )),
-        (a, _) => Err(format!("not a fieldgate history (application id {a:#x})")),
+/// Why a store could not be opened.
+enum OpenFailure {
+    /// The file is not a usable store of ours (not SQLite, damaged, another
+    /// application's, a newer schema): it may be moved aside.
+    Unusable(String),
+    /// The store may be fine but cannot be opened now (a full or read-only disk, a lock
+    /// held elsewhere): it is kept, and opening is tried again later.
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for OpenFailure {
+    fn from(e: rusqlite::Error) -> Self {
+        match StoreError::from(e) {
+            StoreError::Corrupt(reason) => OpenFailure::Unusable(reason),
+            other => OpenFailure::Store(other),
+        }
     }
 }
 
-fn open_ours(path: &Path) -> Result<Connection, String> {
-    let conn = Connection::open(path).map_err(|e| e.to_string())?;
-    configure(&conn).map_err(|e| e.to_string())?;
-    check_ours(&conn)?;
-    conn.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
-    conn.pragma_update(None, "application_id", APPLICATION_ID)
-        .map_err(|e| e.to_string())?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(|e| e.to_string())?;
+/// Whether an opened database is ours (`Ok(true)`), new and empty (`Ok(false)`), or
+/// something else.
+fn check_ours(conn: &Connection) -> Result<bool, OpenFailure> {
+    let app: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    match (app, version) {
+        (APPLICATION_ID, SCHEMA_VERSION) => Ok(true),
+        (0, 0) if tables == 0 => Ok(false),
+        (APPLICATION_ID, v) => Err(OpenFailure::Unusable(format!(
+            "schema version {v}, this gateway reads version {SCHEMA_VERSION}"
+        ))),
+        (a, _) => Err(OpenFailure::Unusable(format!(
+            "not a fieldgate history (application id {a:#x})"
+        ))),
+    }
+}
+
+/// Opens the store at `path`, making it if it is new. A store of ours is only read here:
+/// a gateway restarted on a full disk, or beside a process holding the write lock, must
+/// find its history where it was rather than judge the file unusable.
+fn open_ours(path: &Path) -> Result<Connection, OpenFailure> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    if !check_ours(&conn)? {
+        // One transaction: a crash half-way leaves an empty database, not tables
+        // without our application id (which would read as another program's).
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
+             PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))?;
+    }
     Ok(conn)
 }
 
@@ -220,9 +242,11 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 impl Store {
     /// Opens (or creates) the store at `path`. A file that is not a usable store of ours
-    /// is moved aside (`<name>.unusable-<unix seconds>`) and a fresh store started;
-    /// only a failure to do even that is an error. Takes time independent of the
-    /// store's size: nothing is scanned.
+    /// (damaged, another program's, a newer schema) is moved aside
+    /// (`<name>.unusable-<unix seconds>`) and a fresh store started. A store that cannot
+    /// be opened now (a full or read-only disk, a lock held elsewhere) is an error and is
+    /// left where it is, to be opened when that passes. Takes time independent of the
+    /// store's size: nothing is scanned, and a store of ours is not written.
     pub fn open(path: &Path) -> Result<(Store, Opened), StoreError> {
         match open_ours(path) {
             Ok(conn) => Ok((
@@ -232,7 +256,8 @@ impl Store {
                 },
                 Opened::Ready,
             )),
-            Err(reason) => {
+            Err(OpenFailure::Store(e)) => Err(e),
+            Err(OpenFailure::Unusable(reason)) => {
                 let stamp = millis(SystemTime::now()) / 1000;
                 let to = with_suffix(path, &format!(".unusable-{stamp}"));
                 std::fs::rename(path, &to).map_err(|e| {
@@ -247,7 +272,10 @@ impl Store {
                         let _ = std::fs::rename(&from, with_suffix(&to, side));
                     }
                 }
-                let conn = open_ours(path).map_err(StoreError::Other)?;
+                let conn = open_ours(path).map_err(|e| match e {
+                    OpenFailure::Store(e) => e,
+                    OpenFailure::Unusable(r) => StoreError::Other(r),
+                })?;
                 Ok((
                     Store {
                         conn,
@@ -379,6 +407,15 @@ impl Store {
         Ok(n as u64)
     }
 
+    /// Makes SQLite answer SQLITE_FULL once the database would pass `pages` pages, as it
+    /// does when the disk is full.
+    #[cfg(test)]
+    pub(crate) fn limit_pages(&self, pages: i64) {
+        self.conn
+            .pragma_update(None, "max_page_count", pages)
+            .expect("max_page_count");
+    }
+
     /// Moves the WAL's content into the database and truncates the WAL (what a clean
     /// stop does, so that the next start finds one file).
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
@@ -405,7 +442,11 @@ impl Reader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        check_ours(&conn).map_err(StoreError::Corrupt)?;
+        match check_ours(&conn) {
+            Ok(_) => {}
+            Err(OpenFailure::Unusable(reason)) => return Err(StoreError::Corrupt(reason)),
+            Err(OpenFailure::Store(e)) => return Err(e),
+        }
         Ok(Some(Reader { conn }))
     }
 
@@ -744,6 +785,72 @@ mod tests {
             matches!(opened, Opened::MovedAside { ref reason, .. } if reason.contains("99")),
             "{opened:?}"
         );
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_written_now_is_not_moved_aside() {
+        let (d, p) = temp();
+        let (mut s, _) = Store::open(&p).unwrap();
+        let a = s.series_id("d", "f").unwrap();
+        s.write(&mut [Sample {
+            series: a,
+            t: 1,
+            value: Stored::Int(1),
+        }])
+        .unwrap();
+        drop(s);
+        // Another connection holds the write lock, as a full disk or a second writer
+        // refuses writes: a store of ours opens (reading only) and keeps its samples.
+        let other = Connection::open(&p).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let t0 = std::time::Instant::now();
+        let (s, opened) = Store::open(&p).unwrap();
+        assert_eq!(opened, Opened::Ready);
+        assert!(t0.elapsed() < Duration::from_secs(2), "waited for the lock");
+        assert_eq!(s.count().unwrap(), 1);
+        let aside: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("unusable"))
+            .collect();
+        assert!(aside.is_empty(), "{aside:?}");
+        other.execute_batch("ROLLBACK").unwrap();
+    }
+
+    #[test]
+    fn a_full_store_refuses_a_batch_whole_and_takes_it_later() {
+        let (_d, p) = temp();
+        let (mut s, _) = Store::open(&p).unwrap();
+        let a = s.series_id("d", "f").unwrap();
+        let batch = |from: i64| -> Vec<Sample> {
+            (from..from + 10_000)
+                .map(|t| Sample {
+                    series: a,
+                    t,
+                    value: Stored::Real(t as f64),
+                })
+                .collect()
+        };
+        s.write(&mut batch(0)).unwrap();
+        // SQLite says SQLITE_FULL past max_page_count, as it does on ENOSPC.
+        let pages: i64 = s
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        s.conn
+            .pragma_update(None, "max_page_count", pages + 2)
+            .unwrap();
+        let e = s.write(&mut batch(10_000)).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Full(_)) && e.is_transient(),
+            "{e:?}"
+        );
+        assert_eq!(s.count().unwrap(), 10_000, "all or nothing");
+        s.conn
+            .pragma_update(None, "max_page_count", 1 << 30)
+            .unwrap();
+        s.write(&mut batch(10_000)).unwrap();
+        assert_eq!(s.count().unwrap(), 20_000);
     }
 
     #[test]

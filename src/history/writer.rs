@@ -1,13 +1,14 @@
 //! The writer: one thread that owns the store's write connection. The core hands it
 //! records through a bounded queue ([`Recorder::record`], never blocking); the thread
-//! commits what came in once per commit interval, expires samples past their retention,
+//! commits what came in once per commit interval (sooner when more than the backlog's
+//! bound came in), expires samples past their retention,
 //! and holds the store under its size cap by dropping the oldest samples.
 //!
 //! When the disk is full or read-only, writing pauses: records wait in memory (bounded:
 //! the oldest dropped first, counted), the write is retried, and the gateway goes on
 //! serving live values. A store found damaged is moved aside and a fresh one started.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
@@ -30,7 +31,8 @@ pub struct WriterConfig {
     pub max_size: u64,
     /// Batches of records waiting for the thread (default 4,096).
     pub queue: usize,
-    /// Samples kept in memory while the disk refuses them (default 200,000, ~10 MB).
+    /// Samples kept in memory while the disk refuses them (default 200,000, ~10 MB);
+    /// as many arriving within one commit interval are committed at once.
     pub backlog: usize,
     /// A refused write is tried again after this long (default 5 s).
     pub retry: Duration,
@@ -223,7 +225,7 @@ struct Thread {
     store: Option<Store>,
     ids: HashMap<(Arc<str>, Arc<str>), i64>,
     /// Records not yet committed, in arrival order.
-    pending: Vec<Record>,
+    pending: VecDeque<Record>,
     /// While writing is refused: when to try again, and why.
     paused: Option<(Instant, String)>,
     next_maintenance: Instant,
@@ -238,7 +240,7 @@ impl Thread {
             retention,
             store: None,
             ids: HashMap::new(),
-            pending: Vec::new(),
+            pending: VecDeque::new(),
             paused: None,
             next_maintenance,
         }
@@ -251,6 +253,11 @@ impl Thread {
             match rx.recv_timeout(wait) {
                 Ok(Msg::Records(r)) => {
                     self.pending.extend(r);
+                    // More than the backlog within one interval: committed now, while
+                    // the store takes it, rather than its oldest dropped.
+                    if self.pending.len() >= self.cfg.backlog && self.paused.is_none() {
+                        self.commit();
+                    }
                     self.bound_backlog();
                 }
                 Ok(Msg::Flush(done)) => {
@@ -258,15 +265,18 @@ impl Thread {
                     self.commit();
                     let _ = done.send(());
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.commit();
-                    if Instant::now() >= self.next_maintenance {
-                        self.maintain();
-                        self.next_maintenance = Instant::now() + self.cfg.maintenance;
-                    }
-                    next_commit = Instant::now() + self.cfg.commit_interval;
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Checked after every message too: records that never stop coming would
+            // otherwise keep the timeout from ever firing, and nothing would be committed.
+            if Instant::now() >= next_commit {
+                self.commit();
+                if Instant::now() >= self.next_maintenance {
+                    self.maintain();
+                    self.next_maintenance = Instant::now() + self.cfg.maintenance;
+                }
+                next_commit = Instant::now() + self.cfg.commit_interval;
             }
         }
         // Stopping: the last records, then one file (the WAL folded in).
@@ -289,6 +299,8 @@ impl Thread {
     fn bound_backlog(&mut self) {
         let over = self.pending.len().saturating_sub(self.cfg.backlog);
         if over > 0 {
+            // From the front of a deque: dropping a batch's worth per message from a
+            // full backlog must not move the whole backlog each time.
             self.pending.drain(..over);
             Counters::add(&self.counters.dropped_backlog, over as u64);
             if self.paused.is_some() {
@@ -386,7 +398,7 @@ impl Thread {
 
     fn samples_of(
         &mut self,
-        pending: &[Record],
+        pending: &VecDeque<Record>,
         batch: &mut Vec<Sample>,
     ) -> Result<(), StoreError> {
         for r in pending {
@@ -607,6 +619,76 @@ mod tests {
         let kept = reader.range(f, 0, i64::MAX, usize::MAX).unwrap();
         assert_eq!(kept.last().unwrap().0, 1_199_993);
         assert!(kept[0].0 > 100_000, "oldest kept {}", kept[0].0);
+    }
+
+    #[test]
+    fn a_full_disk_pauses_writing_and_the_backlog_is_written_when_space_returns() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("h.db");
+        let mut cfg = WriterConfig::new(path.clone(), 64 << 20);
+        cfg.retry = Duration::from_millis(50);
+        let mut t = Thread::new(cfg, Arc::default(), Arc::default());
+        t.pending.push_back(rec("d", "a", 0, 0.0));
+        t.commit();
+        let pages = std::fs::metadata(&path).unwrap().len() as i64 / 4096 + 8;
+        t.store.as_ref().unwrap().limit_pages(pages);
+        t.pending
+            .extend((1..20_000).map(|i| rec("d", "a", i, i as f64)));
+        t.commit();
+        assert_eq!(Counters::get(&t.counters.write_errors), 1);
+        assert!(
+            matches!(&t.paused, Some((_, why)) if why.contains("full")),
+            "{:?}",
+            t.paused
+        );
+        assert!(t.store.is_some(), "a full store is kept, not moved aside");
+        // Before the retry is due, nothing is tried; after it, everything goes in.
+        t.pending.push_back(rec("d", "a", 20_000, 0.0));
+        t.commit();
+        assert_eq!(Counters::get(&t.counters.write_errors), 1);
+        t.store.as_ref().unwrap().limit_pages(1 << 30);
+        std::thread::sleep(Duration::from_millis(60));
+        t.commit();
+        assert!(t.paused.is_none() && t.pending.is_empty());
+        assert_eq!(Counters::get(&t.counters.stored), 20_001);
+        let reader = Reader::open(&path).unwrap().unwrap();
+        let a = reader.series_id("d", "a").unwrap().unwrap();
+        assert_eq!(reader.range(a, 0, i64::MAX, 100_000).unwrap().len(), 20_001);
+    }
+
+    #[test]
+    fn records_arriving_without_pause_are_committed_on_time_and_none_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("h.db");
+        let mut cfg = WriterConfig::new(path.clone(), 1 << 30);
+        cfg.commit_interval = Duration::from_millis(100);
+        cfg.backlog = 20_000;
+        let (w, r) = Writer::start(cfg, Retention::default()).unwrap();
+        let c = r.counters().clone();
+        // A steady stream of small batches, more per commit interval than the backlog
+        // holds: the writer commits while they keep coming, and early rather than drop.
+        let end = Instant::now() + Duration::from_millis(1500);
+        let mut sent = 0i64;
+        while Instant::now() < end {
+            r.record(
+                (0..100)
+                    .map(|i| rec("d", &format!("f{i}"), sent, sent as f64))
+                    .collect(),
+            );
+            sent += 1;
+            if sent % 50 == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let during = Counters::get(&c.commits);
+        drop(r);
+        w.join();
+        assert!(during >= 5, "{during} commits in 1.5 s of records");
+        assert_eq!(Counters::get(&c.dropped_backlog), 0);
+        assert_eq!(
+            Counters::get(&c.stored) + Counters::get(&c.dropped_queue),
+            sent as u64 * 100
+        );
     }
 
     #[test]
