@@ -62,7 +62,8 @@ def read_only(store: Path) -> closing[sqlite3.Connection]:
 def committed(store: Path) -> dict[int, tuple[int, int]]:
     """Per series: (samples, newest stamp) as another process sees them: committed."""
     with read_only(store) as db:
-        return {s: (n, hi) for s, n, hi in db.execute(f"SELECT series, count(*), max(t) FROM {ALL_SAMPLES} GROUP BY series")}
+        rows = db.execute(f"SELECT series, count(*), max(t) FROM {ALL_SAMPLES} GROUP BY series")
+        return {s: (n, hi) for s, n, hi in rows}
 
 
 def test_kill_9_at_100k_samples_per_second_loses_at_most_the_last_commit(workdir):
