@@ -149,7 +149,7 @@ mod tests {
         let a = s.series_id("pump", "p").unwrap();
         let b = s.series_id("pump", "label, \"x\"").unwrap();
         let t0 = 1_795_000_000_000;
-        s.write(&mut [
+        s.write(&[
             Sample {
                 series: a,
                 t: t0,

@@ -117,16 +117,19 @@ impl HistoryPart {
                         break;
                     }
                     // One period type at a time, all fields merged by period start.
+                    let numeric: Vec<usize> = (0..series.len())
+                        .filter(|k| specs[*k].kind.is_numeric())
+                        .collect();
+                    let ids: Vec<i64> = numeric.iter().map(|k| series[*k]).collect();
                     let mut rows: Vec<(i64, usize, super::store::Aggregate)> = Vec::new();
-                    for (k, id) in series.iter().enumerate() {
-                        if specs[k].kind.is_numeric() {
-                            match reader.aggregate(*id, self.from, self.to, |t| period.start(t)) {
-                                Ok(a) => rows.extend(a.into_iter().map(|a| (a.start, k, a))),
-                                Err(e) => failures.push((
-                                    specs[k].name.to_string(),
-                                    Reason::new(format!("history: {e}")),
-                                )),
+                    match reader.aggregate(&ids, self.from, self.to, |t| period.start(t)) {
+                        Ok(per_series) => {
+                            for (k, aggs) in numeric.iter().zip(per_series) {
+                                rows.extend(aggs.into_iter().map(|a| (a.start, *k, a)));
                             }
+                        }
+                        Err(e) => {
+                            failures.push(("history".into(), Reason::new(format!("history: {e}"))))
                         }
                     }
                     rows.sort_by_key(|(t, k, _)| (*t, *k));

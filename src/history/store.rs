@@ -2,14 +2,19 @@
 //!
 //! Layout: `series` names each (device, field) pair once; `samples` is a `WITHOUT ROWID`
 //! table keyed by (series, time in ms since the Unix epoch), so a range of one field is
-//! one contiguous stretch of the B-tree, and a sample costs about 26 bytes on disk
-//! (measured: `cargo test --release history -- --ignored bytes_per_sample`). Values keep
-//! their SQLite storage class: integers (bools, counters, times in ms), reals, text.
+//! one contiguous stretch of the B-tree, and a sample costs about 25 bytes on disk
+//! (measured: `bash tests/bench/run_history.sh`). Values keep their SQLite storage
+//! class: integers (bools, counters, times in ms), reals, text.
 //!
-//! Writes come in batches, one transaction each, sorted by (series, time) so that
-//! consecutive inserts land on the same pages (unsorted, 1,000 interleaved series cost
-//! four times the CPU). WAL with `synchronous = NORMAL`: a process crash loses nothing
-//! committed; a power cut loses at most the last commits, and the database stays whole.
+//! Writes come in batches, one transaction each, appended to `recent` (a rowid table in
+//! arrival order, without an index: one would double a commit's CPU): a commit writes
+//! about as many pages as its samples fill. Inserted into `samples` directly, each commit would rewrite the last page of
+//! every series it holds — a page (4 KiB, twice: WAL and checkpoint) per series per
+//! commit, several kB per sample for fields read once a second. `recent` is folded into
+//! `samples` in bulk ([`Store::fold`]: sorted, one pass over the series' last pages) once
+//! it holds [`FOLD_ROWS`] samples, every minute, and at a clean stop; readers read both.
+//! WAL with `synchronous = NORMAL`: a process crash loses nothing committed; a power cut
+//! loses at most the last commits, and the database stays whole.
 //!
 //! A database that cannot be opened as ours (not SQLite, corrupt, another application's,
 //! a newer schema) is moved aside, with its WAL, and a fresh one started: history is
@@ -23,8 +28,17 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 /// Identifies our databases (`PRAGMA application_id`): "fgH1".
 const APPLICATION_ID: i32 = 0x6667_4831;
-/// The schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i32 = 1;
+/// The schema version (`PRAGMA user_version`). Version 1 had no `recent`: it is
+/// brought to 2 when the writer opens it.
+const SCHEMA_VERSION: i32 = 2;
+
+/// `recent` is folded into `samples` once it holds this many samples: the fold's sort
+/// and the readers' pass over `recent` stay small (tens of MB, tens of ms).
+pub const FOLD_ROWS: u64 = 1_000_000;
+
+/// Samples inserted by one statement: a statement per sample would cost half again
+/// as much CPU.
+const ROWS_PER_INSERT: usize = 64;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series(
@@ -39,6 +53,11 @@ CREATE TABLE IF NOT EXISTS samples(
     v ANY,
     PRIMARY KEY(series, t)
 ) WITHOUT ROWID, STRICT;
+CREATE TABLE IF NOT EXISTS recent(
+    series INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    v ANY
+) STRICT;
 ";
 
 /// A stored value, in the storage class SQLite keeps it in.
@@ -142,6 +161,8 @@ pub enum Opened {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Samples in `recent`, not yet folded.
+    unfolded: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -198,15 +219,26 @@ impl From<rusqlite::Error> for OpenFailure {
     }
 }
 
-/// Whether an opened database is ours (`Ok(true)`), new and empty (`Ok(false)`), or
-/// something else.
-fn check_ours(conn: &Connection) -> Result<bool, OpenFailure> {
+/// What an opened database is, when it is ours or may become ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// A store of this version.
+    Ours,
+    /// A store of version 1 (no `recent`).
+    Version1,
+    /// A new, empty database.
+    New,
+}
+
+/// What an opened database is, or why it is not ours.
+fn check_ours(conn: &Connection) -> Result<Found, OpenFailure> {
     let app: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
     let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
     match (app, version) {
-        (APPLICATION_ID, SCHEMA_VERSION) => Ok(true),
-        (0, 0) if tables == 0 => Ok(false),
+        (APPLICATION_ID, SCHEMA_VERSION) => Ok(Found::Ours),
+        (APPLICATION_ID, 1) => Ok(Found::Version1),
+        (0, 0) if tables == 0 => Ok(Found::New),
         (APPLICATION_ID, v) => Err(OpenFailure::Unusable(format!(
             "schema version {v}, this gateway reads version {SCHEMA_VERSION}"
         ))),
@@ -216,14 +248,15 @@ fn check_ours(conn: &Connection) -> Result<bool, OpenFailure> {
     }
 }
 
-/// Opens the store at `path`, making it if it is new. A store of ours is only read here:
-/// a gateway restarted on a full disk, or beside a process holding the write lock, must
-/// find its history where it was rather than judge the file unusable.
+/// Opens the store at `path`, making it if it is new (or bringing a version 1 store to
+/// this version). A store of this version is only read here: a gateway restarted on a
+/// full disk, or beside a process holding the write lock, must find its history where
+/// it was rather than judge the file unusable.
 fn open_ours(path: &Path) -> Result<Connection, OpenFailure> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
-    if !check_ours(&conn)? {
-        // One transaction: a crash half-way leaves an empty database, not tables
+    if check_ours(&conn)? != Found::Ours {
+        // One transaction: a crash half-way leaves the database as it was, not tables
         // without our application id (which would read as another program's).
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
@@ -231,6 +264,12 @@ fn open_ours(path: &Path) -> Result<Connection, OpenFailure> {
         ))?;
     }
     Ok(conn)
+}
+
+/// Samples waiting in `recent` (bounded by [`FOLD_ROWS`] and a minute's worth).
+fn unfolded(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM recent", [], |r| r.get(0))?;
+    Ok(n as u64)
 }
 
 /// `path` with `suffix` appended to its file name.
@@ -246,11 +285,13 @@ impl Store {
     /// (`<name>.unusable-<unix seconds>`) and a fresh store started. A store that cannot
     /// be opened now (a full or read-only disk, a lock held elsewhere) is an error and is
     /// left where it is, to be opened when that passes. Takes time independent of the
-    /// store's size: nothing is scanned, and a store of ours is not written.
+    /// store's size: nothing is scanned but `recent` (at most [`FOLD_ROWS`] samples),
+    /// and a store of this version is not written.
     pub fn open(path: &Path) -> Result<(Store, Opened), StoreError> {
         match open_ours(path) {
             Ok(conn) => Ok((
                 Store {
+                    unfolded: unfolded(&conn)?,
                     conn,
                     path: path.to_owned(),
                 },
@@ -280,6 +321,7 @@ impl Store {
                     Store {
                         conn,
                         path: path.to_owned(),
+                        unfolded: 0,
                     },
                     Opened::MovedAside { to, reason },
                 ))
@@ -317,28 +359,67 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Stores `batch` in one transaction (sorted first; a second sample of a series at
-    /// the same millisecond replaces the first). All or nothing.
-    pub fn write(&mut self, batch: &mut [Sample]) -> Result<(), StoreError> {
-        batch.sort_unstable_by_key(|s| (s.series, s.t));
+    /// Stores `batch` in one transaction, into `recent` (a second sample of a series at
+    /// the same millisecond replaces the first, the later in `batch` or a later batch).
+    /// All or nothing.
+    pub fn write(&mut self, batch: &[Sample]) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO recent(series, t, v) VALUES ";
+        fn bind(st: &mut rusqlite::Statement<'_>, at: usize, s: &Sample) -> rusqlite::Result<()> {
+            st.raw_bind_parameter(at, s.series)?;
+            st.raw_bind_parameter(at + 1, s.t)?;
+            match &s.value {
+                Stored::Int(v) => st.raw_bind_parameter(at + 2, v),
+                Stored::Real(v) => st.raw_bind_parameter(at + 2, v),
+                Stored::Text(v) => st.raw_bind_parameter(at + 2, v),
+            }
+        }
         let tx = self.conn.transaction()?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO samples(series, t, v) VALUES (?1, ?2, ?3)",
-            )?;
-            for s in batch.iter() {
-                match &s.value {
-                    Stored::Int(v) => insert.execute(params![s.series, s.t, v])?,
-                    Stored::Real(v) => insert.execute(params![s.series, s.t, v])?,
-                    Stored::Text(v) => insert.execute(params![s.series, s.t, v])?,
-                };
+            let many = format!("{SQL}{}", vec!["(?,?,?)"; ROWS_PER_INSERT].join(","));
+            let mut insert_many = tx.prepare_cached(&many)?;
+            let mut insert_one = tx.prepare_cached(&format!("{SQL}(?,?,?)"))?;
+            let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
+            for chunk in chunks.by_ref() {
+                for (j, s) in chunk.iter().enumerate() {
+                    bind(&mut insert_many, 3 * j + 1, s)?;
+                }
+                insert_many.raw_execute()?;
+            }
+            for s in chunks.remainder() {
+                bind(&mut insert_one, 1, s)?;
+                insert_one.raw_execute()?;
             }
         }
         tx.commit()?;
+        self.unfolded += batch.len() as u64;
         Ok(())
     }
 
-    /// Deletes the samples of `series` older than `before` (ms); how many.
+    /// Samples written and not yet folded into `samples`.
+    pub fn unfolded(&self) -> u64 {
+        self.unfolded
+    }
+
+    /// Moves what `recent` holds into `samples`, in one transaction, sorted by (series,
+    /// time): each series' last page is written once for all of them. How many moved.
+    pub fn fold(&mut self) -> Result<u64, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "INSERT OR REPLACE INTO samples(series, t, v) \
+             SELECT series, t, v FROM recent ORDER BY series, t, rowid",
+            [],
+        )?;
+        tx.execute("DELETE FROM recent", [])?;
+        tx.commit()?;
+        self.unfolded = 0;
+        Ok(n as u64)
+    }
+
+    /// Deletes the folded samples of `series` older than `before` (ms); how many. Fold
+    /// first: `recent` is not looked at (a pass over it per series would cost more than
+    /// the fold).
     pub fn expire(&mut self, series: i64, before: i64) -> Result<u64, StoreError> {
         let n = self
             .conn
@@ -348,14 +429,15 @@ impl Store {
     }
 
     /// The time of the oldest and the newest sample of the whole store, if any. One
-    /// look-up per series (the key is (series, time)): no index on time alone, which
-    /// would cost a third more bytes per sample.
+    /// look-up per series (the key is (series, time)), and a pass over `recent`: no
+    /// index on time alone, which would cost a third more bytes per sample.
     pub fn time_span(&self) -> Result<Option<(i64, i64)>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT min(lo), max(hi) FROM (SELECT \
                (SELECT t FROM samples WHERE series = s.id ORDER BY t LIMIT 1) AS lo, \
                (SELECT t FROM samples WHERE series = s.id ORDER BY t DESC LIMIT 1) AS hi \
-             FROM series AS s)",
+             FROM series AS s \
+             UNION ALL SELECT min(t), max(t) FROM recent)",
         )?;
         let (lo, hi): (Option<i64>, Option<i64>) =
             st.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -376,8 +458,12 @@ impl Store {
             for id in ids {
                 n += del.execute(params![id, cutoff])? as u64;
             }
+            n += tx
+                .prepare_cached("DELETE FROM recent WHERE t < ?1")?
+                .execute(params![cutoff])? as u64;
         }
         tx.commit()?;
+        self.unfolded = unfolded(&self.conn)?;
         Ok(n)
     }
 
@@ -399,11 +485,13 @@ impl Store {
         Ok(((pages - free).max(0) * page) as u64 + wal)
     }
 
-    /// How many samples the store holds (counts the table: for tests and tools).
+    /// How many samples the store holds (counts the tables: for tests and tools).
     pub fn count(&self) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM samples", [], |r| r.get(0))?;
+        let n: i64 = self.conn.query_row(
+            "SELECT (SELECT count(*) FROM samples) + (SELECT count(*) FROM recent)",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(n as u64)
     }
 
@@ -429,6 +517,9 @@ impl Store {
 /// (WAL) and never writes, so it may be opened while the gateway runs.
 pub struct Reader {
     conn: Connection,
+    /// Whether the store has `recent` (a version 1 store not yet opened by a writer of
+    /// this version has not).
+    recent: bool,
 }
 
 impl Reader {
@@ -442,12 +533,12 @@ impl Reader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        match check_ours(&conn) {
-            Ok(_) => {}
+        let recent = match check_ours(&conn) {
+            Ok(found) => found != Found::Version1,
             Err(OpenFailure::Unusable(reason)) => return Err(StoreError::Corrupt(reason)),
             Err(OpenFailure::Store(e)) => return Err(e),
-        }
-        Ok(Some(Reader { conn }))
+        };
+        Ok(Some(Reader { conn, recent }))
     }
 
     /// The series id of (`device`, `field`), if anything was ever stored for it.
@@ -476,26 +567,14 @@ impl Reader {
         to: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Stored)>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT t, v FROM samples WHERE series = ?1 AND t >= ?2 AND t <= ?3 \
-             ORDER BY t LIMIT ?4",
-        )?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = st.query_map(params![series, from, to, limit], |r| {
-            let t: i64 = r.get(0)?;
-            let v = match r.get_ref(1)? {
-                rusqlite::types::ValueRef::Integer(i) => Stored::Int(i),
-                rusqlite::types::ValueRef::Real(f) => Stored::Real(f),
-                rusqlite::types::ValueRef::Text(b) => {
-                    Stored::Text(String::from_utf8_lossy(b).into_owned())
-                }
-                rusqlite::types::ValueRef::Null | rusqlite::types::ValueRef::Blob(_) => {
-                    Stored::Text(String::new())
-                }
-            };
-            Ok((t, v))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut out = Vec::new();
+        if limit > 0 {
+            self.merged(&[series], from, to, |_, t, v| {
+                out.push((t, v));
+                out.len() < limit
+            })?;
+        }
+        Ok(out)
     }
 
     /// The samples of several series with `from <= t <= to`, merged in time order (a
@@ -509,79 +588,126 @@ impl Reader {
         to: i64,
         mut f: impl FnMut(usize, i64, Stored) -> bool,
     ) -> Result<u64, StoreError> {
+        // One snapshot for every statement: a fold committed between two of them would
+        // show its samples twice, or not at all.
+        self.conn.execute_batch("BEGIN")?;
+        let r = self.merged_in(series, from, to, &mut f);
+        let end = self.conn.execute_batch("COMMIT");
+        let n = r?;
+        end?;
+        Ok(n)
+    }
+
+    fn merged_in(
+        &self,
+        series: &[i64],
+        from: i64,
+        to: i64,
+        f: &mut impl FnMut(usize, i64, Stored) -> bool,
+    ) -> Result<u64, StoreError> {
         use std::cmp::Reverse;
-        use std::collections::BinaryHeap;
-        const SQL: &str =
+        use std::collections::{BinaryHeap, HashMap};
+        const FOLDED: &str =
             "SELECT t, v FROM samples WHERE series = ?1 AND t >= ?2 AND t <= ?3 ORDER BY t";
-        let mut stmts = Vec::with_capacity(series.len());
+        // One pass over `recent` (bounded by FOLD_ROWS) for all the series; of two
+        // samples of one instant, the later written first (it is the one a fold keeps).
+        const RECENT: &str = "SELECT series, t, v FROM recent WHERE t >= ?1 AND t <= ?2 \
+             AND series IN (SELECT value FROM json_each(?3)) ORDER BY t, rowid DESC";
+        let mut stmts = Vec::with_capacity(series.len() + 1);
         for _ in series {
-            stmts.push(self.conn.prepare(SQL)?);
+            stmts.push(self.conn.prepare(FOLDED)?);
         }
-        let mut rows = Vec::with_capacity(series.len());
-        for (st, id) in stmts.iter_mut().zip(series) {
-            rows.push(st.query(params![id, from, to])?);
+        if self.recent {
+            stmts.push(self.conn.prepare(RECENT)?);
         }
-        let mut heap = BinaryHeap::new();
-        let next = |rows: &mut Vec<rusqlite::Rows<'_>>,
-                    k: usize|
-         -> Result<Option<(i64, Stored)>, StoreError> {
-            match rows[k].next()? {
-                Some(r) => Ok(Some((r.get(0)?, stored_of(r.get_ref(1)?)))),
-                None => Ok(None),
-            }
+        let ids = serde_json::to_string(series).unwrap_or_else(|_| "[]".into());
+        let mut rows = Vec::with_capacity(stmts.len());
+        for (k, st) in stmts.iter_mut().enumerate() {
+            rows.push(match series.get(k) {
+                Some(id) => st.query(params![id, from, to])?,
+                None => st.query(params![from, to, ids])?,
+            });
+        }
+        // Streams 0..series.len() are the folded samples of each series; the last, if
+        // any, `recent`, whose samples carry their series.
+        let index: HashMap<i64, usize> =
+            series.iter().enumerate().map(|(k, id)| (*id, k)).collect();
+        let recent = series.len();
+        type Head = Option<(i64, usize, Stored)>;
+        let next = |rows: &mut Vec<rusqlite::Rows<'_>>, s: usize| -> Result<Head, StoreError> {
+            let Some(r) = rows[s].next()? else {
+                return Ok(None);
+            };
+            Ok(Some(if s == recent {
+                let id: i64 = r.get(0)?;
+                (r.get(1)?, index[&id], stored_of(r.get_ref(2)?))
+            } else {
+                (r.get(0)?, s, stored_of(r.get_ref(1)?))
+            }))
         };
-        let mut heads: Vec<Option<Stored>> = vec![None; series.len()];
-        for (k, head) in heads.iter_mut().enumerate() {
-            if let Some((t, v)) = next(&mut rows, k)? {
+        // Ordered by time, series, then `recent` before `samples`: of a sample in both
+        // (written again at the same millisecond after a fold), the newer comes first.
+        let key = |t: i64, k: usize, s: usize| Reverse((t, k, u8::from(s != recent), s));
+        let mut heap = BinaryHeap::new();
+        let mut heads: Vec<Option<Stored>> = vec![None; rows.len()];
+        for (s, head) in heads.iter_mut().enumerate() {
+            if let Some((t, k, v)) = next(&mut rows, s)? {
                 *head = Some(v);
-                heap.push(Reverse((t, k)));
+                heap.push(key(t, k, s));
             }
         }
+        let mut last: Vec<Option<i64>> = vec![None; series.len()];
         let mut n = 0;
-        while let Some(Reverse((t, k))) = heap.pop() {
-            let v = heads[k].take().expect("a head for each entry");
+        while let Some(Reverse((t, k, _, s))) = heap.pop() {
+            let v = heads[s].take().expect("a head for each entry");
+            if let Some((t, k, v)) = next(&mut rows, s)? {
+                heads[s] = Some(v);
+                heap.push(key(t, k, s));
+            }
+            if last[k] == Some(t) {
+                continue; // the same instant again: the newer went first
+            }
+            last[k] = Some(t);
             n += 1;
             if !f(k, t, v) {
                 break;
-            }
-            if let Some((t, v)) = next(&mut rows, k)? {
-                heads[k] = Some(v);
-                heap.push(Reverse((t, k)));
             }
         }
         Ok(n)
     }
 
-    /// Mean, minimum and maximum of the numeric samples of `series` in `from..=to`, per
-    /// period: `start_of` maps a time to its period's start (non-decreasing). Periods
-    /// without samples are left out.
+    /// Mean, minimum and maximum of the numeric samples of each of `series` in
+    /// `from..=to`, per period: `start_of` maps a time to its period's start
+    /// (non-decreasing). Periods without samples are left out. One pass for all the
+    /// series (over `recent` too).
     pub fn aggregate(
         &self,
-        series: i64,
+        series: &[i64],
         from: i64,
         to: i64,
         start_of: impl Fn(i64) -> i64,
-    ) -> Result<Vec<Aggregate>, StoreError> {
-        let mut out: Vec<Aggregate> = Vec::new();
-        let mut sum = 0.0;
-        self.merged(&[series], from, to, |_, t, v| {
+    ) -> Result<Vec<Vec<Aggregate>>, StoreError> {
+        let mut out: Vec<Vec<Aggregate>> = vec![Vec::new(); series.len()];
+        let mut sums = vec![0.0; series.len()];
+        self.merged(series, from, to, |k, t, v| {
             let x = match v {
                 Stored::Int(i) => i as f64,
                 Stored::Real(f) => f,
                 Stored::Text(_) => return true,
             };
             let p = start_of(t);
-            match out.last_mut() {
+            let sum = &mut sums[k];
+            match out[k].last_mut() {
                 Some(a) if a.start == p => {
-                    sum += x;
+                    *sum += x;
                     a.count += 1;
                     a.min = a.min.min(x);
                     a.max = a.max.max(x);
-                    a.mean = sum / a.count as f64;
+                    a.mean = *sum / a.count as f64;
                 }
                 _ => {
-                    sum = x;
-                    out.push(Aggregate {
+                    *sum = x;
+                    out[k].push(Aggregate {
                         start: p,
                         mean: x,
                         min: x,
@@ -624,7 +750,7 @@ mod tests {
         let a = s.series_id("pump1", "pressure").unwrap();
         let b = s.series_id("pump1", "state").unwrap();
         assert_eq!(s.series_id("pump1", "pressure").unwrap(), a);
-        let mut batch = vec![
+        let batch = vec![
             Sample {
                 series: a,
                 t: 3_000,
@@ -646,7 +772,7 @@ mod tests {
                 value: Stored::Real(-0.25),
             },
         ];
-        s.write(&mut batch).unwrap();
+        s.write(&batch).unwrap();
         let r = Reader::open(&p).unwrap().unwrap();
         assert_eq!(
             r.range(a, 0, 10_000, 100).unwrap(),
@@ -685,10 +811,13 @@ mod tests {
             t: 1_800_000_020_500,
             value: Stored::Text("x".into()),
         });
-        s.write(&mut batch).unwrap();
+        s.write(&batch).unwrap();
         let r = Reader::open(&p).unwrap().unwrap();
         let per_minute = |t: i64| t - t.rem_euclid(minute);
-        let agg = r.aggregate(a, 0, i64::MAX, per_minute).unwrap();
+        let agg = r
+            .aggregate(&[a], 0, i64::MAX, per_minute)
+            .unwrap()
+            .remove(0);
         assert_eq!(agg.len(), 4);
         assert_eq!(agg[3].count, 20);
         // The first sample is 20 s past a minute's start (1_800_000_000_000 is one).
@@ -702,14 +831,14 @@ mod tests {
         );
         // Before the epoch, periods still start on the period.
         let b = s.series_id("d", "old").unwrap();
-        s.write(&mut [Sample {
+        s.write(&[Sample {
             series: b,
             t: -1,
             value: Stored::Int(1),
         }])
         .unwrap();
         assert_eq!(
-            r.aggregate(b, i64::MIN, i64::MAX, per_minute).unwrap()[0].start,
+            r.aggregate(&[b], i64::MIN, i64::MAX, per_minute).unwrap()[0][0].start,
             -minute
         );
         // Several series merged in time order.
@@ -730,7 +859,7 @@ mod tests {
         let (mut s, _) = Store::open(&p).unwrap();
         let a = s.series_id("d", "a").unwrap();
         let b = s.series_id("d", "b").unwrap();
-        let mut batch: Vec<Sample> = (0..100)
+        let batch: Vec<Sample> = (0..100)
             .flat_map(|i| {
                 [
                     Sample {
@@ -746,16 +875,106 @@ mod tests {
                 ]
             })
             .collect();
-        s.write(&mut batch).unwrap();
-        assert_eq!(s.expire(a, 500).unwrap(), 50);
-        assert_eq!(s.count().unwrap(), 150);
+        s.write(&batch[..100]).unwrap();
+        assert_eq!(s.fold().unwrap(), 100);
+        s.write(&batch[100..]).unwrap();
+        // Retention applies to what is folded.
+        assert_eq!(s.expire(a, 700).unwrap(), 50);
+        s.fold().unwrap();
+        assert_eq!(s.expire(a, 700).unwrap(), 20);
+        assert_eq!(s.count().unwrap(), 130);
         assert_eq!(s.time_span().unwrap(), Some((5, 995)));
-        // Everything before 300, whatever the series.
-        assert_eq!(s.drop_before(300).unwrap(), 30);
+        // Everything before 300, whatever the series, folded or not.
+        s.write(&[Sample {
+            series: b,
+            t: 1,
+            value: Stored::Int(0),
+        }])
+        .unwrap();
+        assert_eq!(s.drop_before(300).unwrap(), 31);
+        assert_eq!(s.unfolded(), 0);
         let r = Reader::open(&p).unwrap().unwrap();
         assert_eq!(r.range(b, 0, i64::MAX, 1).unwrap()[0].0, 305);
-        assert_eq!(r.range(a, 0, i64::MAX, 1).unwrap()[0].0, 500);
+        assert_eq!(r.range(a, 0, i64::MAX, 1).unwrap()[0].0, 700);
         assert_eq!(s.time_span().unwrap(), Some((305, 995)));
+    }
+
+    #[test]
+    fn folded_or_not_samples_read_alike_and_the_later_of_one_instant_wins() {
+        let (_d, p) = temp();
+        let (mut s, _) = Store::open(&p).unwrap();
+        let a = s.series_id("d", "a").unwrap();
+        let b = s.series_id("d", "b").unwrap();
+        let sample = |series, t, v| Sample {
+            series,
+            t,
+            value: Stored::Int(v),
+        };
+        s.write(&[sample(a, 10, 1), sample(b, 10, 2), sample(a, 30, 3)])
+            .unwrap();
+        s.fold().unwrap();
+        // Written again at 30 (a second read in the same millisecond), and more.
+        s.write(&[sample(a, 30, 4), sample(a, 20, 5), sample(b, 40, 6)])
+            .unwrap();
+        s.write(&[sample(a, 20, 7)]).unwrap();
+        assert_eq!((s.unfolded(), s.count().unwrap()), (4, 7));
+        let r = Reader::open(&p).unwrap().unwrap();
+        let read = |r: &Reader| {
+            let mut got = vec![];
+            r.merged(&[a, b], 0, 100, |k, t, v| {
+                got.push((k, t, v));
+                true
+            })
+            .unwrap();
+            got
+        };
+        let want = vec![
+            (0, 10, Stored::Int(1)),
+            (1, 10, Stored::Int(2)),
+            (0, 20, Stored::Int(7)),
+            (0, 30, Stored::Int(4)),
+            (1, 40, Stored::Int(6)),
+        ];
+        assert_eq!(read(&r), want);
+        assert_eq!(s.fold().unwrap(), 4);
+        assert_eq!(read(&r), want);
+        assert_eq!(s.count().unwrap(), 5);
+        assert_eq!(r.range(a, 15, 100, 1).unwrap(), vec![(20, Stored::Int(7))]);
+    }
+
+    #[test]
+    fn a_version_1_store_is_brought_to_version_2_with_its_samples() {
+        let (_d, p) = temp();
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; \
+             CREATE TABLE series(id INTEGER PRIMARY KEY, device TEXT NOT NULL, \
+                field TEXT NOT NULL, UNIQUE(device, field)) STRICT; \
+             CREATE TABLE samples(series INTEGER NOT NULL, t INTEGER NOT NULL, v ANY, \
+                PRIMARY KEY(series, t)) WITHOUT ROWID, STRICT; \
+             INSERT INTO series VALUES (1, 'd', 'f'); INSERT INTO samples VALUES (1, 5, 2.5); \
+             PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1;"
+        ))
+        .unwrap();
+        drop(c);
+        // Read as it is (nothing unfolded), then opened by a writer.
+        let r = Reader::open(&p).unwrap().unwrap();
+        assert_eq!(r.range(1, 0, 10, 10).unwrap(), vec![(5, Stored::Real(2.5))]);
+        let (mut s, opened) = Store::open(&p).unwrap();
+        assert_eq!(opened, Opened::Ready);
+        s.write(&[Sample {
+            series: 1,
+            t: 6,
+            value: Stored::Int(3),
+        }])
+        .unwrap();
+        let r = Reader::open(&p).unwrap().unwrap();
+        assert_eq!(r.range(1, 0, 10, 10).unwrap().len(), 2);
+        let version: i32 = s
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
@@ -769,7 +988,7 @@ mod tests {
         assert!(to.starts_with(d.path()) && to.exists(), "{to:?}");
         assert!(!reason.is_empty());
         let a = s.series_id("d", "f").unwrap();
-        s.write(&mut [Sample {
+        s.write(&[Sample {
             series: a,
             t: 1,
             value: Stored::Int(1),
@@ -792,7 +1011,7 @@ mod tests {
         let (d, p) = temp();
         let (mut s, _) = Store::open(&p).unwrap();
         let a = s.series_id("d", "f").unwrap();
-        s.write(&mut [Sample {
+        s.write(&[Sample {
             series: a,
             t: 1,
             value: Stored::Int(1),
@@ -831,7 +1050,7 @@ mod tests {
                 })
                 .collect()
         };
-        s.write(&mut batch(0)).unwrap();
+        s.write(&batch(0)).unwrap();
         // SQLite says SQLITE_FULL past max_page_count, as it does on ENOSPC.
         let pages: i64 = s
             .conn
@@ -840,7 +1059,7 @@ mod tests {
         s.conn
             .pragma_update(None, "max_page_count", pages + 2)
             .unwrap();
-        let e = s.write(&mut batch(10_000)).unwrap_err();
+        let e = s.write(&batch(10_000)).unwrap_err();
         assert!(
             matches!(e, StoreError::Full(_)) && e.is_transient(),
             "{e:?}"
@@ -849,7 +1068,7 @@ mod tests {
         s.conn
             .pragma_update(None, "max_page_count", 1 << 30)
             .unwrap();
-        s.write(&mut batch(10_000)).unwrap();
+        s.write(&batch(10_000)).unwrap();
         assert_eq!(s.count().unwrap(), 20_000);
     }
 
@@ -860,7 +1079,7 @@ mod tests {
         let a = s.series_id("d", "f").unwrap();
         let r = Reader::open(&p).unwrap().unwrap();
         for i in 0..3 {
-            s.write(&mut [Sample {
+            s.write(&[Sample {
                 series: a,
                 t: i,
                 value: Stored::Int(i),

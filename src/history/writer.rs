@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::store::{millis, Opened, Sample, Store, StoreError, Stored};
+use super::store::{millis, Opened, Sample, Store, StoreError, Stored, FOLD_ROWS};
 use crate::log_limit::LogLimiter;
 
 /// How the writer works.
@@ -36,8 +36,11 @@ pub struct WriterConfig {
     pub backlog: usize,
     /// A refused write is tried again after this long (default 5 s).
     pub retry: Duration,
-    /// Retention is applied this often (default 60 s).
+    /// Retention is applied this often (default 60 s), after a fold.
     pub maintenance: Duration,
+    /// Committed samples are folded into the store's main table once this many wait
+    /// (default [`FOLD_ROWS`]), besides at each maintenance and at the stop.
+    pub fold_rows: u64,
 }
 
 impl WriterConfig {
@@ -51,6 +54,7 @@ impl WriterConfig {
             backlog: 200_000,
             retry: Duration::from_secs(5),
             maintenance: Duration::from_secs(60),
+            fold_rows: FOLD_ROWS,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct Counters {
     pub expired: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
+    /// Folds of the committed samples into the store's main table.
+    pub folds: AtomicU64,
     /// Writes refused (disk full, read-only, other errors).
     pub write_errors: AtomicU64,
     /// Stores moved aside (damaged or not ours).
@@ -272,16 +278,19 @@ impl Thread {
             // otherwise keep the timeout from ever firing, and nothing would be committed.
             if Instant::now() >= next_commit {
                 self.commit();
-                if Instant::now() >= self.next_maintenance {
+                if Instant::now() >= self.next_maintenance && self.paused.is_none() {
                     self.maintain();
                     self.next_maintenance = Instant::now() + self.cfg.maintenance;
                 }
                 next_commit = Instant::now() + self.cfg.commit_interval;
             }
         }
-        // Stopping: the last records, then one file (the WAL folded in).
+        // Stopping: the last records, folded, then one file (the WAL checkpointed).
         self.paused = None;
         self.commit();
+        if self.paused.is_none() {
+            self.fold(true);
+        }
         if let Some(s) = self.store.as_mut() {
             if let Err(e) = s.checkpoint() {
                 tracing::debug!(error = %e, "history: final checkpoint");
@@ -347,22 +356,50 @@ impl Thread {
                     tracing::warn!(after = %why, dropped_total = Counters::get(&self.counters.dropped_backlog),
                         "history writing resumed");
                 }
-                self.hold_cap();
+                if self.fold(false) {
+                    self.hold_cap();
+                }
+            }
+            Err(e) => self.refused(e),
+        }
+    }
+
+    /// A write the store refused: writing pauses, to be retried (a damaged store is
+    /// moved aside first).
+    fn refused(&mut self, e: StoreError) {
+        Counters::add(&self.counters.write_errors, 1);
+        if matches!(e, StoreError::Corrupt(_)) {
+            // Closing it lets the next open find it unusable and move it aside.
+            tracing::error!(error = %e, "history store damaged while writing");
+            self.store = None;
+            self.move_aside_now(&e.to_string());
+        }
+        if self.paused.is_none() {
+            tracing::error!(error = %e, retry_s = self.cfg.retry.as_secs_f64(),
+                backlog_max = self.cfg.backlog,
+                "history writing paused (live values are not affected); retrying");
+        }
+        self.paused = Some((Instant::now() + self.cfg.retry, e.to_string()));
+    }
+
+    /// Folds the committed samples into the store's main table when enough wait, or
+    /// whatever waits when `now`. False if the store refused (writing is then paused).
+    fn fold(&mut self, now: bool) -> bool {
+        let Some(store) = self.store.as_mut() else {
+            return true;
+        };
+        let waiting = store.unfolded();
+        if waiting == 0 || (!now && waiting < self.cfg.fold_rows) {
+            return true;
+        }
+        match store.fold() {
+            Ok(_) => {
+                Counters::add(&self.counters.folds, 1);
+                true
             }
             Err(e) => {
-                Counters::add(&self.counters.write_errors, 1);
-                if matches!(e, StoreError::Corrupt(_)) {
-                    // Closing it lets the next open find it unusable and move it aside.
-                    tracing::error!(error = %e, "history store damaged while writing");
-                    self.store = None;
-                    self.move_aside_now(&e.to_string());
-                }
-                if self.paused.is_none() {
-                    tracing::error!(error = %e, retry_s = self.cfg.retry.as_secs_f64(),
-                        backlog_max = self.cfg.backlog,
-                        "history writing paused (live values are not affected); retrying");
-                }
-                self.paused = Some((Instant::now() + self.cfg.retry, e.to_string()));
+                self.refused(e);
+                false
             }
         }
     }
@@ -391,7 +428,7 @@ impl Thread {
         let result = self.samples_of(&pending, &mut batch);
         self.pending = pending;
         result?;
-        self.store()?.write(&mut batch)?;
+        self.store()?.write(&batch)?;
         self.pending.clear();
         Ok(batch.len() as u64)
     }
@@ -434,6 +471,13 @@ impl Thread {
         if used <= cap {
             return;
         }
+        // Folded first: the oldest are then looked up, and dropped, in one table.
+        if !self.fold(true) {
+            return;
+        }
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
         let mut dropped = 0;
         for _ in 0..8 {
             let Ok(Some((lo, hi))) = store.time_span() else {
@@ -467,8 +511,11 @@ impl Thread {
         );
     }
 
-    /// Deletes what is past its retention.
+    /// Folds, then deletes what is past its retention.
     fn maintain(&mut self) {
+        if !self.fold(true) {
+            return;
+        }
         let retention = match self.retention.lock() {
             Ok(r) => r.clone(),
             Err(_) => return,
@@ -540,9 +587,10 @@ mod tests {
         let reader = Reader::open(&path).unwrap().unwrap();
         let a = reader.series_id("d", "a").unwrap().unwrap();
         assert_eq!(reader.range(a, 0, i64::MAX, 10_000).unwrap().len(), 1000);
-        // A clean stop leaves one file: the WAL folded in.
+        // A clean stop leaves one file, every sample folded into the main table.
         let wal = d.path().join("h.db-wal");
         assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+        assert_eq!(Store::open(&path).unwrap().0.unfolded(), 0);
     }
 
     #[test]
@@ -663,6 +711,7 @@ mod tests {
         let mut cfg = WriterConfig::new(path.clone(), 1 << 30);
         cfg.commit_interval = Duration::from_millis(100);
         cfg.backlog = 20_000;
+        cfg.fold_rows = 50_000;
         let (w, r) = Writer::start(cfg, Retention::default()).unwrap();
         let c = r.counters().clone();
         // A steady stream of small batches, more per commit interval than the backlog
@@ -681,9 +730,11 @@ mod tests {
             }
         }
         let during = Counters::get(&c.commits);
+        let folds = Counters::get(&c.folds);
         drop(r);
         w.join();
         assert!(during >= 5, "{during} commits in 1.5 s of records");
+        assert!(folds >= 1, "{folds} folds of {sent} x 100 samples");
         assert_eq!(Counters::get(&c.dropped_backlog), 0);
         assert_eq!(
             Counters::get(&c.stored) + Counters::get(&c.dropped_queue),

@@ -42,6 +42,9 @@ MAX_HOLE_S = 0.5
 COUNTER = {"kind": "counter", "start": 0, "step": 1, "every": "100ms"}
 TICK_MS = 100  # the counter's value at t ms is t // TICK_MS (integers: no float rounding at a tick)
 ALICE = "alice@example.test"
+# Every sample of the store: those folded into `samples` and those committed since, in
+# `recent` (src/history/store.rs).
+ALL_SAMPLES = "(SELECT series, t, v FROM samples UNION ALL SELECT series, t, v FROM recent)"
 
 
 def config(gw, server) -> str:
@@ -59,7 +62,8 @@ def read_only(store: Path) -> closing[sqlite3.Connection]:
 def committed(store: Path) -> dict[int, tuple[int, int]]:
     """Per series: (samples, newest stamp) as another process sees them: committed."""
     with read_only(store) as db:
-        return {s: (n, hi) for s, n, hi in db.execute("SELECT series, count(*), max(t) FROM samples GROUP BY series")}
+        rows = db.execute(f"SELECT series, count(*), max(t) FROM {ALL_SAMPLES} GROUP BY series")
+        return {s: (n, hi) for s, n, hi in rows}
 
 
 def test_kill_9_at_100k_samples_per_second_loses_at_most_the_last_commit(workdir):
@@ -89,7 +93,7 @@ def test_kill_9_at_100k_samples_per_second_loses_at_most_the_last_commit(workdir
 
         with read_only(store) as db:
             names = {s: (d, f) for s, d, f in db.execute("SELECT id, device, field FROM series")}
-            rows = db.execute("SELECT series, t, v FROM samples ORDER BY series, t").fetchall()
+            rows = db.execute(f"SELECT series, t, v FROM {ALL_SAMPLES} ORDER BY series, t").fetchall()
         assert len(names) == DEVICES * FIELDS, len(names)
         by_series: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for s, t, v in rows:
